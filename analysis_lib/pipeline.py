@@ -1,0 +1,343 @@
+"""Execute chapters with papermill and render the book with Jupyter Book.
+
+*Execute once, render many*: each chapter (a jupytext ``py:percent`` file in
+``notebooks/``) is executed by papermill with the parameters of a profile into
+``book/<chapter>.ipynb``; the book is then built from those executed notebooks with
+execution off, strictly (``-W -n --keep-going``), and refused if any executed chapter
+holds an error output.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import ChapterError, ParameterError, StudyError
+from .results import repo_root
+
+PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
+REQUIRED_PARAMETERS = ("model", "device", "dtype", "profile", "seed")
+
+
+def notebooks_dir() -> Path:
+    return repo_root() / "notebooks"
+
+
+def book_dir() -> Path:
+    return repo_root() / "book"
+
+
+def chapters() -> list[str]:
+    """Chapter names (file stems of ``notebooks/*.py``), in book order."""
+    return sorted(p.stem for p in notebooks_dir().glob("[0-9][0-9]_*.py"))
+
+
+def resolve_chapter(name: str) -> str:
+    """A chapter name from its stem, its number (``"0"``, ``"00"``) or a unique prefix."""
+    known = chapters()
+    if name in known:
+        return name
+    stem = Path(name).stem
+    matches = [c for c in known if c == stem or c.split("_", 1)[0] == stem.zfill(2) or c.startswith(stem)]
+    if len(matches) == 1:
+        return matches[0]
+    raise StudyError(f"Unknown chapter {name!r}. The chapters are: {', '.join(known)} (a number like 0 also works).")
+
+
+def load_profiles() -> dict[str, Any]:
+    return yaml.safe_load(PROFILES_FILE.read_text())
+
+
+def profile_parameters(profile: str, chapter: str) -> dict[str, Any]:
+    """The parameters a profile gives a chapter (defaults, then the chapter's own)."""
+    profiles = load_profiles()
+    if profile not in profiles:
+        raise ParameterError(f"Unknown profile {profile!r}; the profiles in {PROFILES_FILE.name} are: {', '.join(profiles)}.")
+    p = profiles[profile]
+    params = dict(p.get("defaults", {}))
+    params.update((p.get("chapters") or {}).get(chapter, {}) or {})
+    return params
+
+
+def source_notebook(chapter: str):
+    """The chapter's jupytext source as an nbformat notebook."""
+    import jupytext
+
+    return jupytext.read(notebooks_dir() / f"{chapter}.py")
+
+
+def declared_parameters(nb) -> dict[str, Any]:
+    """Names and default values of the literal-only cell tagged ``parameters``."""
+    import ast
+
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise StudyError(f"A chapter needs exactly one cell tagged 'parameters' (found {len(cells)}).")
+    out: dict[str, Any] = {}
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # a docstring/comment string
+        if not (isinstance(node, (ast.Assign, ast.AnnAssign))):
+            raise StudyError("The parameters cell may only assign literals (name = value).")
+        target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+        try:
+            out[target.id] = ast.literal_eval(node.value)
+        except ValueError:
+            raise StudyError(f"Parameter {target.id!r} is not a literal; the parameters cell must be literal-only.") from None
+    return out
+
+
+def parse_cli_parameters(pairs: Iterable[str]) -> dict[str, Any]:
+    """``["seed=3", "model=gemma3-270m"]`` → ``{"seed": 3, "model": "gemma3-270m"}`` (YAML literals)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ParameterError(f"Parameter {pair!r} is not of the form key=value (e.g. -p seed=1).")
+        key, raw = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def validate_parameters(chapter: str, declared: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """Check names and types of the parameters against the chapter's declared defaults."""
+    import difflib
+
+    unknown = [k for k in given if k not in declared]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, list(declared), n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ParameterError(
+            f"Chapter {chapter} has no parameter {', '.join(hints)}. Its parameters are: {', '.join(declared)}."
+        )
+    out = {}
+    for k, v in given.items():
+        default = declared[k]
+        ok = (
+            default is None
+            or isinstance(v, type(default))
+            or (isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool))
+        )
+        if isinstance(default, bool) != isinstance(v, bool):
+            ok = False
+        if not ok:
+            raise ParameterError(
+                f"Parameter {k!r} of chapter {chapter} must be a {type(default).__name__} like {default!r}, not {v!r}."
+            )
+        out[k] = float(v) if isinstance(default, float) else v
+    return out
+
+
+def _mark_injected_cells(path: Path) -> None:
+    """Hide papermill's injected-parameters cell in the rendered book."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(nb, path)
+
+
+def error_outputs(path: Path) -> list[str]:
+    """Descriptions of error outputs in an executed notebook (none allowed in the book)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    found = []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                found.append(f"cell {i}: {out.get('ename')}: {out.get('evalue')}")
+            elif out.get("output_type") == "stream" and "Traceback (most recent call last)" in out.get("text", ""):
+                found.append(f"cell {i}: a traceback printed to {out.get('name')}")
+    return found
+
+
+def run_chapter(
+    chapter: str,
+    *,
+    profile: str = "quick",
+    parameters: dict[str, Any] | None = None,
+    output_dir: Path | None = None,
+    progress: bool = False,
+) -> Path:
+    """Execute one chapter through papermill into ``book/<chapter>.ipynb``.
+
+    Args:
+        chapter: name, number or unique prefix of the chapter.
+        profile: the parameter profile (``quick`` or ``full``).
+        parameters: overrides of single parameters (checked against the chapter's cell).
+        output_dir: where the executed notebook goes (default ``book/``).
+        progress: show papermill's progress bar.
+
+    Returns:
+        Path of the executed notebook.
+
+    Raises:
+        ChapterError: a cell failed; names the chapter, the cell and the error. The partial
+            notebook is kept under ``build/failed/`` for inspection, never in ``book/``.
+    """
+    import papermill as pm
+
+    t0 = time.perf_counter()
+    chapter = resolve_chapter(chapter)
+    nb = source_notebook(chapter)
+    declared = declared_parameters(nb)
+    missing = [k for k in REQUIRED_PARAMETERS if k not in declared]
+    if missing:
+        raise StudyError(f"Chapter {chapter}'s parameters cell lacks {', '.join(missing)}.")
+    params = {k: v for k, v in profile_parameters(profile, chapter).items() if k in declared}
+    params.update(validate_parameters(chapter, declared, dict(parameters or {})))
+    params = validate_parameters(chapter, declared, params)
+    out_dir = Path(output_dir or book_dir())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{chapter}.ipynb"
+    with tempfile.TemporaryDirectory(prefix="chapter-") as tmp:
+        src = Path(tmp) / f"{chapter}.src.ipynb"
+        dst = Path(tmp) / f"{chapter}.ipynb"
+        import nbformat
+
+        nb = copy.deepcopy(nb)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, src)
+        env_before = os.environ.get("PYTHONHASHSEED")
+        os.environ.setdefault("PYTHONHASHSEED", "0")
+        try:
+            pm.execute_notebook(
+                str(src),
+                str(dst),
+                parameters=params,
+                kernel_name="python3",
+                progress_bar=progress,
+                cwd=str(repo_root()),
+            )
+        except pm.PapermillExecutionError as exc:
+            failed = repo_root() / "build" / "failed" / f"{chapter}.ipynb"
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            if dst.exists():
+                shutil.copy(dst, failed)
+            raise ChapterError(
+                f"Chapter {chapter} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}). "
+                f"The partial notebook is at {failed}; fix the cell and run "
+                f"`python -m analysis_lib run {chapter} --profile {profile}` again."
+            ) from None
+        finally:
+            if env_before is None:
+                os.environ.pop("PYTHONHASHSEED", None)
+        errors = error_outputs(dst)
+        if errors:
+            raise ChapterError(f"Chapter {chapter} produced error outputs: {'; '.join(errors)}.")
+        _mark_injected_cells(dst)
+        tmp_final = final.with_name(f".{final.name}.tmp")
+        shutil.copy(dst, tmp_final)
+        os.replace(tmp_final, final)
+    _record_execution(out_dir, chapter, profile, params, time.perf_counter() - t0)
+    return final
+
+
+EXECUTION_LOG = "_execution.json"
+
+
+def _record_execution(out_dir: Path, chapter: str, profile: str, params: dict[str, Any], seconds: float) -> None:
+    import datetime
+    import json
+    import platform
+
+    from .results import write_atomic
+
+    path = out_dir / EXECUTION_LOG
+    log = json.loads(path.read_text()) if path.is_file() else {}
+    log[chapter] = {
+        "profile": profile,
+        "model": params.get("model"),
+        "device": params.get("device"),
+        "seconds": round(seconds, 1),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "status": "ok",
+    }
+    write_atomic(path, json.dumps(log, indent=1, sort_keys=True))
+
+
+def write_execution_status() -> Path:
+    """Write ``book/execution_status.md`` from the execution log (the book's status page)."""
+    import json
+
+    from .results import write_atomic
+
+    path = book_dir() / EXECUTION_LOG
+    log = json.loads(path.read_text()) if path.is_file() else {}
+    lines = [
+        "# Execution status",
+        "",
+        "Every chapter was executed by papermill before the book was rendered (execution is off",
+        "during the build). This table is written by `python -m analysis_lib book` from that run.",
+        "",
+        "| chapter | profile | model | device | seconds | date | machine | status |",
+        "|---|---|---|---|---:|---|---|---|",
+    ]
+    for c in chapters():
+        e = log.get(c)
+        if e is None:
+            lines.append(f"| {c} | – | – | – | – | – | – | not executed |")
+        else:
+            lines.append(
+                f"| [{c}]({c}.ipynb) | {e['profile']} | `{e['model']}` | {e['device']} | {e['seconds']} "
+                f"| {e['date']} | {e['machine']} | {e['status']} |"
+            )
+    out = book_dir() / "execution_status.md"
+    write_atomic(out, "\n".join(lines) + "\n")
+    return out
+
+
+def build_book(*, strict: bool = True) -> Path:
+    """Render the book from the executed chapters with execution off.
+
+    Raises:
+        ChapterError: a chapter has not been executed or holds an error output.
+        StudyError: ``jupyter-book build`` failed (its log is printed).
+    """
+    missing = [c for c in chapters() if not (book_dir() / f"{c}.ipynb").is_file()]
+    if missing:
+        raise ChapterError(
+            f"Chapters not executed yet: {', '.join(missing)}. Run `python -m analysis_lib book` "
+            "(or `run CHAPTER` for each) first."
+        )
+    for c in chapters():
+        errs = error_outputs(book_dir() / f"{c}.ipynb")
+        if errs:
+            raise ChapterError(f"Executed chapter {c} holds error outputs ({'; '.join(errs)}); re-run it.")
+    write_execution_status()
+    jb = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(repo_root()), "--path-output", str(book_dir())]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=repo_root(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-20000:] + proc.stderr[-20000:])
+        raise StudyError(f"jupyter-book build failed (exit {proc.returncode}); its output is above.")
+    html = book_dir() / "_build" / "html"
+    print(f"Book rendered to {html} in {time.perf_counter() - t0:.0f} s.")
+    return html
+
+
+def run_book(profile: str = "quick", *, only: list[str] | None = None, progress: bool = False) -> Path:
+    """Execute every chapter (or ``only`` these), then build the book."""
+    for c in only or chapters():
+        t0 = time.perf_counter()
+        path = run_chapter(c, profile=profile, progress=progress)
+        print(f"executed {c} ({profile}) in {time.perf_counter() - t0:.0f} s -> {path}", flush=True)
+    return build_book()

@@ -1,0 +1,148 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# (ch-model)=
+# # The model and the start token
+#
+# This chapter introduces the models of the study and the token that sits at position 0 of
+# every prompt. Paper 1 {cite}`yu2025understanding` finds "general neurons" that fire at the
+# `<start>` token, so which token occupies position 0 is a choice we make explicitly and report.
+#
+# ```{admonition} Re-run this chapter
+# :class: tip
+# `python -m analysis_lib run 00 --profile full -p model=gemma3-270m` executes it with
+# papermill on another model; `-p device=cuda -p model=meta-llama/Llama-2-7b-hf` on a GPU.
+# ```
+
+# %% tags=["parameters", "hide-cell"]
+model = "smollm2-135m-instruct"
+device = "cpu"
+dtype = "float32"
+profile = "quick"
+seed = 0
+compare_models = ["smollm2-135m-instruct"]
+professions = ["nurse", "engineer", "secretary", "mechanic", "teacher", "doctor"]
+
+# %% tags=["remove-cell"]
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+import torch
+from myst_nb import glue
+
+from analysis_lib import models, plots, probes
+from analysis_lib.results import Results
+
+torch.manual_seed(seed)
+plots.setup()
+results = Results("00_model_and_start_token", dict(model=model, device=device, dtype=dtype, profile=profile,
+                                                    seed=seed, compare_models=compare_models,
+                                                    professions=professions))
+
+# %% [markdown]
+# ## Loading the default model
+#
+# `analysis_lib.models.load_model` returns a TransformerLens 4 `TransformerBridge`. The
+# built-in models ship as GGUF files inside PyPI packages; the first load dequantizes them
+# and caches float32 safetensors, so later loads take seconds.
+
+# %%
+lm = models.load_model(model, device=device, dtype=dtype)
+print(f"{lm.study_name}: loaded from {lm.load_info.source} in {lm.load_info.seconds:.1f} s; "
+      f"start token {lm.start_token!r} (id {lm.start_token_id})")
+
+# %% [markdown]
+# The tokens of the paper's running example. Position 0 holds the start token; the word
+# under study is read at its own position and the prediction at the last one.
+
+# %%
+tokens = models.str_tokens(lm, "The nurse is a")
+pd.DataFrame({"position": range(len(tokens)), "token": [repr(t) for t in tokens]}).set_index("position").T
+
+# %% tags=["remove-cell"]
+results.add("nurse_tokens", tokens)
+results.add("start_token", lm.start_token)
+results.add("n_tokens_nurse", len(tokens))
+
+# %% [markdown]
+# ## The models side by side
+#
+# The study's three offline models (the full profile compares all three; the quick profile
+# only the default). Parameter counts include the embeddings.
+
+# %%
+arch_rows, probe_frames = [], []
+for name in compare_models:
+    m = lm if name == model else models.load_model(name, device=device, dtype=dtype)
+    arch_rows.append(models.describe(m))
+    probe_frames.append(probes.gender_probe(m, professions))
+    if m is not lm:
+        del m
+architecture = pd.DataFrame(arch_rows).set_index("model").drop(columns=["load_seconds", "load_source"])
+probe = pd.concat(probe_frames, ignore_index=True)
+architecture.T
+
+# %% tags=["remove-cell"]
+results.add("architecture", architecture.reset_index().to_dict(orient="records"))
+results.table("probe", probe)
+default_probe = probe[probe.model == model]
+nurse = default_probe[(default_probe.word == "nurse")]
+p_she_nurse = float(nurse[(nurse.target == " she")].prob.iloc[0])
+p_he_nurse = float(nurse[(nurse.target == " he")].prob.iloc[0])
+pf_noun = default_probe[default_probe.kind == "noun"].groupby("word").p_female.first()
+results.add("p_she_nurse", p_she_nurse, fmt=".3f")
+results.add("p_he_nurse", p_he_nurse, fmt=".3f")
+results.add("n_layers", int(architecture.loc[model, "layers"]))
+results.add("n_ffn_neurons", int(architecture.loc[model, "ffn_neurons"]), fmt=",")
+results.add("p_female_noun_nurse", float(pf_noun["nurse"]), fmt=".2f")
+results.add("p_female_noun_engineer", float(pf_noun["engineer"]), fmt=".2f")
+
+# %% [markdown]
+# The default model has {glue:text}`n_layers` layers and {glue:text}`n_ffn_neurons` FFN
+# neurons. After "The nurse said that" it gives *she* a probability of
+# {glue:text}`p_she_nurse` and *he* {glue:text}`p_he_nurse`. Restricted to the pair
+# *man*/*woman* after "The nurse is a", the share of *woman* is
+# {glue:text}`p_female_noun_nurse`, against {glue:text}`p_female_noun_engineer` for
+# "The engineer is a".
+
+# %% tags=["remove-cell"]
+fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+for ax, kind in zip(axes, ["noun", "pronoun"]):
+    sub = probe[(probe.kind == kind) & (probe.gender == "female")]
+    sns.barplot(data=sub, x="word", y="p_female", hue="model", ax=ax)
+    ax.axhline(0.5, color="grey", lw=1, ls="--")
+    pair = "woman / (man + woman)" if kind == "noun" else "she / (he + she)"
+    plots.label(ax, "profession", f"share of the female token: {pair}", f"{kind} targets")
+    ax.tick_params(axis="x", rotation=30)
+    ax.set_ylim(0, 1)
+    if ax is not axes[-1] and ax.get_legend():
+        ax.get_legend().remove()
+fig.tight_layout()
+glue("fig_probe", fig, display=False)
+plt.close(fig)
+
+# %% [markdown]
+# ```{glue:figure} fig_probe
+# :name: fig-start-probe
+#
+# Share of the female token in the gendered pair after "The {profession} is a" (left) and
+# "The {profession} said that" (right). Bars above the dashed line favour the female token.
+# Stereotypically female professions (nurse, secretary, teacher) lean female more than
+# stereotypically male ones, though the instruct-tuned models lean female overall.
+# ```
+#
+# {numref}`fig-start-probe` previews the question of the next chapters: where inside the
+# model does this preference come from?
+
+# %% tags=["remove-cell"]
+results.save()
