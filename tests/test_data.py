@@ -29,8 +29,8 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def root() -> Path:
     found = data.data_dir()
-    if found is None:
-        pytest.skip(f"no local data folder (set {ENV} to the project's shared/data)")
+    # The tests need the real files: a missing folder is a failure, never a skip.
+    assert found is not None, f"no local data folder: set {ENV} to the project's shared/data"
     return found
 
 
