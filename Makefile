@@ -43,6 +43,9 @@ chromium:  ## Debian's headless Chromium + driver for the browser check
 	  { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	    $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
 
+student: install  ## the student edition (solutions removed) from the executed chapters, into student/
+	$(BIN)/python -m analysis_lib student --out student
+
 test: install chromium
 	$(BIN)/python -m pytest -q
 
@@ -50,4 +53,4 @@ test-fast: install  ## unit tests only (no chapter execution, no browser)
 	$(BIN)/python -m pytest -q -m "not book and not browser"
 
 clean:
-	rm -rf book/_build book/*.ipynb book/execution_status.md book/_execution.json build results
+	rm -rf book/_build book/*.ipynb book/execution_status.md book/_execution.json build results student

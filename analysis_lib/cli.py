@@ -4,10 +4,12 @@ Commands:
   run CHAPTER      execute one chapter through papermill into book/
   book             execute every chapter, then render the book strictly
   render           render the book from already executed chapters
+  student          build the student edition (solutions removed) from executed chapters
   chapters         list the chapters and their parameters
   models           list the built-in offline models (and build their caches with --cache)
   attribute        rank the neurons behind one prompt's next token
   neuron ID        print a neuron card
+  edit             evaluate a saved neuron edit before and after applying it
 
 Every user error is printed as one paragraph (no traceback) with exit status 2.
 """
@@ -39,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--progress", action="store_true")
 
     sub.add_parser("render", help="render the book from executed chapters (no execution)")
+    st = sub.add_parser("student", help="build the student edition (solutions removed) from executed chapters")
+    st.add_argument("--out", default="student", help="output directory (default: student/)")
     sub.add_parser("chapters", help="list chapters and their parameters")
 
     m = sub.add_parser("models", help="list the built-in offline models")
@@ -57,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("id")
     n.add_argument("--model", default=None)
     n.add_argument("--json", action="store_true")
+
+    e = sub.add_parser("edit", help="evaluate a saved neuron edit (before/after table)")
+    e.add_argument("--model", default=None, help="model name (default: the edit's own model)")
+    e.add_argument("--edit", required=True, help="edit JSON file from analysis_lib.editing.save_edit")
+    e.add_argument("--eval", default="commonwords", help="comma list of commonwords,stereoset,winogender,"
+                   "bbq,winobias,arithmetic,race,piqa,perplexity (default commonwords)")
+    e.add_argument("--profile", default="quick", help="subset sizes: quick or full (default quick)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 
@@ -121,6 +134,14 @@ def _cmd_neuron(args) -> int:
     return 0
 
 
+def _cmd_edit(args) -> int:
+    from .neuron_editing import edit_command, edit_text
+
+    payload = edit_command(args.model, args.edit, args.eval, profile=args.profile, seed=args.seed)
+    print(json.dumps(payload) if args.json else edit_text(payload))
+    return 0
+
+
 def card_text(card: dict) -> str:
     return "\n".join(f"{k}: {v}" for k, v in card.items())
 
@@ -140,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
 
             build_book()
             return 0
+        if args.command == "student":
+            from .pipeline import build_student_edition
+
+            html = build_student_edition(args.out)
+            print(f"student edition: {html} (notebooks without solutions in {args.out}/book/)")
+            return 0
         if args.command == "chapters":
             return _cmd_chapters(args)
         if args.command == "models":
@@ -148,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_attribute(args)
         if args.command == "neuron":
             return _cmd_neuron(args)
+        if args.command == "edit":
+            return _cmd_edit(args)
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

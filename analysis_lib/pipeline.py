@@ -51,7 +51,11 @@ def resolve_chapter(name: str) -> str:
     if name in known:
         return name
     stem = Path(name).stem
-    matches = [c for c in known if c == stem or c.split("_", 1)[0] == stem.zfill(2) or c.startswith(stem)]
+    matches = [c for c in known if c == stem]
+    if not matches and stem.isdigit():
+        matches = [c for c in known if c.split("_", 1)[0] == stem.zfill(2)]
+    if not matches:
+        matches = [c for c in known if c.startswith(stem)]
     if len(matches) == 1:
         return matches[0]
     raise StudyError(f"Unknown chapter {name!r}. The chapters are: {', '.join(known)} (a number like 0 also works).")
@@ -380,6 +384,58 @@ def prepare_book_root(root: Path) -> Path:
         if src.is_file() and src.suffix in {".md", ".bib", ".png", ".svg"} and src.name != "execution_status.md":
             shutil.copy(src, root / "book" / src.name)
     return root
+
+
+SOLUTION_TAG = "solution"
+STUDENT_TAG = "student"
+
+
+def student_notebook(nb):
+    """The student version of an executed chapter: solution cells removed, stubs shown.
+
+    Cells tagged ``solution`` (the worked solution, including the markdown cells that open and
+    close a ``{solution-start}``/``{solution-end}`` block) are dropped. Cells tagged ``student``
+    (stubs such as ``def icat(lms, ss): ...``) are hidden in the full edition by a
+    ``remove-cell`` tag, which the student edition removes.
+    """
+    import copy as _copy
+
+    nb = _copy.deepcopy(nb)
+    kept = []
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if SOLUTION_TAG in tags:
+            continue
+        if STUDENT_TAG in tags and "remove-cell" in tags:
+            tags.remove("remove-cell")
+        kept.append(cell)
+    nb.cells = kept
+    return nb
+
+
+def build_student_edition(root: Path, source_book: Path | None = None) -> Path:
+    """Write the student edition (notebooks without solutions) into ``root`` and render it.
+
+    Args:
+        root: output directory; gets ``_config.yml``, ``_toc.yml``, ``book/`` and the HTML
+            under ``book/_build/html``.
+        source_book: the directory holding the executed chapters (default ``book/``).
+    """
+    import nbformat
+
+    root = prepare_book_root(Path(root))
+    source_book = Path(source_book or book_dir())
+    for c in chapters():
+        src = source_book / f"{c}.ipynb"
+        if not src.is_file():
+            raise ChapterError(f"Chapter {c} is not executed in {source_book}; run `python -m analysis_lib book` first.")
+        nbformat.write(student_notebook(nbformat.read(src, as_version=4)), root / "book" / f"{c}.ipynb")
+    log = source_book / EXECUTION_LOG
+    if log.is_file():
+        shutil.copy(log, root / "book" / EXECUTION_LOG)
+    config = root / "_config.yml"
+    config.write_text(config.read_text().replace("title: \"", "title: \"Student edition: ", 1))
+    return build_book(root=root)
 
 
 def run_book(

@@ -144,5 +144,73 @@ plt.close(fig)
 # {numref}`fig-start-probe` previews the question of the next chapters: where inside the
 # model does this preference come from?
 
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise} The bias score of a word
+# :label: ex-ch0-bias-score
+#
+# The study measures a word's gender lean as $b(w) = \log p(\text{" man"}) - \log p(\text{" woman"})$
+# after the word's prompt. Write `bias_score(logp_man, logp_woman)` and check it with
+# `checks.check_bias_score(bias_score)`. Then compute $b$ for "nurse" from the table
+# `probe` above: is it positive or negative, and what does that mean?
+# ```
+
+# %% tags=["student", "remove-cell"]
+def bias_score(logp_man, logp_woman):
+    ...  # your code here
+
+
+# %% [markdown] tags=["solution"]
+# ```{solution-start} ex-ch0-bias-score
+# :class: dropdown
+# ```
+# A difference of log-probabilities (a log odds ratio between the two targets):
+
+# %% tags=["solution"]
+from analysis_lib import checks
+
+
+def bias_score(logp_man, logp_woman):
+    return logp_man - logp_woman
+
+
+checks.check_bias_score(bias_score)
+nurse_noun = probe[(probe.model == model) & (probe.word == "nurse") & (probe.kind == "noun")]
+bias_score(*nurse_noun.set_index("target").logprob[[" man", " woman"]])
+
+# %% [markdown] tags=["solution"]
+# A negative $b$ means " woman" is the likelier of the two continuations.
+# ```{solution-end}
+# ```
+
+# %% [markdown]
+# ```{exercise} What sits at position 0?
+# :label: ex-ch0-start
+#
+# Load the default model with `start_token="none"` and with `start_token="<|endoftext|>"`
+# (`models.load_model(model, start_token=...)`) and print `models.str_tokens(m, "The nurse is a")`
+# for each. How many tokens does each prompt have, and which token does the last position
+# attend to first? Why does paper 1 care which token sits at position 0?
+# ```
+
+# %% [markdown] tags=["solution"]
+# ```{solution-start} ex-ch0-start
+# :class: dropdown
+# ```
+
+# %% tags=["solution"]
+for policy in ["none", "<|endoftext|>"]:
+    print(policy, models.str_tokens(models.load_model(model, device=device, dtype=dtype, start_token=policy),
+                                    "The nurse is a"))
+
+# %% [markdown] tags=["solution"]
+# Without a start token the prompt has four tokens and "The" sits at position 0; with
+# `<|endoftext|>` there are five. Whatever token occupies position 0 tends to become the
+# attention sink, and the paper's *general neurons* live there: chapter 4 asks whether the same
+# neurons appear whichever start token is used.
+# ```{solution-end}
+# ```
+
 # %% tags=["remove-cell"]
 results.save()

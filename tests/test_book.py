@@ -70,6 +70,25 @@ def test_chapter_zero_results_are_reproducible(quick_book, tmp_path, monkeypatch
     assert first["results"]["nurse_tokens"][0] == "<|im_start|>"
 
 
+def test_exercises_render_and_student_edition_hides_solutions(quick_book, tmp_path):
+    import nbformat
+
+    html = quick_book / "book" / "_build" / "html" / "book"
+    for c in pipeline.chapters():
+        page = (html / f"{c}.html").read_text()
+        assert page.count('class="exercise admonition"') >= 2, f"{c} needs at least two exercises"
+        assert 'class="solution dropdown admonition"' in page, f"{c} shows no solution"
+    student = tmp_path / "student"
+    pipeline.build_student_edition(student, source_book=quick_book / "book")
+    for c in pipeline.chapters():
+        nb = nbformat.read(student / "book" / f"{c}.ipynb", as_version=4)
+        assert not any("solution" in cell.metadata.get("tags", []) for cell in nb.cells), c
+        page = (student / "book" / "_build" / "html" / "book" / f"{c}.html").read_text()
+        assert page.count('class="exercise admonition"') >= 2, c
+        assert "solution dropdown" not in page and "tag_solution" not in page, c
+    assert "your code here" in (student / "book" / "_build" / "html" / "book" / "00_model_and_start_token.html").read_text()
+
+
 # ----------------------------------------------------------------------------- browser
 
 
