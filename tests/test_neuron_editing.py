@@ -1,0 +1,180 @@
+"""Chapter 5's editing pipeline on the real default model (no mocks; small inputs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from analysis_lib import neuron_editing as ne
+from analysis_lib.attribution import dataset_attribution
+from analysis_lib.benchmarks import commonwords_bias
+from analysis_lib.commonwords import load_commonwords, to_frame
+from analysis_lib.editing import EditSpec, apply_edit, load_edit, mask_neurons, save_edit
+from analysis_lib.errors import EditError, NeuronIdError
+from analysis_lib.neurons import NeuronId
+from analysis_lib.scoring import target_logprobs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def train_words():
+    words = to_frame(load_commonwords(0))
+    return ne.subset_words(words[words.split == "train"], 5, 0)
+
+
+@pytest.fixture(scope="module")
+def small_attribution(model, train_words):
+    prompts = train_words.prompt.tolist()[:3]
+    targets = ne.biased_targets(model, prompts)
+    return dataset_attribution(model, prompts, targets, top_k=8, words=train_words.word.tolist()[:3], progress=False)
+
+
+def test_subset_words_is_stratified_and_seeded(train_words):
+    assert len(train_words) == 5
+    assert train_words.category.nunique() == 5
+    words = to_frame(load_commonwords(0))
+    again = ne.subset_words(words[words.split == "train"], 5, 0)
+    assert again.word.tolist() == train_words.word.tolist()
+
+
+def test_start_position_candidates_are_dropped(small_attribution):
+    cands = ne.candidates(small_attribution, 8)
+    assert cands.neuron.is_unique
+    # every table's top-8 is represented
+    for kind, df in small_attribution.tables.items():
+        assert set(df.sort_values("rank").neuron.astype(str).head(8)) <= set(cands.neuron)
+    kept, dropped = ne.drop_start(cands)
+    assert len(kept) + len(dropped) == len(cands)
+    assert (kept.important_position != "start").all()
+    assert (dropped.important_position == "start").all()
+    # the real attribution has start-position query neurons (the general-neuron candidates)
+    q = small_attribution.tables["ffn_query"]
+    start_q = set(q[q.important_position == "start"].neuron.astype(str))
+    assert start_q, "expected at least one start-position FFN query neuron"
+    assert start_q <= set(dropped.neuron)
+    assert not start_q & set(kept.neuron)
+    # FFN value neurons are scored at the last position and never dropped on their own
+    assert (dropped.kinds != "ffn_value").all()
+
+
+def test_causal_selection_equals_slow_loop(model, train_words, small_attribution):
+    cands = ne.drop_start(ne.candidates(small_attribution, 8))[0].head(4)
+    prompts = train_words.prompt.tolist()[:4]
+    table, info = ne.causal_select(model, cands, prompts, [], k_max=2)
+    # slow loop: mask each candidate and rescore with the benchmark code path
+    frame = train_words.head(4)
+    base = np.abs(commonwords_bias(model, frame).b).mean()
+    slow = {}
+    for nid in cands.neuron:
+        with mask_neurons(model, [nid]):
+            slow[nid] = base - np.abs(commonwords_bias(model, frame).b).mean()
+    assert info["mean_abs_b"] == pytest.approx(base, abs=1e-5)
+    for r in table.itertuples():
+        assert r.effect == pytest.approx(slow[r.neuron], abs=1e-5)
+    # the layer-skipping fast path itself (not its slow fallback) matches the full pass
+    cache = ne._LayerCache(model, prompts)
+    for nid in cands.neuron:
+        with mask_neurons(model, [nid]):
+            fast = np.abs(cache.bias(NeuronId.parse(nid).layer)).mean()
+        assert base - fast == pytest.approx(slow[nid], abs=1e-5)
+    order = sorted(slow, key=lambda n: -slow[n])
+    expected = [n for n in order if slow[n] > 0][:2]
+    assert ne.selected_neurons(table, 2) == expected
+
+
+def test_guard_refuses_damaging_neuron(model, small_attribution):
+    # a zero tolerance with a start-position general neuron: any perplexity rise is refused
+    from analysis_lib.capability import neutral_texts
+
+    q = small_attribution.tables["ffn_query"]
+    general = q[q.important_position == "start"].neuron.astype(str).head(1).tolist()
+    cands = pd.DataFrame({"neuron": general, "kinds": "ffn_query"})
+    prompts = ["The nurse is a", "The engineer is a"]
+    table, _ = ne.causal_select(model, cands, prompts, neutral_texts()[-1:], k_max=1, guard_tol=-1.0)
+    assert (table.selected == 0).all()
+
+
+def test_baselines(model, small_attribution):
+    r1 = ne.random_neurons(model, 3, 2, seed=1)
+    assert r1 == ne.random_neurons(model, 3, 2, seed=1) and r1 != ne.random_neurons(model, 3, 2, seed=2)
+    assert sum(n.startswith("ffn") for n in r1) == 3 and len(set(r1)) == 5
+    lo = ne.logit_only(small_attribution, 6)
+    assert len(lo) == 6 and len(set(lo)) == 6
+    firsts = {str(df.sort_values("rank").neuron.iloc[0]) for df in small_attribution.tables.values()}
+    assert firsts <= set(lo)
+
+
+def test_saved_edit_round_trips_and_refuses_wrong_model(model, tmp_path):
+    path = save_edit(tmp_path / "e.json", ["ffnL3N5", "attnL2H1D3"], model=model, selection="test")
+    spec = load_edit(path)
+    assert spec.neurons == ["ffnL3N5", "attnL2H1D3"] and spec.model == model.study_name
+    assert spec.start_token == model.start_token
+    prompts = ["The nurse is a"]
+    before = target_logprobs(model, prompts, [" man", " woman"])
+    with apply_edit(model, path):
+        during = target_logprobs(model, prompts, [" man", " woman"])
+    assert torch.equal(before, target_logprobs(model, prompts, [" man", " woman"]))
+    assert not torch.equal(before, during)
+    other = EditSpec(neurons=spec.neurons, model="gemma3-270m", start_token=spec.start_token)
+    with pytest.raises(EditError, match="gemma3-270m"):
+        with apply_edit(model, other):
+            pass
+    big = EditSpec(neurons=["ffnL99N0"], model=model.study_name, start_token=model.start_token)
+    with pytest.raises(NeuronIdError, match="out of range"):
+        with apply_edit(model, big):
+            pass
+
+
+def _cli(*args):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "analysis_lib", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_cli_edit_commonwords(model, tmp_path):
+    path = save_edit(tmp_path / "tiny.json", ["ffnL25N9", "ffnL29N561"], model=model, selection="tiny test edit")
+    out = _cli("edit", "--edit", str(path), "--eval", "commonwords", "--json")
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(out.stdout)
+    metrics = {r["metric"]: r for r in payload["rows"]}
+    assert set(metrics) == {"mean_abs_b", "share_strong"}
+    assert metrics["mean_abs_b"]["value_before"] > 0
+    assert metrics["mean_abs_b"]["diff"] != 0
+
+
+def _one_paragraph(err: str) -> None:
+    # library warnings may precede it; the error itself is one line starting "error: "
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and err.rstrip().endswith(lines[0])
+
+
+def test_cli_edit_bad_file_exits_2(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    out = _cli("edit", "--edit", str(bad), "--eval", "commonwords")
+    assert out.returncode == 2
+    _one_paragraph(out.stderr)
+    assert "not valid JSON" in out.stderr
+    out = _cli("edit", "--edit", str(tmp_path / "missing.json"))
+    assert out.returncode == 2 and "No edit file" in out.stderr
+    out = _cli("edit", "--edit", str(bad), "--eval", "commonwords,nonsense")
+    assert out.returncode == 2 and "nonsense" in out.stderr
+
+
+def test_cli_edit_out_of_range_exits_2(model, tmp_path):
+    spec = EditSpec(neurons=["ffnL99N0"], model=model.study_name, start_token=model.start_token)
+    path = save_edit(tmp_path / "oor.json", spec)
+    out = _cli("edit", "--edit", str(path), "--eval", "commonwords")
+    assert out.returncode == 2
+    _one_paragraph(out.stderr)
+    assert "out of range" in out.stderr
