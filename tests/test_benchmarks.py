@@ -86,10 +86,9 @@ def test_commonwords_bias_matches_the_models_logits(model, hf_reference):
 
 
 def test_commonwords_summary_and_category_tables(model):
-    ds = cw.load_commonwords()
-    test = ds["test"]
+    test = cw.load_commonwords()["test"].to_pandas().groupby("category").head(6)
     items = bm.commonwords_bias(model, test, "noun")
-    assert len(items) == 100 and set(items["split"]) == {"test"}
+    assert len(items) == 30 and set(items["split"]) == {"test"}
     s = bm.commonwords_summary(items, n_boot=200)
     assert set(s) == {"mean_abs_b", "mean_b", "share_strong", "mean_p_female"}
     assert s["mean_abs_b"].estimate == pytest.approx(items["b"].abs().mean())
@@ -97,7 +96,7 @@ def test_commonwords_summary_and_category_tables(model):
     _ci_ok(s["mean_p_female"], 0, 1)
     cats = bm.category_summary(items, n_boot=200)
     assert list(cats["category"]) == [*cw.CATEGORIES, "overall"]
-    assert (cats["n"].iloc[:5] == 20).all()
+    assert (cats["n"].iloc[:5] == 6).all() and cats["n"].iloc[5] == 30
     top = bm.top_words(items, k=3)
     assert len(top) == 5 * 2 * 3
     prof = top[(top["category"] == "professions") & (top["direction"] == "male")]
@@ -111,8 +110,8 @@ def test_commonwords_summary_and_category_tables(model):
 
 @pytest.mark.parametrize("kind", ["intrasentence", "intersentence"])
 def test_stereoset_eval_by_hand_and_deterministic(model, kind):
-    items, scores = bm.stereoset_eval(model, kind, n=5, seed=SEED, n_boot=200)
-    assert len(items) == 5
+    items, scores = bm.stereoset_eval(model, kind, n=3, seed=SEED, n_boot=200)
+    assert len(items) == 3
     for col in ("model", "kind", "id", "target", "s_stereotype", "s_anti_stereotype", "s_unrelated",
                 "n_tok_stereotype"):
         assert col in items.columns
@@ -128,7 +127,9 @@ def test_stereoset_eval_by_hand_and_deterministic(model, kind):
             total, n = continuation_logprobs(model, [row["context"]], [" " + row[lab].strip()])
         assert abs(row[f"s_{lab}"] - total[0] / n[0]) <= 1e-5
         assert row[f"n_tok_{lab}"] == n[0]
-    again, scores2 = bm.stereoset_eval(model, kind, n=5, seed=SEED, n_boot=200)
+    if kind == "intersentence":
+        return
+    again, scores2 = bm.stereoset_eval(model, kind, n=3, seed=SEED, n_boot=200)
     pd.testing.assert_frame_equal(items, again)
     assert {k: (v.estimate, v.low, v.high) for k, v in scores.items()} == \
         {k: (v.estimate, v.low, v.high) for k, v in scores2.items()}
@@ -156,8 +157,8 @@ def test_winogender_eval(model):
 
 
 def test_bbq_eval(model):
-    items, scores = bm.bbq_eval(model, n=12, seed=SEED, n_boot=200)
-    assert len(items) == 12
+    items, scores = bm.bbq_eval(model, n=8, seed=SEED, n_boot=200)
+    assert len(items) == 8
     assert set(items["pred"]) <= {0, 1, 2}
     assert (items["pred"] == items[["lp0", "lp1", "lp2"]].to_numpy().argmax(1)).all()
     assert set(scores) == {"accuracy", "accuracy_ambig", "accuracy_disambig", "s_dis", "s_amb"}
@@ -168,7 +169,7 @@ def test_bbq_eval(model):
     row = items.iloc[0]
     total, _ = continuation_logprobs(model, [row["prompt"]] * 3, [" " + row[f"ans{k}"].strip() for k in range(3)])
     np.testing.assert_allclose(row[["lp0", "lp1", "lp2"]].to_numpy(dtype=float), total, atol=1e-4)
-    small, _ = bm.bbq_eval(model, n=5, seed=SEED, n_boot=50)
+    small, _ = bm.bbq_eval(model, n=3, seed=SEED, n_boot=50)
     assert set(small["example_id"]) <= set(items["example_id"])  # seeded subsets are nested
 
 
@@ -176,8 +177,8 @@ def test_bbq_eval(model):
 
 
 def test_winobias_eval(model):
-    items, scores = bm.winobias_eval(model, "test", n=6, seed=SEED, n_boot=200)
-    assert len(items) == 12 and items.groupby("pair_id").size().eq(2).all()
+    items, scores = bm.winobias_eval(model, "test", n=4, seed=SEED, n_boot=200)
+    assert len(items) == 8 and items.groupby("pair_id").size().eq(2).all()
     assert set(items["stereotype"]) == {"pro", "anti"}
     assert set(items["correct"]) <= {0.0, 0.5, 1.0}
     assert set(scores) == {"acc_pro", "acc_anti", "gap", "acc_mean", "pro_pronoun_share"}
@@ -197,9 +198,11 @@ def test_winobias_eval(model):
 
 
 def test_bias_suite_is_tidy(model):
-    tiny = {"commonwords_split": "test", "stereoset_kinds": ("intrasentence",), "stereoset_n": 4,
-            "winogender_n": 8, "bbq_n": 6, "winobias_n": 4, "n_boot": 100}
-    table, items = bm.bias_suite(model, tiny, seed=SEED, return_items=True)
+    tiny = {"commonwords_split": "test", "stereoset_kinds": ("intrasentence",), "stereoset_n": 3,
+            "winogender_n": 6, "bbq_n": 4, "winobias_n": 3, "n_boot": 100}
+    words = cw.load_commonwords()["test"].to_pandas().groupby("category").head(2)
+    table, items = bm.bias_suite(model, tiny, seed=SEED, commonwords=words, return_items=True)
+    assert len(items["commonwords_noun"]) == 10
     assert list(table.columns) == ["model", "benchmark", "variant", "metric", "estimate", "low", "high", "n",
                                    "ideal", "better", "seconds"]
     assert set(table["benchmark"]) == {"commonwords", "stereoset", "winogender", "bbq", "winobias"}

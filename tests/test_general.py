@@ -1,0 +1,198 @@
+"""General neurons (chapter 4): the finder's building blocks against a slow reference, the
+seeded random control, and CNA importance with the original final-norm scale. Real default
+model, no mocks.
+
+The slow references here are written from the formulas of method_spec §1.1-1.2 and read the
+bridge's cache and the Hugging Face weights directly; they share nothing with
+``analysis_lib.general`` except the list of top attention neurons (whose exactness
+``tests/test_attribution.py`` checks against a dense reference).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from analysis_lib import general
+from analysis_lib.attribution import attribute, forward_data
+from analysis_lib.editing import mask_neurons
+from analysis_lib.models import encode, single_token_id
+
+CASES = [("The nurse is a", " woman", "nurse"), ("The engineer is a", " man", "engineer")]
+
+
+# ----------------------------------------------------------------------------- slow references
+
+
+def _cache(model, prompt, masked=()):
+    toks = encode(model, prompt).tokens
+    with mask_neurons(model, list(masked)), torch.inference_mode():
+        logits, cache = model.run_with_cache(toks)
+    return logits[0, -1], cache
+
+
+def slow_query_by_position(model, prompt, target, attn_table):
+    """Q(l, i) split by source position, one attention neuron at a time (method_spec §1.1).
+
+    ``c_i(a) = m[l, p, i] <w_i, k_a> / <x_pre[L][p], k_a>`` with ``k_a = v_proj row (g(h), j) *
+    input_layernorm.weight``; ``Q_p(l, i) = sum over a at position p of c_i(a) s_a``.
+    """
+    hf = model.original_model
+    _, cache = _cache(model, prompt)
+    L, dm = model.cfg.n_layers, model.cfg.d_mlp
+    group = model.cfg.n_heads // model.cfg.n_key_value_heads
+    dh = model.cfg.d_head
+    T = cache["blocks.0.hook_resid_pre"].shape[1]
+    out = torch.zeros(L, dm, T, dtype=torch.float64)
+    for row in attn_table.itertuples():
+        n = row.neuron
+        lay = hf.model.layers[n.layer]
+        g = n.head // group
+        key = (lay.self_attn.v_proj.weight[g * dh + n.dim] * lay.input_layernorm.weight).double()
+        den = float(cache[f"blocks.{n.layer}.hook_resid_pre"][0, n.position].double() @ key)
+        for l in range(n.layer):
+            w = hf.model.layers[l].mlp.down_proj.weight.double()  # [d_model, d_mlp]
+            m = cache[f"blocks.{l}.mlp.hook_post"][0, n.position].double()  # [d_mlp]
+            out[l, :, n.position] += m * (key @ w) / den * float(row.score)
+    return out
+
+
+def slow_importance(model, prompt, neuron, target_id, *, masked=(), scale_from_clean=True):
+    """LP_t(x_mid + m w) - LP_t(x_mid) from raw hooks, read out with the clean run's final scale."""
+    hf = model.original_model
+    _, clean = _cache(model, prompt)
+    _, run = _cache(model, prompt, masked)
+    scale = (clean if scale_from_clean else run)["ln_final.hook_scale"][0, -1, 0].double()
+    W = hf.lm_head.weight.double()
+    g = hf.model.norm.weight.double()
+    x = run[f"blocks.{neuron.layer}.hook_resid_mid"][0, -1].double()
+    m = run[f"blocks.{neuron.layer}.mlp.hook_post"][0, -1, neuron.index].double()
+    s = m * hf.model.layers[neuron.layer].mlp.down_proj.weight[:, neuron.index].double()
+
+    def lp(v):
+        return torch.log_softmax((v * g / scale) @ W.T, -1)[target_id]
+
+    return float(lp(x + s) - lp(x))
+
+
+# ----------------------------------------------------------------------------- finder building blocks
+
+
+@pytest.mark.parametrize("prompt,target,word", CASES)
+def test_query_positions_match_slow_reference(model, prompt, target, word):
+    out = general.prompt_query_positions(model, prompt, target, word=word)
+    ref = slow_query_by_position(model, prompt, target, out["attn"])
+    assert out["target_id"] == single_token_id(model, target)
+    np.testing.assert_allclose(out["q_start"], ref[..., 0].numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(out["q_total"], ref.sum(-1).numpy(), rtol=1e-4, atol=1e-7)
+    wp = out["word_positions"]
+    assert wp and 0 not in wp
+    np.testing.assert_allclose(out["q_word"], ref[..., wp].sum(-1).numpy(), rtol=1e-4, atol=1e-7)
+    # the coefficient at position 0 is the cache's
+    _, cache = _cache(model, prompt)
+    np.testing.assert_allclose(out["m_start"][3], cache["blocks.3.mlp.hook_post"][0, 0].numpy(), rtol=1e-6)
+    # share of the attention score read from the start token, from the table
+    tab = out["attn"]
+    assert out["attn_share_start"] == pytest.approx(tab.score[tab.position == 0].sum() / tab.score.sum())
+
+
+def test_scan_ranking_consistent_with_per_prompt_scores(model):
+    prompts = pd.DataFrame({
+        "set": ["commonwords", "commonwords", "race"],
+        "prompt": ["The nurse is a", "The engineer is a", "Article: Tom has a dog.\nQuestion: What does Tom have?\nAnswer:"],
+        "target": [" woman", " man", " a"],
+        "word": ["nurse", "engineer", None],
+    })
+    prompts["target_id"] = [single_token_id(model, t) for t in prompts.target]
+    scan = general.query_scan(model, prompts)
+    assert scan.q_start.shape == (3, model.cfg.n_layers, model.cfg.d_mlp)
+    one = general.prompt_query_positions(model, prompts.prompt[1], " man", word="engineer")
+    np.testing.assert_allclose(scan.q_start[1], one["q_start"], rtol=1e-5, atol=1e-8)
+    rk = general.rank_general(scan, top=10)
+    # start score = mean over sets of the per-set mean
+    L, D = scan.shape
+    top = rk.iloc[0]
+    q = scan.q_start[:, top.layer, top["index"]]
+    assert top.start_score == pytest.approx((q[:2].mean() + q[2]) / 2, rel=1e-5)
+    assert top.general and top.share_start >= 0.5
+    assert rk.start_score[rk.general].is_monotonic_decreasing
+    # the activation at the start token is identical in every prompt (causal attention)
+    assert np.allclose(scan.m_start[0], scan.m_start[1]) and np.allclose(scan.m_start[0], scan.m_start[2])
+    gd = general.rank_gender(scan, exclude=list(rk.id[:2]))
+    assert not set(gd.id) & set(rk.id[:2])
+
+
+def test_start_token_policy_restores(model):
+    before = (model.start_token, model.start_token_id)
+    with general.start_token_policy(model, "<|endoftext|>"):
+        assert model.start_token_id == 0
+        assert encode(model, "Hi").tokens[0, 0].item() == 0
+    with general.start_token_policy(model, "none"):
+        assert model.start_token_id is None
+    assert (model.start_token, model.start_token_id) == before
+
+
+# ----------------------------------------------------------------------------- random control
+
+
+def test_random_draws_seeded_and_deterministic(model):
+    gen = ["ffnL11N1229", "ffnL2N430"]
+    a = general.random_same_layer(model, gen, 20, seed=0)
+    b = general.random_same_layer(model, gen, 20, seed=0)
+    assert a == b and len(a) == 20
+    # draw k does not depend on how many draws are asked for
+    assert general.random_same_layer(model, gen, 5, seed=0) == a[:5]
+    assert general.random_same_layer(model, gen, 5, seed=1) != a[:5]
+    for d in a:
+        assert [x.split("N")[0] for x in d] == ["ffnL11", "ffnL2"]  # same layers, same order
+        assert not set(d) & set(gen)
+        assert len(set(d)) == len(d)
+    # two neurons of one layer: two distinct draws from that layer
+    for d in general.random_same_layer(model, ["ffnL11N1229", "ffnL11N1487"], 10, seed=3):
+        assert d[0] != d[1] and all(x.startswith("ffnL11N") for x in d)
+
+
+def test_general_vs_random_empirical_p():
+    rows = [("original", "original", 0.5), ("general", "general", 0.1)] + [(f"r{k}", "random", 0.5 - 0.01 * k) for k in range(9)]
+    t = pd.DataFrame([{"condition": c, "kind": k, "task": "x", "metric": "accuracy", "value": v} for c, k, v in rows])
+    r = general.general_vs_random(t, "general").iloc[0]
+    assert r.frac_random_as_extreme == pytest.approx(1 / 10)
+    assert r.random_min == pytest.approx(0.42) and r.n_random == 9
+
+
+# ----------------------------------------------------------------------------- CNA
+
+
+def test_cna_importance_uses_original_scale(model):
+    prompt, masked = "3+5=", ["ffnL11N1229", "ffnL11N1487"]
+    clean = forward_data(model, prompt, None)[0]
+    t = clean.target_id
+    with mask_neurons(model, masked):
+        mdata = forward_data(model, prompt, t)[0]
+    neuron = attribute(model, prompt, t, top_k=3, kinds=("ffn_value",)).neurons("ffn_value")[0]
+    # the masked run's scale really differs, so the test can tell the two readouts apart
+    assert abs(float(mdata.scale) / float(clean.scale) - 1) > 1e-3
+    got = general.ffn_importance(model, mdata, [neuron], scale=clean.scale)[0]
+    ref = slow_importance(model, prompt, neuron, t, masked=masked)
+    assert got == pytest.approx(ref, abs=1e-5)
+    own = general.ffn_importance(model, mdata, [neuron])[0]
+    assert own == pytest.approx(slow_importance(model, prompt, neuron, t, masked=masked, scale_from_clean=False), abs=1e-5)
+    assert abs(own - got) > 1e-4
+    # unmasked, with its own scale: the attribution engine's exact score
+    res = attribute(model, prompt, t, top_k=3, kinds=("ffn_value",))
+    np.testing.assert_allclose(general.ffn_importance(model, clean, res.neurons("ffn_value")),
+                               res.top("ffn_value").score.to_numpy(), atol=1e-5)
+
+
+def test_cna_table_columns(model):
+    tab = general.cna_table(model, "3+5=", ["ffnL11N1229"], n_top=5, n_shortlist=0)
+    assert len(tab) == 5 and tab.top_orig.all()
+    np.testing.assert_allclose(tab.cna, tab.imp_orig - tab.imp_masked)
+    assert (tab.sign_flip == (np.sign(tab.coef_orig) != np.sign(tab.coef_masked))).all()
+    assert tab.imp_orig.is_monotonic_decreasing
+    # masking nothing changes nothing
+    same = general.cna_table(model, "3+5=", [], n_top=5, n_shortlist=0)
+    np.testing.assert_allclose(same.imp_orig, same.imp_masked, atol=1e-9)
+    assert not same.sign_flip.any()
