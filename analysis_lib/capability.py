@@ -25,7 +25,7 @@ examples): 0-shot 6 % / 0 %, 3-shot 27-39 % / 5-20 %, 5-shot 15-32 % / 0-3 %. So
 addition is the arithmetic task with room to fall; two-digit addition sits near the floor and
 depends on the examples, as method_spec §3.4 expected for a 135M model. The answer is
 free-form, so there is no chance level in the multiple-choice sense; ``chance`` is reported as
-0 (a uniform guess over the possible sums would score 1/19 for one digit, 1/199 for two).
+0 (a uniform guess over the possible sums would score 1/19 for one digit, 1/179 for two).
 
 **RACE-middle** (test, 1,436 questions over 362 passages) and **PIQA** (validation, 1,838
 items): multiple choice by length-normalised log-likelihood (mean log-probability per token of
