@@ -41,13 +41,13 @@ device = "cpu"
 dtype = "float32"
 profile = "quick"
 seed = 0
-n_commonwords = 4
+n_commonwords = 3
 n_arithmetic = 1
 n_race = 1
 n_general = 2
 n_random = 2
-task_sizes = {"arithmetic_1digit": 20, "arithmetic_2digit": 0, "race": 4, "piqa": 20, "neutral": 8}
-control_sizes = {"arithmetic_1digit": 20, "arithmetic_2digit": 0, "race": 4, "piqa": 20, "neutral": 8}
+task_sizes = {"arithmetic_1digit": 16, "arithmetic_2digit": 0, "race": 4, "piqa": 10, "neutral": 5}
+control_sizes = {"arithmetic_1digit": 16, "arithmetic_2digit": 0, "race": 4, "piqa": 10, "neutral": 5}
 commonwords_split = "test"
 bias_suite_profile = ""
 sums = ["3+5=", "3+3="]
@@ -56,7 +56,7 @@ alt_start_tokens = ["<|endoftext|>"]
 alt_per_set = 10
 replicate_models = []
 replicate_random = 3
-replicate_prompts = 4
+replicate_probes = [2, 1, 1]
 
 # %% tags=["remove-cell"]
 import time
@@ -83,7 +83,7 @@ results = Results("04_general_neurons", dict(
     control_sizes=control_sizes, commonwords_split=commonwords_split, bias_suite_profile=bias_suite_profile,
     sums=sums, n_cna_random=n_cna_random, alt_start_tokens=alt_start_tokens, alt_per_set=alt_per_set,
     replicate_models=replicate_models,
-    replicate_random=replicate_random, replicate_prompts=replicate_prompts))
+    replicate_random=replicate_random, replicate_probes=replicate_probes))
 lm = models.load_model(model, device=device, dtype=dtype)
 cw_all = to_frame(load_commonwords(seed))
 cw_eval = cw_all if not commonwords_split else cw_all[cw_all.split == commonwords_split].reset_index(drop=True)
@@ -173,9 +173,9 @@ plt.close(fig)
 #
 # Left: mean query score at the start token of the top general neurons, per probe set.
 # Right: the same score prompt by prompt for the two selected general neurons and the top
-# gender neuron. The general neurons score on CommonWords and RACE prompts, where the
-# important attention neurons read the start token; on 3-shot sums they read the operands
-# instead, so the start score is near zero there.
+# gender neuron. A start score needs attention neurons that read the start token; for
+# SmolLM2 that holds on CommonWords and RACE prompts, while on 3-shot sums the important
+# attention neurons read the operands, so the start score is about zero there.
 # ```
 #
 # The two general neurons of {glue:text}`model` are **{glue:text}`general_1`** (layer
@@ -248,7 +248,7 @@ plt.close(fig)
 #
 # ## Capability tasks
 #
-# The tasks of {mod}`analysis_lib.capability`: one- and two-digit addition (3-shot, greedy,
+# The tasks of `analysis_lib.capability`: one- and two-digit addition (3-shot, greedy,
 # exact answer), RACE-middle and PIQA (multiple choice by mean log-probability per option
 # token; chance 25 % and 50 %) and perplexity on neutral text. Arithmetic is free-form, so its
 # chance level is ≈ 0. CommonWords bias is the mean |b| with b = log p(man) − log p(woman).
@@ -283,6 +283,7 @@ results.table("ablation_deltas", deltas.assign(model=model))
 vs_random = general.general_vs_random(control_table, "general")
 results.table("general_vs_random", vs_random.assign(model=model))
 results.add("n_random", n_random)
+results.add("n_general", n_general)
 _d = deltas[(deltas.condition == "general") & (deltas.task == "commonwords")].iloc[0]
 results.add("cw_general_effect", "increases the bias" if _d.ci_low > 0 else ("reduces the bias" if _d.ci_high < 0 else
             "leaves the bias within noise"))
@@ -357,7 +358,8 @@ plt.close(fig)
 # Every task under each condition (control-size subsets): the model as is (black), the two
 # general neurons masked (red), two gender neurons masked (blue), and each random draw of two
 # neurons from the general neurons' layer(s) (grey). Bars: 95 % bootstrap intervals; dashed:
-# chance. Masking the general neurons moves every task far outside the random draws.
+# chance. The grey dots show how far masking two ordinary neurons of the same layer moves a
+# task; a red marker outside them is an effect of the general neurons themselves.
 # ```
 #
 # With the general neurons masked, one-digit addition goes from {glue:text}`original_arithmetic_1digit` %
@@ -414,7 +416,7 @@ else:
     glue("bias_suite_note", "the bias suite (full profile only)", display=False)
 
 # %% [markdown]
-# The standard bias benchmarks of {mod}`analysis_lib.benchmarks` under the three main
+# The standard bias benchmarks of `analysis_lib.benchmarks` under the three main
 # conditions ({glue:text}`bias_suite_note`):
 
 # %%
@@ -554,15 +556,20 @@ for r in sens.itertuples():
         results.add(f"start_{key}_same", bool(r.same_top))
         results.add(f"start_{key}_overlap", float(r.overlap_topk), fmt=".0%")
         results.add(f"start_{key}_ref_ranks", r.ref_ranks)
+alt = sens[sens.start_token != str(lm.start_token)]
+start_text = " ".join(
+    f"With {'no start token' if r.start_token.lower() == 'none' else '`' + r.start_token + '` at position 0'} the top "
+    f"general neurons are {r.top} (the default's top {n_general} rank {r.ref_ranks} there; top-10 overlap "
+    f"{r.overlap_topk:.0%})." for r in alt.itertuples())
+start_text += (" The general neurons belong to position 0, not to one particular token." if alt.same_top.all() else
+               " The start token changes which neurons come out on top.")
+glue("start_text", start_text, display=False)
 
 # %%
 sens.style.format({"overlap_topk": "{:.0%}", "top_start_score": "{:.3g}"}).hide(axis="index")
 
 # %% [markdown]
-# With `<|endoftext|>` at position 0 the top general neurons are {glue:text}`start_eot_top`
-# (the default's two rank {glue:text}`start_eot_ref_ranks`; top-10 overlap
-# {glue:text}`start_eot_overlap`). The general neurons belong to position 0, not to one
-# particular token.
+# {glue:text}`start_text`
 
 # %% [markdown]
 # ## A second architecture: Gemma 3 270M
@@ -573,53 +580,45 @@ sens.style.format({"overlap_topk": "{:.0%}", "top_start_score": "{:.3g}"}).hide(
 # fewer random draws. This section runs in the full profile.
 
 # %% tags=["remove-cell"]
-rep_rows, rep_general, rep_tables = [], [], []
 t = time.perf_counter()
-for name in replicate_models:
-    if name == model:
-        continue
-    m2 = models.load_model(name, device=device, dtype=dtype)
-    per = max(1, replicate_prompts // 3)
-    pr2 = general.probe_prompts(m2, replicate_prompts - 2 * per if replicate_prompts > 2 * per else per, per, per, seed)
-    sc2 = general.query_scan(m2, pr2)
-    rk2 = general.rank_general(sc2)
-    g2 = rk2[rk2.general].reset_index(drop=True)
-    ids2 = list(g2.id.head(n_general))
-    ms2 = general.massive_activations(sc2, 10)
-    conds2 = {"original": [], "general": ids2, **{f"random {k + 1}": d for k, d in enumerate(general.random_same_layer(m2, ids2, replicate_random, seed))}}
-    kinds2 = {"original": "original", "general": "general", **{f"random {k + 1}": "random" for k in range(replicate_random)}}
-    tab2, _ = general.run_conditions(m2, conds2, control_sizes, seed, commonwords=cw_eval, kinds=kinds2)
-    vs2 = general.general_vs_random(tab2, "general")
-    rep_general.append(g2.head(6).assign(model=name))
-    rep_tables.append(tab2.assign(model=name))
-    n_layers2 = len(m2.original_model.model.layers)
-    rep_rows.append({"model": name, "layers": n_layers2, "general": ", ".join(ids2),
-                     "share_start": float(g2.share_start.iloc[0]) if len(g2) else float("nan"),
-                     "top_massive": ms2.id.iloc[0], "top_massive_m": float(ms2.m_start.iloc[0])}
-                    | {f"{r.task}: as is → masked": (f"{100 * r.original:.1f} → {100 * r.target:.1f}" if r.metric == "accuracy"
-                                                      else f"{r.original:.2f} → {r.target:.2f}") for r in vs2.itertuples()}
-                    | {f"{r.task}: random range": (f"{100 * r.random_min:.1f}–{100 * r.random_max:.1f}" if r.metric == "accuracy"
-                                                   else f"{r.random_min:.2f}–{r.random_max:.2f}") for r in vs2.itertuples()})
-    for r in vs2.itertuples():
-        key = name.split("-")[0]
-        results.add(f"{key}_{r.task}_original", float(r.original))
-        results.add(f"{key}_{r.task}_general", float(r.target))
-        results.add(f"{key}_{r.task}_p_random", float(r.frac_random_as_extreme))
-    del m2
-replicate = pd.DataFrame(rep_rows)
-if len(replicate):
+reps = {name: general.replicate(name, probes=replicate_probes, n_general=n_general, n_random=replicate_random,
+                                sizes=control_sizes, seed=seed, commonwords=cw_eval, device=device, dtype=dtype)
+        for name in replicate_models if name != model}
+results.time("replicate", time.perf_counter() - t)
+if reps:
+    replicate = pd.DataFrame([r["summary"] for r in reps.values()])
     results.table("replicate", replicate)
-    results.table("replicate_general", pd.concat(rep_general, ignore_index=True))
-    results.table("replicate_conditions", pd.concat(rep_tables, ignore_index=True))
-    r0 = replicate.iloc[0]
-    glue("rep_text", f"In {r0.model} ({r0.layers} layers) the top general neurons are {r0.general}; "
-                     f"its largest start-token coefficient is {r0.top_massive} ({r0.top_massive_m:.0f}).", display=False)
-    results.add("replicate_general", r0.general)
-    results.add("replicate_model", r0.model)
+    results.table("replicate_general", pd.concat([r["ranking"].head(8).assign(model=n) for n, r in reps.items()]))
+    results.table("replicate_conditions", pd.concat([r["table"] for r in reps.values()], ignore_index=True))
+    name0, r0 = next(iter(reps.items()))
+    s0 = r0["summary"]
+    results.add("replicate_model", name0)
+    results.add("replicate_general", s0["general"])
+    results.add("replicate_general_layers", s0["general_layers"])
+    results.add("replicate_layers", s0["layers"])
+    results.add("replicate_share_start", s0["share_start"], fmt=".2f")
+    results.add("replicate_m_start", s0["m_start"], fmt=".0f")
+    results.add("replicate_are_massive", s0["are_massive"])
+    for r in r0["vs_random"].itertuples():
+        f = 100 if r.metric == "accuracy" else 1
+        results.add(f"replicate_{r.task}_original", f * r.original, fmt=".1f" if f == 100 else ".2f")
+        results.add(f"replicate_{r.task}_general", f * r.target, fmt=".1f" if f == 100 else ".2f")
+        results.add(f"replicate_{r.task}_random", f"{f * r.random_min:.{1 if f == 100 else 2}f}–{f * r.random_max:.{1 if f == 100 else 2}f}")
+    results.add("replicate_arith_drop", r0["verdict"]["arith_drop"], fmt=".0%")
+    results.add("verdict_replicate", r0["verdict"]["verdict"])
+    glue("rep_text", (
+        f"In {name0} ({s0['layers']} layers) the top general neurons are {s0['general']} (layers "
+        f"{s0['general_layers']}); {s0['share_start']:.0%} of the first one's query score sits at the start token, where its "
+        f"coefficient is {s0['m_start']:.0f}. "
+        + ("They are also the model's largest start-token activations. " if s0["are_massive"] else
+           f"The model's largest start-token activation belongs to {s0['top_massive']} instead. ")
+        + "Masking them: " + "; ".join(f"{k.split(':')[0]} {v}" for k, v in s0.items() if k.endswith("as is → masked"))
+        + f" (random draws of two same-layer neurons: "
+        + "; ".join(f"{k.split(':')[0]} {v}" for k, v in s0.items() if k.endswith("random draws")) + ")."), display=False)
 else:
     replicate = pd.DataFrame({"note": ["No second model in this profile (replicate_models is empty); run the full profile."]})
+    results.add("verdict_replicate", "not tested")
     glue("rep_text", "This profile runs no second model; the full profile adds Gemma 3 270M.", display=False)
-results.time("replicate", time.perf_counter() - t)
 
 # %%
 replicate.T if "model" in replicate else replicate
@@ -628,56 +627,65 @@ replicate.T if "model" in replicate else replicate
 # {glue:text}`rep_text`
 
 # %% tags=["remove-cell"]
-def _get(key, default=float("nan")):
-    return results.values.get(key, default)
-
-
-drop_arith = _get("original_arithmetic_1digit") - _get("general_arithmetic_1digit")
-rel_arith = drop_arith / _get("original_arithmetic_1digit") if _get("original_arithmetic_1digit") else float("nan")
-race_above = (_get("original_race") - 100 * CHANCE["race"])
-race_drop_share = (_get("original_race") - _get("general_race")) / race_above if race_above > 0 else float("nan")
-p_ar = _get("p_random_arithmetic_1digit")
+n_layers = len(lm.original_model.model.layers)
+cv = general.collapse_verdict(vs_random)
 v_exist = "reproduced" if (len(general_ids) == n_general and float(gen_rank.share_start.iloc[0]) > 0.9) else "partly reproduced"
-v_collapse = general.verdict(min(rel_arith, race_drop_share if np.isfinite(race_drop_share) else rel_arith), 0.6, 0.25)
-v_mech = general.verdict(_get("cna_flip_share") - (0 if not np.isfinite(flip_ctrl) else flip_ctrl), 0.25, 0.05)
-v_start = "reproduced" if all(results.values.get(k) for k in results.values if k.startswith("start_") and k.endswith("_same")) else "partly reproduced"
-v_layer = "not reproduced" if min(int(x) for x in gen_rank.layer.head(n_general)) > 4 else "reproduced"
-for k, v in dict(verdict_exist=v_exist, verdict_layer=v_layer, verdict_collapse=v_collapse, verdict_mechanism=v_mech,
+v_layer = "reproduced" if max(int(x) for x in gen_rank.layer.head(n_general)) <= max(2, n_layers // 8) else "not reproduced"
+v_mech = general.verdict(results.values["cna_flip_share"] - (flip_ctrl if np.isfinite(flip_ctrl) else 0.0), 0.25, 0.05)
+same = [results.values[k] for k in results.values if k.startswith("start_") and k.endswith("_same")]
+v_start = "reproduced" if same and all(same) else ("partly reproduced" if any(same) else "not reproduced")
+ppl = main_table[main_table.task == "neutral"].set_index("condition").value
+for k, v in dict(verdict_exist=v_exist, verdict_layer=v_layer, verdict_collapse=cv["verdict"], verdict_mechanism=v_mech,
                  verdict_start=v_start).items():
     results.add(k, v)
-results.add("arith_relative_drop", rel_arith, fmt=".0%")
-results.add("race_drop_share_above_chance", race_drop_share, fmt=".0%")
+results.add("n_layers", n_layers)
+results.add("general_1_depth", (int(gen_rank.layer.iloc[0]) + 1) / n_layers, fmt=".0%")
+results.add("arith_relative_drop", cv["arith_drop"], fmt=".0%")
+results.add("race_drop_share_above_chance", cv["race_drop"], fmt=".0%")
+results.add("ppl_ratio_general", float(ppl["general"] / ppl["original"]), fmt=".1f")
+results.add("massive_phrase", "they are also the neurons with the largest start-token activations of the whole model"
+            if results.values["general_are_massive"] else "they are not among the model's largest start-token activations")
 results.time("total", time.perf_counter() - T0)
 
 # %% [markdown]
 # ## Verdict
 #
-# Claim by claim, for {glue:text}`model` (135M parameters, 30 layers; the paper's models are
-# around 7B, so every number here carries that caveat), with the {glue:text}`profile` profile:
+# Claim by claim, for {glue:text}`model` with the {glue:text}`profile` profile. Our models
+# have 135M–270M parameters and the paper's around 7B, so every verdict carries that caveat;
+# the quick profile uses a few probe prompts, small task subsets and two random draws, so
+# only the full profile's numbers should be quoted.
 #
-# * **General neurons exist and are found at the start token — {glue:text}`verdict_exist`.**
+# * **General neurons exist and are found at the start token: {glue:text}`verdict_exist`.**
 #   A data-driven scan over three unrelated prompt sets finds FFN query neurons whose query
-#   score sits almost entirely at the start token ({glue:text}`general_1_share_start` for the
-#   first), with a constant, enormous activation there ({glue:text}`general_1_m_start`).
-# * **They sit in a shallow layer (layer 2 in Llama) — {glue:text}`verdict_layer`.** Ours are
-#   in layer {glue:text}`general_1_layer` of 30, a third of the way up, and they are the
-#   model's massive-activation neurons.
-# * **Masking two of them collapses arithmetic and reading comprehension —
-#   {glue:text}`verdict_collapse`.** One-digit addition falls from
+#   score sits almost entirely at the start token ({glue:text}`general_1_share_start` for
+#   {glue:text}`general_1`), with a constant, enormous activation there
+#   ({glue:text}`general_1_m_start`, larger than {glue:text}`general_1_pct_layer` % of its
+#   layer).
+# * **They sit in a shallow layer (layer 2 of 32 in Llama): {glue:text}`verdict_layer`.**
+#   Ours are in layer {glue:text}`general_1_layer` of {glue:text}`n_layers`
+#   ({glue:text}`general_1_depth` of the way up), and {glue:text}`massive_phrase`.
+# * **Masking two of them collapses arithmetic and reading comprehension:
+#   {glue:text}`verdict_collapse`.** One-digit addition goes from
 #   {glue:text}`original_arithmetic_1digit` % to {glue:text}`general_arithmetic_1digit` %
-#   (a relative drop of {glue:text}`arith_relative_drop`; the paper: 51.9 → 7.5 %) and RACE
-#   from {glue:text}`original_race` % to {glue:text}`general_race` % (chance
-#   {glue:text}`chance_race` %; the paper: 63.5 → 31.5 %), outside every random draw of two
-#   neurons from the same layer. RACE starts close to chance in a 135M model, so its drop is
-#   bounded by how little there is to lose.
-# * **Masking them flips the coefficients of deeper arithmetic neurons —
+#   ({glue:text}`arith_relative_drop` of the model's accuracy lost; the paper: 51.9 → 7.5 %,
+#   86 %) and RACE from {glue:text}`original_race` % to {glue:text}`general_race` % (chance
+#   {glue:text}`chance_race` %; {glue:text}`race_drop_share_above_chance` of the accuracy above
+#   chance lost; the paper: 63.5 → 31.5 %). A task counts only if its drop exceeds every
+#   random draw. Beyond the paper's tasks, perplexity grows {glue:text}`ppl_ratio_general`-fold,
+#   while PIQA goes from {glue:text}`original_piqa` % to {glue:text}`general_piqa` %.
+# * **Masking them flips the coefficients of deeper arithmetic neurons:
 #   {glue:text}`verdict_mechanism`.** {glue:text}`cna_flip_share` of the top arithmetic
-#   neurons flip sign (random control: {glue:text}`cna_flip_share_random`).
-# * **The same neurons whatever the start token — {glue:text}`verdict_start`.**
+#   neurons flip sign (random control: {glue:text}`cna_flip_share_random`), and the top
+#   neurons keep {glue:text}`cna_imp_kept` of their importance: most of the damage is
+#   shrinking coefficients rather than reversed ones.
+# * **The same neurons whatever the start token: {glue:text}`verdict_start`.**
+# * **A second architecture (Gemma 3 270M), masking its general neurons collapses arithmetic
+#   and RACE: {glue:text}`verdict_replicate`.** (Full profile only; see the section above.)
 #
-# The general neurons are found under `results/04_general_neurons__general_neurons.parquet`
-# (columns `id`, `layer`, `start_score`, `share_start`, `selected`, ...) so that the editing
-# chapters can exclude them.
+# The general neurons found here are saved in
+# `results/04_general_neurons__general_neurons.parquet` (columns `id`, `layer`,
+# `start_score`, `share_start`, `selected` for the top {glue:text}`n_general`, ...) so that the
+# editing chapters can exclude them.
 
 # %% tags=["remove-cell"]
 results.save()
