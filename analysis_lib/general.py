@@ -60,6 +60,7 @@ __all__ = [
     "activation_profile",
     "cna_table",
     "cna_summary",
+    "collapse_verdict",
     "condition_table",
     "ffn_importance",
     "general_vs_random",
@@ -68,6 +69,7 @@ __all__ = [
     "prompt_query_positions",
     "query_scan",
     "random_same_layer",
+    "replicate",
     "rank_gender",
     "rank_general",
     "run_conditions",
@@ -757,7 +759,106 @@ def start_token_comparison(rankings: Mapping[str, pd.DataFrame], reference: str,
     return pd.DataFrame(rows)
 
 
+# ----------------------------------------------------------------------------- second architecture
+
+
+def replicate(
+    name: str,
+    *,
+    probes: Sequence[int] = (2, 1, 1),
+    n_general: int = 2,
+    n_random: int = 5,
+    sizes: Mapping[str, int | None],
+    seed: int = 0,
+    commonwords: pd.DataFrame | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict[str, Any]:
+    """The chapter's scan and masking experiment on another model, in one call.
+
+    Loads ``name``, scans ``probes = (n_commonwords, n_arithmetic, n_race)`` probe prompts,
+    masks its top-``n_general`` general neurons and ``n_random`` seeded same-layer random draws,
+    and scores every condition on the capability tasks of ``sizes`` (and CommonWords).
+
+    Returns:
+        ``{"ranking", "massive", "general", "table", "vs_random", "verdict", "summary"}``:
+        ``summary`` is one flat dict (model, layers, general ids, their share at the start
+        token, whether they are the largest start activations, each task before → after and
+        the random range) for a comparison table.
+    """
+    from .models import load_model
+
+    m = load_model(name, device=device, dtype=dtype)
+    try:
+        pr = probe_prompts(m, *probes, seed=seed)
+        scan = query_scan(m, pr)
+        rk = rank_general(scan)
+        gen = rk[rk.general].reset_index(drop=True)
+        ids = list(gen.id.head(n_general))
+        massive = massive_activations(scan, 10)
+        draws = random_same_layer(m, ids, n_random, seed)
+        conds = {"original": [], "general": ids, **{f"random {k + 1}": d for k, d in enumerate(draws)}}
+        kinds = {"original": "original", "general": "general", **{f"random {k + 1}": "random" for k in range(n_random)}}
+        table, _ = run_conditions(m, conds, sizes, seed, commonwords=commonwords, kinds=kinds)
+        n_layers = arch(m).n_layers
+    finally:
+        del m
+    vs = general_vs_random(table, "general")
+    summary: dict[str, Any] = {
+        "model": name, "layers": n_layers, "general": ", ".join(ids),
+        "general_layers": ", ".join(str(x) for x in gen.layer.head(n_general)),
+        "share_start": float(gen.share_start.iloc[0]) if len(gen) else float("nan"),
+        "m_start": float(gen.m_start.iloc[0]) if len(gen) else float("nan"),
+        "are_massive": bool(set(ids) <= set(massive.id)),
+        "top_massive": massive.id.iloc[0],
+    }
+    for r in vs.itertuples():
+        acc = r.metric == "accuracy"
+        f = (lambda v: f"{100 * v:.1f}") if acc else (lambda v: f"{v:.2f}")
+        summary[f"{r.task}: as is → masked"] = f"{f(r.original)} → {f(r.target)}"
+        summary[f"{r.task}: random draws"] = f"{f(r.random_min)}–{f(r.random_max)}"
+    return {"ranking": rk, "massive": massive, "general": ids, "table": table.assign(model=name), "vs_random": vs,
+            "verdict": collapse_verdict(vs), "summary": summary}
+
+
 # ----------------------------------------------------------------------------- verdicts
+
+
+def collapse_verdict(vs_random: pd.DataFrame, *, full: float = 0.6, partial: float = 0.25) -> dict[str, Any]:
+    """Verdict on "masking the general neurons collapses arithmetic and RACE".
+
+    The effect on each task is the share of the model's headroom that is lost:
+    ``(original - masked) / (original - chance)`` (one-digit arithmetic: chance 0; RACE:
+    25 %). A task counts only when its change is more extreme than that of every random draw
+    (``frac_random_as_extreme == 1 / (n_random + 1)``).
+
+    Returns:
+        ``{"verdict", "arith_drop", "race_drop", "arith_p", "race_p"}``: "reproduced" when both
+        tasks lose at least ``full`` of their headroom, "partly reproduced" when one loses at
+        least ``partial``, else "not reproduced".
+    """
+    from .capability import CHANCE
+
+    out: dict[str, Any] = {}
+    for task, key, chance in (("arithmetic_1digit", "arith", CHANCE["arithmetic"]), ("race", "race", CHANCE["race"])):
+        r = vs_random[vs_random.task == task]
+        if r.empty:
+            out[f"{key}_drop"], out[f"{key}_p"] = float("nan"), float("nan")
+            continue
+        r = r.iloc[0]
+        head = r.original - chance
+        drop = (r.original - r.target) / head if head > 0 else float("nan")
+        out[f"{key}_drop"], out[f"{key}_p"] = float(drop), float(r.frac_random_as_extreme)
+        out[f"{key}_beyond_random"] = bool(r.frac_random_as_extreme <= 1 / (r.n_random + 1) + 1e-9)
+    eff = [out[f"{k}_drop"] if (np.isfinite(out[f"{k}_drop"]) and out.get(f"{k}_beyond_random")) else 0.0
+           for k in ("arith", "race")]
+    if all(e >= full for e in eff):
+        out["verdict"] = "reproduced"
+    elif max(eff) >= partial:
+        out["verdict"] = "partly reproduced"
+    else:
+        out["verdict"] = "not reproduced"
+    return out
 
 
 def verdict(effect: float, threshold_full: float, threshold_partial: float) -> str:
