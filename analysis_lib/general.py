@@ -247,7 +247,7 @@ def prompt_query_positions(
     data = A.forward_data(model, prompt, res.target_id)[0]
     tab = res.top("attn_value")
     neur = [(n.layer, n.head, n.dim, n.position) for n in tab.neuron]
-    Q, Qp = A.query_scores(model, data, neur, tab.score.to_numpy(dtype=np.float64))
+    Q, Qp = A.query_scores(model, data, neur, tab.score.to_numpy(dtype=np.float64).copy())
     wp = [p for p in A.word_positions(model, prompt, word) if p != 0] if word else []
     q_word = Qp[..., wp].sum(-1) if wp else torch.zeros_like(Q)
     tot = float(tab.score.sum())
