@@ -46,7 +46,7 @@ first-order score, an upper bound). With ``d`` in ``[d_min, d_max]`` the two-poi
 Both factorize: ``p.d = s . (g * (W_U.T p)) / rms`` needs one vector per baseline (all neurons
 of a layer share it), and ``d_max, d_min`` are the neuron's vocabulary extrema (precomputed
 once per model, cached on disk). Selection (:class:`_Select`) takes two rounds: round 1 scores
-the k + k/10 best neurons by the first-order score exactly; round 2 scores every other neuron
+the k + k/25 best neurons by the first-order score exactly; round 2 scores every other neuron
 whose bound can still reach the k-th best exact score, after tightening those few bounds on the
 head of the baseline distribution (the 512, then 4096 most probable tokens exactly, the tail
 by Jensen / the two-point bound: :meth:`_Scorer.refine`). The returned top-k and bottom-k are
@@ -390,7 +390,9 @@ class _Scorer:
     o_proj, times the sandwich output-norm gain). Its logit change is ``d = e * (r * g / scale) @ W_U.T``.
     """
 
-    def __init__(self, model, data: PromptData, *, need_lower: bool):
+    def __init__(self, model, data: PromptData, *, need_lower: bool, layers: Sequence[int] | None = None):
+        """``layers``: compute the baselines of these layers only (the bounds of neurons in
+        other layers are then meaningless; used to rescore a few candidates cheaply)."""
         self.model, self.data = model, data
         self.a = a = arch(model)
         W, b = unembed(model)
@@ -401,7 +403,13 @@ class _Scorer:
         self.t = t
         # baselines: FFN of layer l -> resid_mid[l] (row l); attention of layer l -> resid_pre[l] (row L+l)
         xb = torch.cat([data.x_mid, data.x_pre])  # [2L, d]
-        z0 = (xb * self.gs) @ W.T
+        if layers is None:
+            z0 = (xb * self.gs) @ W.T
+        else:
+            rows = torch.tensor(sorted({int(l) for l in layers} | {int(l) + L for l in layers}), dtype=torch.long)
+            z0 = torch.zeros(2 * L, W.shape[0])
+            if rows.numel():
+                z0[rows] = (xb[rows] * self.gs) @ W.T
         if b is not None:
             z0 = z0 + b
         self.z0 = z0
@@ -635,7 +643,7 @@ class _Select:
         self.scored = torch.zeros(n, dtype=torch.bool)
         self.idx: list[Tensor] = []
         self.val: list[Tensor] = []
-        self.margin = margin if margin is not None else max(2, k // 10)
+        self.margin = margin if margin is not None else max(2, k // 25)
         self.rounds = 0
         self.done = self.k == 0
 
@@ -1308,10 +1316,13 @@ def _tighten(model, cands: dict[str, Tensor], compact: list[_Compact], entry_tol
         nc = cand.numel()
         acc[fam] = [torch.zeros(nc, dtype=torch.float64), torch.zeros(nc, dtype=torch.float64),
                     torch.zeros(nc, len(POSITION_CATEGORIES), dtype=torch.float64), 0]
+    a = arch(model)
+    per_layer = {"ffn": a.d_mlp, "attn": a.n_heads * a.d_head}
+    layers = sorted({int(x) for fam, cand in cands.items() for x in (cand // per_layer[fam]).tolist()})
     for c in tqdm(compact, disable=not progress, desc="certify"):
         d = c.data
         T = d.T
-        scorer = _Scorer(model, d, need_lower=True)
+        scorer = _Scorer(model, d, need_lower=True, layers=layers)
         for fam, cand in cands.items():
             nc = cand.numel()
             f = scorer.fam[fam]
