@@ -350,7 +350,7 @@ def test_dataset_attribution_and_shared_frequency(model, fast, dense):
                 nid = NeuronId("ffn", layer=int(key[0]), index=int(key[1])) if kind == "ffn_value" else \
                     NeuronId("attn", layer=int(key[0]), head=int(key[1]), dim=int(key[2]))
                 assert str(nid) in got, (kind, str(nid))
-        shares = df[[f"share_{c}" for c in ("start", "word", "last", "other")]].sum(1)
+        shares = df[[f"share_{c}" for c in ("start", "word", "last", "other")]].sum(axis=1)
         assert np.allclose(shares, 1.0, atol=1e-6)
     for i, res in enumerate(fast[1:]):
         assert [str(n) for n in ds.per_prompt_topk["ffn_value"][i]] == [str(n) for n in res.neurons("ffn_value")[:20]]

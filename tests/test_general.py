@@ -33,6 +33,7 @@ def _cache(model, prompt, masked=()):
     return logits[0, -1], cache
 
 
+@torch.no_grad()
 def slow_query_by_position(model, prompt, target, attn_table):
     """Q(l, i) split by source position, one attention neuron at a time (method_spec §1.1).
 
@@ -59,6 +60,7 @@ def slow_query_by_position(model, prompt, target, attn_table):
     return out
 
 
+@torch.no_grad()
 def slow_importance(model, prompt, neuron, target_id, *, masked=(), scale_from_clean=True):
     """LP_t(x_mid + m w) - LP_t(x_mid) from raw hooks, read out with the clean run's final scale."""
     hf = model.original_model
