@@ -689,8 +689,14 @@ def circuit_path(
     return CircuitPath(result=res, tokens=res.tokens, nodes=nodes, edges=edges)
 
 
-def plot_path(ax, path: CircuitPath, n_labels: int = 3) -> None:
-    """Draw a :class:`CircuitPath`: layer on x, token position on y, marker area ~ score."""
+def plot_path(ax, path: CircuitPath, n_labels: int = 2, min_edge: float = 0.05) -> None:
+    """Draw a :class:`CircuitPath`: layer on x, token position on y, marker area ~ score.
+
+    The ``n_labels`` best neurons of each stage are named; labels at the same spot are
+    stacked so that they do not overlap. Edges weaker than ``min_edge`` times the strongest
+    are left out; attention neurons that a drawn edge feeds but that are not among the shown
+    nodes appear as open circles.
+    """
     import seaborn as sns
 
     pal = sns.color_palette("colorblind")
@@ -699,25 +705,40 @@ def plot_path(ax, path: CircuitPath, n_labels: int = 3) -> None:
     smax = float(nodes.score.abs().max()) if len(nodes) else 1.0
     T = len(path.tokens)
     pos_of = {(r.stage, r.id): r for r in nodes.itertuples()}
-    for e in path.edges.itertuples():
+    edges = path.edges
+    if len(edges):
+        edges = edges[edges.weight >= min_edge * edges.weight.max()]
+    shown = set(nodes[nodes.stage == "attention"].id)
+    extra = edges[~edges.target.isin(shown)].drop_duplicates("target")
+    ax.scatter(extra.target_layer, extra.position, s=30, facecolors="none", edgecolors=pal[1], linewidth=1.0,
+               zorder=3, label="attention (fed, not top-8)")
+    for e in edges.itertuples():
         s = pos_of.get(("query FFN", e.source))
         if s is None:
             continue
         ax.annotate("", xy=(e.target_layer, e.position), xytext=(s.layer, s.position),
-                    arrowprops=dict(arrowstyle="->", color="grey", lw=0.8, alpha=0.6))
+                    arrowprops=dict(arrowstyle="->", color="dimgrey", lw=1.0, alpha=0.7,
+                                    connectionstyle="arc3,rad=-0.1"))
     for r in nodes[nodes.stage == "attention"].itertuples():  # attention carries p -> last position
         ax.annotate("", xy=(r.layer, T - 1), xytext=(r.layer, r.position),
                     arrowprops=dict(arrowstyle="->", color=pal[1], lw=0.8, alpha=0.5, ls="--"))
+    used: dict[tuple[int, int], int] = {}
     for stage, (marker, color) in style.items():
         sub = nodes[nodes.stage == stage]
         ax.scatter(sub.layer, sub.position, s=40 + 400 * sub.score.abs() / smax, marker=marker, color=color,
                    edgecolor="black", linewidth=0.5, label=stage, alpha=0.85, zorder=3)
         for r in sub.head(n_labels).itertuples():
-            ax.annotate(r.id, (r.layer, r.position), textcoords="offset points", xytext=(4, 6), fontsize=7)
+            spot = (int(r.layer) // 3, int(r.position))
+            k = used.get(spot, 0)
+            used[spot] = k + 1
+            right = r.layer > 0.8 * float(nodes.layer.max())
+            ax.annotate(r.id, (r.layer, r.position), textcoords="offset points",
+                        xytext=(-8 if right else 6, 8 + 11 * k), ha="right" if right else "left",
+                        fontsize=8, color=color, fontweight="bold", zorder=4)
     ax.set_yticks(range(T))
     ax.set_yticklabels([f"{i}: {t!r}" for i, t in enumerate(path.tokens)])
-    ax.set_ylim(-0.6, T - 0.4)
-    ax.legend(loc="upper left", fontsize=8, markerscale=0.6)
+    ax.set_ylim(-0.6, T - 0.1)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=0.6)
 
 
 # ----------------------------------------------------------------------------- shared frequency
@@ -992,3 +1013,37 @@ def neuron_activity(scores: NeuronScores, kind: str, neurons: Sequence[str], *, 
             row["abs_rank"] = int((np.abs(lo_all) > abs(lo_all[f])).sum()) + 1
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def word_route(path: CircuitPath) -> dict[str, Any]:
+    """The strongest query neuron at the word in a :class:`CircuitPath` and the attention neuron
+    it feeds most: ``{"query", "query_layer", "attn"}`` (``"none"`` / -1 where absent)."""
+    q = path.nodes[(path.nodes.stage == "query FFN") & (path.nodes.category == "word")]
+    if not len(q):
+        return {"query": "none", "query_layer": -1, "attn": "none"}
+    qid = q.sort_values("score", ascending=False).id.iloc[0]
+    e = path.edges[path.edges.source == qid].sort_values("weight", ascending=False)
+    return {"query": qid, "query_layer": int(NeuronId.parse(qid).layer), "attn": e.target.iloc[0] if len(e) else "none"}
+
+
+def shared_frequency_report(per_prompt_topk: Mapping[str, Sequence[Sequence[Any]]], Ks: Sequence[int], *,
+                            names: Mapping[str, str] | None = None, n_boot: int = 1000, seed: int = 0):
+    """Shared frequency at each K for each kind, for the chapter's table, figure and numbers.
+
+    Returns:
+        ``(table, curves, stats)``: ``table`` has one row per (kind, K) with the mean shared
+        frequency of the K most shared neurons and its interval, the maximum, the most shared
+        neuron and the number of neurons in at least half of the prompts; ``curves`` is
+        :func:`shared_frequency_table` (first K rows) for every (kind, K) with ``kind`` and
+        ``K`` columns; ``stats[(kind, K)]`` is :func:`shared_frequency_summary`'s dict.
+    """
+    rows, curves, stats = [], [], {}
+    for kind, lists in per_prompt_topk.items():
+        label = (names or {}).get(kind, kind)
+        for K in Ks:
+            s = shared_frequency_summary(lists, K, n_boot=n_boot, seed=seed)
+            stats[(kind, K)] = s
+            rows.append({"kind": label, "K": K, "mean of K most shared": f"{s['mean_top_K']:.2f}",
+                         "most shared": f"{s['max']:.2f}", "neuron": s["top_id"], "in ≥ half": s["n_half"]})
+            curves.append(shared_frequency_table(lists, K).head(K).assign(kind=label, K=K))
+    return pd.DataFrame(rows).set_index(["kind", "K"]), pd.concat(curves, ignore_index=True), stats

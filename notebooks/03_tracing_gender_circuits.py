@@ -40,8 +40,8 @@ device = "cpu"
 dtype = "float32"
 profile = "quick"
 seed = 0
-n_prompts = 32
-n_heldout = 16
+n_prompts = 16
+n_heldout = 8
 top_k = 50
 shared_ks = [10, 50]
 n_boot = 1000
@@ -85,10 +85,12 @@ KIND_NAMES = {"ffn_value": "FFN value", "attn_value": "attention value", "ffn_qu
 lm = models.load_model(model, device=device, dtype=dtype)
 ds = cw.load_commonwords(seed=seed)
 train = circuits.prompt_subset(ds["train"].to_pandas(), n_prompts, seed)
-train = pd.concat([train, circuits.biased_targets(lm, list(train.prompt))], axis=1)
+train = pd.concat([train, circuits.biased_targets(lm, train.prompt)], axis=1)
 heldout = circuits.prompt_subset(ds["test"].to_pandas(), n_heldout, seed)
-heldout = pd.concat([heldout, circuits.biased_targets(lm, list(heldout.prompt))], axis=1)
-pd.crosstab(train.category, train.target.str.strip(), margins=True, margins_name="all")
+heldout = pd.concat([heldout, circuits.biased_targets(lm, heldout.prompt)], axis=1)
+P, T, W = list(train.prompt), list(train.target), list(train.word)
+pd.crosstab(train.category, train.target.str.strip(), margins=True,
+            margins_name="all")
 
 # %% tags=["remove-cell"]
 nurse_prompt = "The nurse is a"
@@ -99,8 +101,8 @@ results.add("n_target_woman", int((train.target == circuits.FEMALE).sum()))
 results.add("share_target_man", float((train.target == circuits.MALE).mean()), fmt=".0%")
 results.add("nurse_target", nurse.target.strip())
 results.add("nurse_bias", float(nurse.bias), fmt=".2f")
-results.add("nurse_p_woman", float(np.exp(nurse.lp_woman)), fmt=".3f")
-results.add("nurse_p_man", float(np.exp(nurse.lp_man)), fmt=".3f")
+results.add("nurse_p_woman", float(np.exp(nurse.lp_woman)), fmt=".2g")
+results.add("nurse_p_man", float(np.exp(nurse.lp_man)), fmt=".2g")
 results.table("prompts", train.drop(columns=["template", "pronoun_template", "pronoun_prompt"]))
 
 # %% [markdown]
@@ -125,12 +127,14 @@ results.table("prompts", train.drop(columns=["template", "pronoun_template", "pr
 
 # %%
 t0 = time.perf_counter()
-da = dataset_attribution(lm, list(train.prompt), list(train.target), top_k=top_k, words=list(train.word),
+da = dataset_attribution(lm, P, T, top_k=top_k, words=W,
                          per_prompt_k=max(shared_ks), progress=False)
 results.time("dataset_attribution", time.perf_counter() - t0)
-top = {k: list(da.tables[k].id) for k in circuits.KINDS}
-pd.concat({KIND_NAMES[k]: da.tables[k].head(8).set_index("rank")[["id", "score", "mean", "important_position"]]
-           for k in circuits.KINDS}, axis=1)
+KINDS = circuits.KINDS
+top = {k: list(da.tables[k].id) for k in KINDS}
+cols = ["id", "score", "mean", "important_position"]
+pd.concat({KIND_NAMES[k]: da.tables[k].head(8).set_index("rank")[cols] for k in KINDS},
+          axis=1)
 
 # %% [markdown]
 # `score` is the sum over the prompts, `mean` the average per prompt, and
@@ -142,17 +146,21 @@ pd.concat({KIND_NAMES[k]: da.tables[k].head(8).set_index("rank")[["id", "score",
 
 # %%
 t1 = time.perf_counter()
-rand = {k: circuits.random_neurons(lm, k, top_k, seed, exclude=top[k]) for k in circuits.KINDS}
-static = circuits.static_gender_neurons(lm, 12)
-scored = {k: top[k] + rand[k] + (list(static.id) if k == "ffn_value" else []) for k in circuits.KINDS}
-scores = circuits.neuron_scores(lm, list(train.prompt), list(train.target), scored, words=list(train.word),
-                                attn_top=da.per_prompt_topk["attn_value"], contrasts=circuits.other_gender(train.target))
-value_kinds = ["ffn_value", "attn_value"]
+rand = {k: circuits.random_neurons(lm, k, top_k, seed, exclude=top[k]) for k in KINDS}
+static = circuits.static_gender_neurons(lm, 12)  # for the gender-neuron section
+scored = {k: top[k] + rand[k] for k in KINDS}
+scored["ffn_value"] += list(static.id)
+scores = circuits.neuron_scores(lm, P, T, scored, words=W,
+                                attn_top=da.per_prompt_topk["attn_value"],
+                                contrasts=circuits.other_gender(T))
+vk = value_kinds = ["ffn_value", "attn_value"]
 held = circuits.neuron_scores(lm, list(heldout.prompt), list(heldout.target),
-                              {k: top[k] + rand[k] for k in value_kinds}, words=list(heldout.word))
+                              {k: scored[k] for k in vk}, words=list(heldout.word))
 results.time("neuron_scores", time.perf_counter() - t1)
-control = {k: circuits.control_summary(scores, k, top[k], rand[k], n_boot=n_boot, seed=seed) for k in circuits.KINDS}
-control_held = {k: circuits.control_summary(held, k, top[k], rand[k], n_boot=n_boot, seed=seed) for k in value_kinds}
+boot = dict(n_boot=n_boot, seed=seed)
+ctl = circuits.control_summary
+control = {k: ctl(scores, k, top[k], rand[k], **boot) for k in KINDS}
+control_held = {k: ctl(held, k, top[k], rand[k], **boot) for k in vk}
 circuits.control_frame(control, control_held, KIND_NAMES).round(3)
 
 # %% tags=["remove-cell"]
@@ -183,7 +191,7 @@ for k in circuits.KINDS:
 # {glue:text}`heldout_top_sum_attn_value` {glue:text}`heldout_top_sum_attn_value_ci`
 # (attention value), so the ranking carries over to words it was not fitted on. Random
 # neurons contribute close to nothing. These are sums of single-neuron effects, not the
-# effect of removing all 50 together; chapter 4 measures that.
+# effect of removing all 50 together; the editing chapter measures that.
 #
 # ## Where the top neurons sit
 #
@@ -215,8 +223,8 @@ results.add("n_layers_model", n_layers)
 # :name: fig-circuits-layers
 #
 # Layers of the top-50 neurons of each kind (dashed line: median layer). FFN value neurons
-# crowd into the last layers; query neurons sit in the first half, where they feed the
-# attention neurons of later layers.
+# crowd into the last layers. Query neurons always sit below the attention neurons they
+# feed; many are in the first layers.
 # ```
 #
 # The median layer is {glue:text}`median_layer_ffn_value` for FFN value neurons
@@ -238,11 +246,11 @@ results.add("n_layers_model", n_layers)
 # the gap.
 
 # %%
-spec = {k: circuits.gender_specificity(scores, k, top[k], n_boot=n_boot, seed=seed) for k in value_kinds}
+spec = {k: circuits.gender_specificity(scores, k, top[k], **boot) for k in value_kinds}
 lo_rank = {k: circuits.logodds_ranking(scores, k, top_k) for k in value_kinds}
 overlap = {k: len(set(top[k]) & set(lo_rank[k].id)) for k in value_kinds}
-pd.concat({KIND_NAMES[k]: lo_rank[k].head(8).set_index("rank")[["id", "mean", "important_position"]]
-           for k in value_kinds}, axis=1)
+cols = ["id", "mean", "important_position"]
+pd.concat({KIND_NAMES[k]: lo_rank[k].head(8).set_index("rank")[cols] for k in vk}, axis=1)
 
 # %% tags=["remove-cell"]
 for k in value_kinds:
@@ -260,9 +268,9 @@ results.table("ranking_logodds", pd.concat(lo_rank.values(), ignore_index=True))
 # "a person", not a gender. The table ranks neurons by their summed log-odds effect instead.
 # Only {glue:text}`overlap_logodds_ffn_value` of its top-50 FFN value neurons (and
 # {glue:text}`overlap_logodds_attn_value` attention neurons) are in the log-probability
-# top-50. Each log-odds effect is small: the strongest, `{glue:text}`logodds_top1_ffn_value``,
+# top-50. Each log-odds effect is small: the strongest, {glue:text}`logodds_top1_ffn_value`,
 # moves the log-odds by {glue:text}`logodds_top1_mean_ffn_value` nats per prompt on
-# average. Chapters 4 and 5 can use this ranking as a second candidate list.
+# average. The editing chapter can use this ranking as a second candidate list.
 #
 # ## Interpretable gender neurons
 #
@@ -276,14 +284,15 @@ results.table("ranking_logodds", pd.concat(lo_rank.values(), ignore_index=True))
 # neurons of each family.
 
 # %%
-lists = {**top, **{f"logodds_{k}": list(lo_rank[k].id) for k in value_kinds}}
-proj = {k: circuits.projection_table(lm, v) for k, v in lists.items()}
-proj_rand = {fam: circuits.projection_table(lm, circuits.random_neurons(lm, kind, 500, seed + 1))
-             for fam, kind in (("ffn", "ffn_value"), ("attn", "attn_value"))}
-gshare = {k: circuits.gendered_share(p.gendered, n_boot=n_boot, seed=seed) for k, p in proj.items()}
-gbase = {fam: circuits.gendered_share(p.gendered, n_boot=n_boot, seed=seed) for fam, p in proj_rand.items()}
 tables_all = {**da.tables, **{f"logodds_{k}": lo_rank[k] for k in value_kinds}}
-names_all = {**KIND_NAMES, **{f"logodds_{k}": f"{KIND_NAMES[k]} (log-odds)" for k in value_kinds}}
+names_all = {**KIND_NAMES, **{f"logodds_{k}": f"{KIND_NAMES[k]} (log-odds)"
+                              for k in value_kinds}}
+proj = {k: circuits.projection_table(lm, t.id) for k, t in tables_all.items()}
+rnd500 = {"ffn": circuits.random_neurons(lm, "ffn_value", 500, seed + 1),
+          "attn": circuits.random_neurons(lm, "attn_value", 500, seed + 1)}
+proj_rand = {fam: circuits.projection_table(lm, ids) for fam, ids in rnd500.items()}
+gshare = {k: circuits.gendered_share(p.gendered, **boot) for k, p in proj.items()}
+gbase = {f: circuits.gendered_share(p.gendered, **boot) for f, p in proj_rand.items()}
 table2 = circuits.gender_neuron_table(proj, tables_all, names_all, n_tokens=5)
 table2.drop(columns=["score"])
 
@@ -316,30 +325,39 @@ results.table("projections", circuits.projection_frame(proj))
 # CommonWords prompts.
 
 # %%
-activity = circuits.neuron_activity(scores, "ffn_value", list(static.id), n_boot=n_boot, seed=seed)
+activity = circuits.neuron_activity(scores, "ffn_value", list(static.id), **boot)
 static_view = static.merge(activity, on="id")
 static_view["top"] = static_view.top_tokens.map(circuits.fmt_tokens)
 static_view["last"] = static_view.last_tokens.map(circuits.fmt_tokens)
-static_view[["id", "gender_z", "top", "last", "mean_score", "mean_logodds", "abs_rank"]].round(3)
+cols = ["id", "gender_z", "top", "last", "mean_score", "mean_logodds", "abs_rank"]
+static_view[cols].round(3)
 
 # %% tags=["remove-cell"]
 results.table("weight_gender_neurons", static_view.drop(columns=["top_tokens", "last_tokens"]))
 results.add("n_static_gendered", int(static_view.gendered.sum()))
-results.add("static_best_abs_rank", int(static_view.abs_rank.min()))
-results.add("static_median_abs_rank", float(static_view.abs_rank.median()), fmt=".0f")
 results.add("static_max_abs_score", float(static_view.mean_score.abs().max()), fmt=".3f")
 results.add("n_ffn_in_top_static", int(sum(x in set(top["ffn_value"]) for x in static.id)))
+best = static_view.sort_values("abs_rank").iloc[0]
+results.add("static_best_id", best.id)
+results.add("static_best_abs_rank", int(best.abs_rank))
+results.add("static_best_logodds", float(best.mean_logodds), fmt=".2f")
+results.add("n_static_top100", int((static_view.abs_rank <= 100).sum()))
+results.add("n_static_top100_against", int(((static_view.abs_rank <= 100) & (static_view.mean_logodds < 0)).sum()))
 
 # %% [markdown]
-# {glue:text}`n_static_gendered` of these 12 neurons pass the gendered-token test, among
-# them neurons with *woman, women, girl* or *her, she, herself* on one side and
-# *himself, his, he* on the other: the paper's Table 2 pattern. On CommonWords their effects
-# are small. The largest mean log-probability increase among them is
-# {glue:text}`static_max_abs_score` nats, and by absolute log-odds effect the best ranks
-# {glue:text}`static_best_abs_rank` among all FFN neurons (median rank
-# {glue:text}`static_median_abs_rank`). {glue:text}`n_ffn_in_top_static` of them are in the
-# top-50. In this model the man/woman choice on these prompts is not routed mainly through
-# the neurons that read most clearly as "gender neurons".
+# {glue:text}`n_static_gendered` of these 12 neurons pass the gendered-token test. Among
+# them are neurons with *woman, women, girl* or *her, she, herself* on one side and
+# *himself, his, he* on the other: the paper's Table 2 pattern. None of them raises the
+# biased token much. The largest mean log-probability increase among them is
+# {glue:text}`static_max_abs_score` nats, and {glue:text}`n_ffn_in_top_static` of them are
+# in the top-50. Some of them do act on the gender gap: {glue:text}`n_static_top100` are
+# among the 100 FFN neurons with the largest absolute log-odds effect, and
+# {glue:text}`n_static_top100_against` of these push *against* the biased token. The
+# strongest, {glue:text}`static_best_id` (rank {glue:text}`static_best_abs_rank`), changes
+# log p(biased) − log p(other) by {glue:text}`static_best_logodds` nats per prompt on
+# average (negative: toward the other gender). A ranking by the increase of the biased
+# token cannot surface such counter-bias neurons: it only lists neurons that raise the
+# biased token.
 #
 # ## The nurse example: from the word to the prediction
 #
@@ -352,10 +370,10 @@ results.add("n_ffn_in_top_static", int(sum(x in set(top["ffn_value"]) for x in s
 
 # %%
 path = circuits.circuit_path(lm, nurse_prompt, nurse.target, word="nurse")
-path.nodes.pivot_table(index="stage", columns="category", values="score", aggfunc="count", fill_value=0)
+pd.crosstab(path.nodes.stage, path.nodes.category)
 
 # %% tags=["remove-cell"]
-fig, ax = plt.subplots(figsize=(11, 4.2))
+fig, ax = plt.subplots(figsize=(11, 5.2))
 circuits.plot_path(ax, path)
 plots.label(ax, "layer", "source position (token)", f"\"{nurse_prompt}\" → \"{nurse.target.strip()}\"")
 ax.set_xlim(-1, n_layers)
@@ -374,6 +392,9 @@ results.add("nurse_n_query_word", int((qn.category == "word").sum()))
 results.add("nurse_top_query", qn.id.iloc[0])
 results.add("nurse_top_attn", an.id.iloc[0])
 results.add("nurse_top_value", vn.id.iloc[0])
+word_route = circuits.word_route(path)
+for key, val in word_route.items():
+    results.add(f"nurse_word_{key}", val)
 results.table("nurse_path", pn)
 results.table("nurse_edges", path.edges)
 
@@ -384,20 +405,24 @@ results.table("nurse_edges", path.edges)
 # The top-8 query FFN (triangles), attention (circles) and value FFN (squares) neurons for
 # "The nurse is a"; marker area ~ score. Most attention neurons read the start token
 # (position 0) and the query neurons that feed them sit at position 0 as well. The word
-# "nurse" (position 2) reaches the last position through fewer, weaker neurons.
+# "nurse" (position 2) has its own, smaller route.
 # ```
 #
-# The top query neuron is `{glue:text}`nurse_top_query``, the top attention neuron
-# `{glue:text}`nurse_top_attn`` and the top value neuron `{glue:text}`nurse_top_value``.
+# The top query neuron is {glue:text}`nurse_top_query`, the top attention neuron
+# {glue:text}`nurse_top_attn` and the top value neuron {glue:text}`nurse_top_value`.
 # The median layers rise from {glue:text}`nurse_query_median_layer` (query) to
 # {glue:text}`nurse_attn_median_layer` (attention) and {glue:text}`nurse_value_median_layer`
 # (value). Of the 8 attention neurons, {glue:text}`nurse_n_attn_start` read the start token
 # and {glue:text}`nurse_n_attn_word` the word; of the 8 query neurons,
 # {glue:text}`nurse_n_query_start` sit at the start and {glue:text}`nurse_n_query_word` at
-# the word.
+# the word. The word's own route runs from query neuron {glue:text}`nurse_word_query`
+# (layer {glue:text}`nurse_word_query_layer`, at the word) into attention neuron
+# {glue:text}`nurse_word_attn`, which reads the word and carries it to the last position.
+# This is the paper's gender-neuron route, next to a stronger route from the start token.
 
 # %%
-path.nodes.set_index(["stage", "rank"])[["id", "layer", "position", "token", "score"]]
+cols = ["id", "layer", "position", "token", "score"]
+path.nodes.set_index(["stage", "rank"])[cols]
 
 # %% [markdown]
 # ## Gender neurons at the word, general neurons at the start
@@ -410,9 +435,10 @@ path.nodes.set_index(["stage", "rank"])[["id", "layer", "position", "token", "sc
 # shares sum to one.
 
 # %%
-shares = pd.concat({KIND_NAMES[k]: circuits.position_shares(scores, k, top[k], n_boot=n_boot, seed=seed)
-                    for k in ("attn_value", "ffn_query")}, names=["kind"]).reset_index(level=0)
-shares.pivot_table(index="kind", columns="position", values="share")[list(circuits.POSITION_CATEGORIES)]
+shares = pd.concat({KIND_NAMES[k]: circuits.position_shares(scores, k, top[k], **boot)
+                    for k in ("attn_value", "ffn_query")}, names=["kind"])
+shares = shares.reset_index(level=0)
+shares.pivot_table(index="kind", columns="position", values="share").round(3)
 
 # %% tags=["remove-cell"]
 for r in shares.itertuples():
@@ -421,8 +447,10 @@ for r in shares.itertuples():
 qpos = circuits.neuron_position_table(da.tables["ffn_query"], top_k)
 apos = circuits.neuron_position_table(da.tables["attn_value"], top_k)
 for name, tab in (("ffn_query", qpos), ("attn_value", apos)):
-    for c in ("start", "word"):
+    for c in ("start", "word", "other"):
         results.add(f"n_{c}_dominated_{name}", int((tab.dominant == c).sum()))
+results.add("median_layer_other_query", float(qpos[qpos.dominant == "other"].layer.median()), fmt=".0f")
+results.add("median_layer_other_attn", float(apos[apos.dominant == "other"].layer.median()), fmt=".0f")
 results.table("query_positions", qpos)
 results.table("attention_positions", apos)
 
@@ -442,9 +470,9 @@ plt.close(fig)
 #
 # Left: share of the summed score of the top-50 attention value and FFN query neurons by
 # source position, with 95% bootstrap intervals over prompts. Right: the same split for each
-# of the top-15 query neurons. The query score comes almost entirely from the start token,
-# and so does a large part of the attention score. The word's own positions carry a small
-# share.
+# of the top-15 query neurons. Most of the query score comes from the start token; most of
+# the attention score comes from the start token and the other template tokens. The word's
+# own positions carry a small share of both.
 # ```
 #
 # The start token carries {glue:text}`share_start_ffn_query`
@@ -459,6 +487,13 @@ plt.close(fig)
 # the counts are {glue:text}`n_start_dominated_attn_value` and
 # {glue:text}`n_word_dominated_attn_value`.
 #
+# A third group, which the paper does not describe, works at the *other* template tokens
+# ("The", "is", "person who", …). {glue:text}`n_other_dominated_ffn_query` of the top query
+# neurons are dominated by them (median layer {glue:text}`median_layer_other_query`), and so
+# are {glue:text}`n_other_dominated_attn_value` attention neurons (median layer
+# {glue:text}`median_layer_other_attn`). The template decides much of the man/woman choice,
+# whatever the word.
+#
 # The start-dominated query neurons are the paper's *general neurons*. Because attention is
 # causal, the start token's residual stream is the same in every prompt, so these neurons
 # fire identically whatever the word is. Several of them have very large coefficients
@@ -466,24 +501,27 @@ plt.close(fig)
 
 # %%
 start_q = qpos[qpos.dominant == "start"].head(6)
-general = circuits.start_activations(lm, list(start_q.id), list(train.prompt[:8]))
-general.merge(start_q[["id", "rank", "share_start"]], on="id").set_index("id")
+general = circuits.start_activations(lm, list(start_q.id), P[:4])
+general = general.merge(start_q[["id", "rank", "share_start"]], on="id")
+general.drop(columns=["ratio"]).set_index("id").round(4)
 
 # %% tags=["remove-cell"]
 results.table("general_neurons", general)
 if len(general):
     results.add("top_general", general.id.iloc[0])
     results.add("top_general_coef", float(general.start_coef.iloc[0]), fmt=".0f")
-    results.add("top_general_ratio", float(general.ratio.iloc[0]), fmt=".0f")
+    results.add("top_general_other", float(general.other_abs.iloc[0]), fmt=".2g")
+    results.add("general_layers", ", ".join(str(circuits.NeuronId.parse(x).layer) for x in general.id))
 else:
-    for key in ("top_general", "top_general_coef", "top_general_ratio"):
+    for key in ("top_general", "top_general_coef", "top_general_other", "general_layers"):
         results.add(key, "n/a")
 
 # %% [markdown]
-# The strongest, `{glue:text}`top_general``, has coefficient {glue:text}`top_general_coef`
-# at the start token, {glue:text}`top_general_ratio` times its mean absolute coefficient
+# The strongest, {glue:text}`top_general`, has coefficient {glue:text}`top_general_coef`
+# at the start token, against a mean absolute coefficient of {glue:text}`top_general_other`
 # at the other positions. The paper's two general neurons sit in FFN layer 2 of Llama; ours
-# sit where the table above says. Chapter 5 tests what happens when they are edited.
+# sit in layers {glue:text}`general_layers`. Chapter 4 tests what happens when they are
+# masked.
 #
 # ## Shared frequency versus K
 #
@@ -494,19 +532,14 @@ else:
 # the mean shared frequency of the K most shared neurons, and give the maximum as well.
 
 # %%
-sf_rows, sf_curves = [], []
-for k in circuits.KINDS:
-    for K in shared_ks:
-        s = circuits.shared_frequency_summary(da.per_prompt_topk[k], K, n_boot=n_boot, seed=seed)
-        sf_rows.append({"kind": KIND_NAMES[k], "K": K, "mean of K most shared": f"{s['mean_top_K']:.2f}",
-                        "most shared": f"{s['max']:.2f}", "neuron": s["top_id"], "in ≥ half": s["n_half"]})
-        sf_curves.append(circuits.shared_frequency_table(da.per_prompt_topk[k], K).head(K).assign(kind=KIND_NAMES[k], K=K))
-        results.add(f"shared_mean_{k}_K{K}", s["mean_top_K"], fmt=".0%")
-        results.add(f"shared_max_{k}_K{K}", s["max"], fmt=".0%")
-pd.DataFrame(sf_rows).set_index(["kind", "K"])
+sf_table, curves, sf = circuits.shared_frequency_report(da.per_prompt_topk, shared_ks,
+                                                        names=KIND_NAMES, **boot)
+sf_table
 
 # %% tags=["remove-cell"]
-curves = pd.concat(sf_curves, ignore_index=True)
+for (k, K), st in sf.items():
+    results.add(f"shared_mean_{k}_K{K}", st["mean_top_K"], fmt=".0%")
+    results.add(f"shared_max_{k}_K{K}", st["max"], fmt=".0%")
 results.table("shared_frequency", curves)
 fig, ax = plt.subplots(figsize=(8, 4.2))
 sns.lineplot(data=curves, x="rank", y="frequency", hue="kind", style="K", ax=ax, marker="o", markersize=3)
@@ -546,33 +579,41 @@ plt.close(fig)
 #   ones ({numref}`fig-circuits-layers`). The nurse prediction runs from query neurons
 #   through attention neurons to deep value neurons, as in Figure 1
 #   ({numref}`fig-circuits-nurse`).
-# * **General neurons at the start token.** A handful of FFN query neurons have massive,
-#   prompt-independent activations at the start token and dominate the query scores of every
-#   prompt. These are the counterpart of the paper's two layer-2 general neurons.
-# * **Interpretable gender neurons exist.** Some top neurons project onto gendered words, as
-#   in the paper's Table 2. They are more common among the top-50 FFN value neurons than among
-#   random FFN neurons.
-# * **A shared core.** A few neurons recur in the top-K of most prompts, so a dataset-level
-#   list is meaningful.
+# * **General neurons at the start token.** A few FFN query neurons have massive,
+#   prompt-independent activations at the start token and take the largest share of the query
+#   scores ({glue:text}`share_start_ffn_query` of the top-50's score). They are the
+#   counterpart of the paper's two layer-2 general neurons, though ours sit in different
+#   layers ({glue:text}`general_layers`).
+# * **A shared core.** At K = 10 the most shared neurons appear in
+#   {glue:text}`shared_mean_ffn_value_K10` (FFN value), {glue:text}`shared_mean_attn_value_K10`
+#   (attention) and {glue:text}`shared_mean_ffn_query_K10` (query) of the prompts' top
+#   lists. That is close to the paper's "about 60%", although the paper's exact definition is
+#   not known.
+# * **Gender neurons exist.** The weights hold neurons with the paper's Table-2 pattern
+#   (*woman, women, girl* against *man, men*; *her, she, herself* against *himself, his, he*).
 #
 # What does not, or only partly:
 #
+# * **The top neurons are generic, not gendered.** The top-50 by log-probability increase
+#   raise *man* and *woman* almost equally (gender specificity
+#   {glue:text}`specificity_ffn_value` for FFN value neurons). Gendered projections are rare
+#   among them ({glue:text}`share_gendered_ffn_value`, against
+#   {glue:text}`share_gendered_random_ffn` for random neurons). The clearest gender neurons
+#   are not in the top-50, and the strongest of them push against the biased token.
 # * **The word carries little.** The paper's gender neurons work at the stereotyped word.
-#   Here the word's tokens carry only a small share of the query and attention scores. Most of
-#   the attribution goes to the start token and to the template tokens shared by all prompts,
-#   which fits a small model whose man/woman choice is driven more by the template than by the
-#   word. Gendered neurons are a minority of the top lists, not the rule.
-# * **Layers differ.** The paper's general neurons sit in layer 2 of 32; ours sit at the
-#   layers shown above. With one prompt template per category and mostly male-leaning
-#   targets, the exact neurons will also depend on the word sample (compare the quick and full
-#   profiles).
-# * **60% at K = 10** is a single number from a larger model with an unknown definition, so
-#   the comparison above is loose. Our mean shared frequency at K = 10 is given with its
-#   interval and differs by kind.
+#   Here the word's tokens carry {glue:text}`share_word_ffn_query` of the top query neurons'
+#   score and {glue:text}`share_word_attn_value` of the attention neurons' score. The rest
+#   goes to the start token and to the template tokens shared by all prompts. A word route
+#   exists (the nurse example shows one), but it is the smaller one.
+# * **Caveats.** With one template per category, the "other tokens" route is partly a
+#   template effect. The top lists depend on the word sample; compare the quick profile
+#   (a seeded subset) with the full one (all 400 words).
 #
-# The rankings are saved for the next chapters:
-# `results/03_tracing_gender_circuits__rankings.parquet` (top-50 per kind with position
-# shares) and `__per_prompt_topk.parquet` (each prompt's own top lists).
+# The rankings are saved for the next chapters in `results/`:
+# `03_tracing_gender_circuits__rankings.parquet` (the top-50 per kind by summed
+# log-probability increase, with position shares and important positions),
+# `__ranking_logodds.parquet` (the top-50 value neurons by log-odds effect) and
+# `__per_prompt_topk.parquet` (each prompt's own top lists).
 
 # %% tags=["remove-cell"]
 results.time("total", time.perf_counter() - t0)
