@@ -58,6 +58,7 @@ __all__ = [
     "PROBE_SETS",
     "QueryScan",
     "activation_profile",
+    "bias_wide",
     "cna_table",
     "cna_summary",
     "collapse_verdict",
@@ -291,6 +292,16 @@ class QueryScan:
     def shape(self) -> tuple[int, int]:
         return self.q_start.shape[1], self.q_start.shape[2]
 
+    def per_prompt(self, neurons: Sequence[str | NeuronId], which: str = "q_start") -> pd.DataFrame:
+        """Long table of one score per (neuron, prompt): ``id``, ``set``, ``prompt``, ``which``."""
+        arr = getattr(self, which)
+        parts = []
+        for nid in neurons:
+            n = NeuronId.parse(nid)
+            parts.append(pd.DataFrame({"id": str(n), "set": self.prompts["set"], "prompt": self.prompts["prompt"],
+                                       which: arr[:, n.layer, n.index]}))
+        return pd.concat(parts, ignore_index=True)
+
     def set_mean(self, which: str = "q_start") -> pd.DataFrame:
         """Per prompt set, the mean of ``which`` over its prompts, as ``[sets, L*d_mlp]``."""
         arr = getattr(self, which).reshape(len(self.prompts), -1)
@@ -348,8 +359,8 @@ def rank_general(scan: QueryScan, *, min_share: float = 0.5, top: int = 20) -> p
     flat = scan.q_start.reshape(n, -1)
     k10 = np.argpartition(-flat, 10, axis=1)[:, :10]
     in10 = np.zeros(flat.shape[1])
-    for row in k10:
-        in10[row] += 1
+    for r, row in enumerate(k10):
+        in10[row[flat[r, row] > 0]] += 1  # a prompt with no start score has no top 10
     df = pd.DataFrame({
         "id": _ids(L, D, cand),
         "layer": cand // D,
@@ -555,6 +566,16 @@ def condition_table(table: pd.DataFrame, conditions: Sequence[str] | None = None
         (f"{100 * chance.loc[c, 'chance']:.0f}" if chance.loc[c, "metric"] == "accuracy" else "–") for c in order
     ]
     return wide
+
+
+def bias_wide(table: pd.DataFrame, conditions: Sequence[str]) -> pd.DataFrame:
+    """The bias suite's tidy table as ``estimate [low, high]`` per condition (one row per metric)."""
+    t = table.copy()
+    t["cell"] = [f"{e:.3g} [{lo:.3g}, {hi:.3g}]" for e, lo, hi in zip(t.estimate, t.low, t.high)]
+    t["ideal"] = t["ideal"].astype(str) if "ideal" in t else ""
+    wide = t.pivot_table(index=["benchmark", "variant", "metric", "ideal"], columns="condition", values="cell",
+                         aggfunc="first", dropna=False)
+    return wide[[c for c in conditions if c in wide.columns]].dropna(how="all")
 
 
 def paired_deltas(records: Mapping[str, Mapping[str, pd.DataFrame]], base: str, others: Sequence[str], seed: int = 0) -> pd.DataFrame:
@@ -797,8 +818,11 @@ def replicate(
         ids = list(gen.id.head(n_general))
         massive = massive_activations(scan, 10)
         draws = random_same_layer(m, ids, n_random, seed)
+        massive_ids = list(massive.id.head(n_general))
         conds = {"original": [], "general": ids, **{f"random {k + 1}": d for k, d in enumerate(draws)}}
         kinds = {"original": "original", "general": "general", **{f"random {k + 1}": "random" for k in range(n_random)}}
+        if set(massive_ids) != set(ids):  # the largest start-token activations, when they differ
+            conds["massive"], kinds["massive"] = massive_ids, "massive"
         table, _ = run_conditions(m, conds, sizes, seed, commonwords=commonwords, kinds=kinds)
         n_layers = arch(m).n_layers
     finally:
@@ -810,13 +834,16 @@ def replicate(
         "share_start": float(gen.share_start.iloc[0]) if len(gen) else float("nan"),
         "m_start": float(gen.m_start.iloc[0]) if len(gen) else float("nan"),
         "are_massive": bool(set(ids) <= set(massive.id)),
-        "top_massive": massive.id.iloc[0],
+        "top_massive": ", ".join(massive.id.head(n_general)),
     }
-    for r in vs.itertuples():
+    vm = general_vs_random(table, "massive") if "massive" in conds else None
+    for k, r in enumerate(vs.itertuples()):
         acc = r.metric == "accuracy"
         f = (lambda v: f"{100 * v:.1f}") if acc else (lambda v: f"{v:.2f}")
         summary[f"{r.task}: as is → masked"] = f"{f(r.original)} → {f(r.target)}"
         summary[f"{r.task}: random draws"] = f"{f(r.random_min)}–{f(r.random_max)}"
+        if vm is not None:
+            summary[f"{r.task}: largest start activations masked"] = f(vm.iloc[k].target)
     return {"ranking": rk, "massive": massive, "general": ids, "table": table.assign(model=name), "vs_random": vs,
             "verdict": collapse_verdict(vs), "summary": summary}
 

@@ -69,7 +69,6 @@ import torch
 from myst_nb import glue
 
 from analysis_lib import general, models, plots
-from analysis_lib.benchmarks import commonwords_bias
 from analysis_lib.capability import CHANCE
 from analysis_lib.commonwords import load_commonwords, to_frame
 from analysis_lib.results import Results
@@ -102,8 +101,8 @@ results.add("profile", profile)
 # neuron's query score by the position it is read at (`analysis_lib.general.query_scan`). The
 # probe prompts come from three unrelated sets: CommonWords noun prompts (target: the
 # stereotyped token), 3-shot one-digit sums and RACE-middle questions with the article cut to
-# 50 words (target: the first token of the correct answer). The quick profile uses a handful
-# of prompts per set, the full profile a few dozen.
+# 50 words (target: the first token of the correct answer); {glue:text}`n_probe_prompts`
+# prompts in this run.
 #
 # A neuron's *start score* is its mean query score at position 0, averaged within each prompt
 # set and then over the sets, so no set dominates. We call a neuron *general* when its summed
@@ -141,7 +140,7 @@ results.add("top_massive", massive.id.iloc[0])
 results.add("top_massive_m", float(massive.m_start.iloc[0]), fmt=".0f")
 results.add("general_are_massive", bool(set(general_ids) <= set(massive.id)))
 
-# %%
+# %% tags=["remove-input"]
 show = gen_rank.head(8)[["rank", "id", "layer", "start_score"] + [c for c in gen_rank.columns if c.startswith("start_") and c != "start_score"] + ["share_start", "frac_top10", "m_start"]]
 show.style.format({c: "{:.3g}" for c in show.columns if show[c].dtype.kind == "f"} | {"share_start": "{:.2f}", "frac_top10": "{:.0%}"}).hide(axis="index")
 
@@ -153,14 +152,8 @@ long = top6.melt(id_vars="id", value_vars=[f"start_{s}" for s in sets], var_name
 long["set"] = long.set.str.removeprefix("start_")
 sns.barplot(data=long, y="id", x="q", hue="set", ax=axes[0], orient="h")
 plots.label(axes[0], "mean query score at the start token", "neuron", "Top general neurons by prompt set")
-L, D = scan.shape
-per_prompt = []
-for nid in general_ids + gender_ids[:1]:
-    n = models.__dict__  # noqa: F841  (keep the namespace tidy)
-    layer, index = int(nid.split("N")[0][4:]), int(nid.split("N")[1])
-    per_prompt.append(pd.DataFrame({"neuron": nid, "set": scan.prompts.set, "q_start": scan.q_start[:, layer, index]}))
-per_prompt = pd.concat(per_prompt)
-sns.stripplot(data=per_prompt, x="neuron", y="q_start", hue="set", dodge=True, ax=axes[1], size=6)
+per_prompt = scan.per_prompt(general_ids + gender_ids[:1], "q_start")
+sns.stripplot(data=per_prompt, x="id", y="q_start", hue="set", dodge=True, ax=axes[1], size=6)
 axes[1].axhline(0, color="grey", lw=1)
 plots.label(axes[1], "neuron (last: top gender neuron)", "query score at the start token, per prompt", "Per prompt")
 fig.tight_layout()
@@ -210,7 +203,7 @@ results.add("general_1_ratio", float(g1.ratio), fmt=",.0f")
 results.add("general_1_pct_layer", float(g1.pct_layer), fmt=".1f")
 results.add("massive_rank_of_general_1", int(massive.index[massive.id == general_ids[0]][0]) + 1 if general_ids[0] in set(massive.id) else None)
 
-# %%
+# %% tags=["remove-input"]
 act_summary.style.format({"m_start": "{:.3g}", "sd_start": "{:.1g}", "mean_abs_other": "{:.3g}", "max_abs_other": "{:.3g}",
                           "ratio": "{:,.0f}", "pct_layer": "{:.1f}"}).hide(axis="index")
 
@@ -320,7 +313,7 @@ for r in deltas.itertuples():
 # The main conditions, with 95 % bootstrap intervals (accuracy in %, perplexity, CommonWords
 # mean |b|; RACE intervals resample passages):
 
-# %%
+# %% tags=["remove-input"]
 general.condition_table(main_table)
 
 # %% tags=["remove-cell"]
@@ -376,7 +369,7 @@ plt.close(fig)
 #
 # Paired differences from the model as is (same items; 95 % paired bootstrap intervals):
 
-# %%
+# %% tags=["remove-input"]
 deltas.style.format({"before": "{:.3g}", "after": "{:.3g}", "diff": "{:+.3g}", "ci_low": "{:+.3g}", "ci_high": "{:+.3g}"}).hide(axis="index")
 
 # %% [markdown]
@@ -405,11 +398,7 @@ if bias_suite_profile:
     bias_table = pd.concat(parts, ignore_index=True)
     results.table("bias_suite", bias_table)
     results.time("bias_suite", time.perf_counter() - t)
-    wide = bias_table.assign(cell=bias_table.apply(lambda r: f"{r.estimate:.3g} [{r.low:.3g}, {r.high:.3g}]", axis=1))
-    bias_wide = wide.pivot_table(index=["benchmark", "variant", "metric", "ideal"], columns="condition", values="cell", aggfunc="first")[list(main_conditions)]
-    for r in bias_table.itertuples():
-        if r.benchmark in ("stereoset", "winogender") and r.metric in ("icat", "entropy_difference", "ss", "lms"):
-            results.add(f"bias_{r.condition}_{r.benchmark}_{r.variant}_{r.metric}", float(r.estimate), fmt=".3g")
+    bias_wide = general.bias_wide(bias_table, list(main_conditions))
     glue("bias_suite_note", f"the bias suite ({bias_suite_profile} subsets)", display=False)
 else:
     bias_wide = pd.DataFrame({"note": ["The bias suite runs in the full profile only (bias_suite_profile)."]})
@@ -419,7 +408,7 @@ else:
 # The standard bias benchmarks of `analysis_lib.benchmarks` under the three main
 # conditions ({glue:text}`bias_suite_note`):
 
-# %%
+# %% tags=["remove-input"]
 bias_wide
 
 # %% [markdown]
@@ -476,7 +465,7 @@ results.add("cna_imp_kept", float(cna_sum.imp_masked_sum.sum() / cna_sum.imp_ori
 results.add("cna_top_neuron", first.sort_values("cna", ascending=False).id.iloc[0])
 results.add("cna_top_value", float(first.cna.max()), fmt=".3f")
 
-# %%
+# %% tags=["remove-input"]
 tab3 = first[first.top_orig].head(12)[["id", "layer", "imp_orig", "imp_masked", "cna", "coef_orig", "coef_masked", "sign_flip"]]
 tab3.style.format({c: "{:.3g}" for c in ["imp_orig", "imp_masked", "cna", "coef_orig", "coef_masked"]}).hide(axis="index")
 
@@ -565,7 +554,7 @@ start_text += (" The general neurons belong to position 0, not to one particular
                " The start token changes which neurons come out on top.")
 glue("start_text", start_text, display=False)
 
-# %%
+# %% tags=["remove-input"]
 sens.style.format({"overlap_topk": "{:.0%}", "top_start_score": "{:.3g}"}).hide(axis="index")
 
 # %% [markdown]
@@ -614,13 +603,17 @@ if reps:
            f"The model's largest start-token activation belongs to {s0['top_massive']} instead. ")
         + "Masking them: " + "; ".join(f"{k.split(':')[0]} {v}" for k, v in s0.items() if k.endswith("as is → masked"))
         + f" (random draws of two same-layer neurons: "
-        + "; ".join(f"{k.split(':')[0]} {v}" for k, v in s0.items() if k.endswith("random draws")) + ")."), display=False)
+        + "; ".join(f"{k.split(':')[0]} {v}" for k, v in s0.items() if k.endswith("random draws")) + ")."
+        + ((" Masking the two largest start-token activations instead ("
+            + s0["top_massive"] + "): "
+            + "; ".join(f"{k.split(':')[0]} {v}" for k, v in s0.items() if k.endswith("largest start activations masked"))
+            + ".") if any(k.endswith("largest start activations masked") for k in s0) else "")), display=False)
 else:
     replicate = pd.DataFrame({"note": ["No second model in this profile (replicate_models is empty); run the full profile."]})
     results.add("verdict_replicate", "not tested")
     glue("rep_text", "This profile runs no second model; the full profile adds Gemma 3 270M.", display=False)
 
-# %%
+# %% tags=["remove-input"]
 replicate.T if "model" in replicate else replicate
 
 # %% [markdown]
