@@ -157,3 +157,227 @@ def check_log_prob_increase(
         return _report(False, f"log_prob_increase for {neuron} returned {got_f:.6g} but the reference gives {want:.6g}"
                               " (is the final norm scale taken from the real forward pass and held fixed?).")
     return _report(True, f"log_prob_increase of {neuron} matches the reference ({want:.6g}, tolerance {tol:g}).")
+
+
+# ----------------------------------------------------------------------------- data (chapter 1)
+
+
+def check_single_token(fn: Callable[[Any, str], bool], model) -> CheckResult:
+    """``fn(model, text)`` must say whether ``text`` is exactly one token for the model.
+
+    The start token is not part of the text: ``" woman"`` is one token for SmolLM2 even though
+    the encoded prompt ``<start> woman`` has two.
+    """
+    from .errors import TokenizationError
+    from .models import single_token_id
+
+    texts = [" man", " woman", " he", " she", " nurse", " engineer", " saxophone", " turquoise",
+             " daydreaming", "woman", " Man"]
+
+    def reference(text: str) -> bool:
+        try:
+            single_token_id(model, text)
+            return True
+        except TokenizationError:
+            return False
+
+    for text in texts:
+        got, err = _call(fn, model, text)
+        if err is not None:
+            return _report(False, f"is_single_token({text!r}) raised {err}.")
+        want = reference(text)
+        if bool(got) != want or not isinstance(got, (bool, np.bool_)):
+            hint = " (leave the start token out of the count)" if want and not got else ""
+            return _report(False, f"is_single_token({text!r}) returned {got!r}, expected {want}{hint}.")
+    return _report(True, f"is_single_token agrees with the model's tokenizer on {len(texts)} texts.")
+
+
+def check_same_word(fn: Callable[[str, str], bool]) -> CheckResult:
+    """``fn(word, term)`` must apply chapter 1's overlap rule (case and a final s/es/ies ignored)."""
+    from .commonwords import word_variants
+
+    cases = [("nurse", "Nurses"), ("cook", "cooks"), ("baby", "babies"), ("glass", "glasses"),
+             ("teacher", "teach"), ("chess", "chess player"), ("red", "Red"), ("bus", "bus"),
+             ("kind", "mankind"), ("dance", "dancer")]
+    for word, term in cases:
+        got, err = _call(fn, word, term)
+        if err is not None:
+            return _report(False, f"same_word({word!r}, {term!r}) raised {err}.")
+        want = bool(word_variants(word) & word_variants(term))
+        if got is None or bool(got) != want:
+            return _report(False, f"same_word({word!r}, {term!r}) returned {got!r}, expected {want}.")
+    return _report(True, f"same_word applies the overlap rule correctly on {len(cases)} pairs.")
+
+
+# ----------------------------------------------------------------------------- ablations (chapter 4)
+
+
+def check_empirical_p(fn: Callable[[float, Any], float], tol: float = 1e-12) -> CheckResult:
+    """``fn(observed, random_values)`` must return the one-sided permutation p-value
+    ``(1 + #{random >= observed}) / (1 + n)`` (large values = more damage)."""
+
+    def reference(observed, random_values):
+        r = np.asarray(random_values, dtype=float)
+        return (1 + int((r >= observed).sum())) / (1 + r.size)
+
+    cases = [(0.30, [0.01, 0.02, 0.0, 0.05]), (0.02, [0.01, 0.02, 0.0, 0.05]),
+             (-0.1, [0.0] * 19), (0.5, np.linspace(0, 1, 20))]
+    for observed, values in cases:
+        got, err = _call(fn, observed, values)
+        if err is not None:
+            return _report(False, f"empirical_p({observed}, ...) raised {err}.")
+        want = reference(observed, values)
+        if got is None or not math.isclose(float(got), want, abs_tol=tol):
+            hint = (" (count the observed value itself: add 1 above and below)"
+                    if got is not None and math.isclose(float(got), (want * (1 + len(values)) - 1) / len(values))
+                    else "")
+            return _report(False, f"empirical_p({observed}, {len(values)} draws) returned {got!r}, expected "
+                                  f"{want:.6g}{hint}.")
+    return _report(True, f"empirical_p matches the reference on {len(cases)} cases, ties included.")
+
+
+def check_masked_logits(fn: Callable[..., Any], model, *, prompt: str = "3+5=",
+                        neurons: tuple[str, ...] = ("ffnL11N1229", "ffnL11N1487"), tol: float = 1e-4) -> CheckResult:
+    """``fn(model, prompt, [(layer, index), ...])`` must return the last position's logits with
+    those FFN neurons zeroed at every position, and leave the model unchanged afterwards."""
+    import torch
+
+    from .editing import mask_neurons
+    from .models import encode
+    from .neurons import NeuronId
+
+    ids = [NeuronId.parse(n) for n in neurons]
+    tokens = encode(model, prompt).tokens
+    with torch.inference_mode():
+        clean = model(tokens)[0, -1].float().cpu()
+        with mask_neurons(model, ids):
+            want = model(tokens)[0, -1].float().cpu()
+    got, err = _call(fn, model, prompt, [(n.layer, n.index) for n in ids])
+    if err is not None:
+        return _report(False, f"masked_logits raised {err}.")
+    with torch.inference_mode():
+        after = model(tokens)[0, -1].float().cpu()
+    if not torch.equal(after, clean):
+        return _report(False, "the model's logits changed after masked_logits returned: remove your hooks "
+                              "(use a context manager such as model.hooks(...)).")
+    try:
+        got_t = torch.as_tensor(got).detach().float().cpu().reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        return _report(False, f"masked_logits returned {type(got).__name__}, not a vector of logits.")
+    if got_t.shape != want.shape:
+        return _report(False, f"masked_logits returned {tuple(got_t.shape)} values; the last position has "
+                              f"{want.numel()} logits.")
+    err_max = float((got_t - want).abs().max())
+    if err_max > tol:
+        same = float((got_t - clean).abs().max()) <= tol
+        hint = " (nothing was masked: is the hook on blocks.L.mlp.hook_post?)" if same else ""
+        return _report(False, f"masked_logits differs from the reference by {err_max:.3g} (tolerance {tol:g}){hint}.")
+    return _report(True, f"masked_logits matches mask_neurons for {', '.join(neurons)} (max |Δ| {err_max:.2g}) "
+                         "and leaves the model unchanged.")
+
+
+# ----------------------------------------------------------------------------- editing (chapter 5)
+
+
+def check_relative_reduction(fn: Callable[..., float], tol: float = 1e-9) -> CheckResult:
+    """``fn(before, after, ideal)`` must return ``1 - |after - ideal| / |before - ideal|``."""
+    from .metrics import relative_bias_reduction
+
+    cases = [(0.8, 0.4, 0.0), (0.8, 1.0, 0.0), (-0.6, 0.3, 0.0), (62.0, 56.0, 50.0), (40.0, 55.0, 50.0)]
+    return _compare_cases("relative_reduction", fn, relative_bias_reduction, cases, tol)
+
+
+def _guarded_reference(table, k: int, guard_tol: float) -> list[str]:
+    out = []
+    for r in table.sort_values("effect", ascending=False, kind="stable").itertuples():
+        if len(out) >= k or r.effect <= 0:
+            break
+        if r.ppl_ratio - 1.0 <= guard_tol:
+            out.append(r.neuron)
+    return out
+
+
+def check_guarded_selection(fn: Callable[..., list], tol: float = 0.01) -> CheckResult:
+    """``fn(table, k, guard_tol)`` must pick chapter 5's causal-masking selection: by decreasing
+    ``effect`` (bias reduction when masked alone), only positive effects, skipping neurons whose
+    ``ppl_ratio`` exceeds ``1 + guard_tol``, at most ``k``, in order."""
+    import pandas as pd
+
+    table = pd.DataFrame({
+        "neuron": ["ffnL3N10", "ffnL9N4", "attnL5H1D7P2", "ffnL1N0", "ffnL7N77", "attnL2H0D3P4", "ffnL8N8"],
+        "effect": [0.020, 0.150, 0.080, -0.010, 0.060, 0.0, 0.110],
+        "ppl_ratio": [1.001, 1.200, 1.004, 0.990, 1.009, 1.000, 1.011],
+    })
+    for k in (1, 3, 10):
+        got, err = _call(fn, table.copy(), k, tol)
+        if err is not None:
+            return _report(False, f"guarded_selection(k={k}) raised {err}.")
+        want = _guarded_reference(table, k, tol)
+        if got is None or list(got) != want:
+            return _report(False, f"guarded_selection(k={k}) returned {list(got) if got is not None else got}, "
+                                  f"expected {want}.")
+    return _report(True, "guarded_selection orders by effect, applies the perplexity guard and stops at k.")
+
+
+# ----------------------------------------------------------------------------- CRISPR (chapter 6)
+
+
+def check_bbq_bias_scores(fn: Callable[..., tuple[float, float]], tol: float = 1e-9) -> CheckResult:
+    """``fn(pred, label, unknown, target, polarity, condition)`` (arrays) must return
+    ``(s_DIS, s_AMB)`` of Parrish et al. (2022)."""
+    from .metrics import bbq_scores
+
+    # 6 disambiguated and 6 ambiguous hand-made items (answers 0..2)
+    pred = np.array([0, 1, 2, 2, 1, 0, 2, 0, 1, 0, 1, 0])
+    label = np.array([0, 1, 0, 2, 1, 0, 2, 2, 2, 2, 2, 2])
+    unknown = np.array([2, 2, 1, 1, 0, 1, 2, 2, 2, 2, 2, 2])
+    target = np.array([0, 0, 0, 0, 2, 2, 0, 1, 0, 0, 1, 1])
+    polarity = np.array(["neg", "nonneg", "neg", "nonneg", "neg", "nonneg"] * 2)
+    condition = np.array(["disambig"] * 6 + ["ambig"] * 6)
+    ref = bbq_scores(pred, label, unknown, target, polarity, condition)
+    want = (ref["s_dis"], ref["s_amb"])
+    got, err = _call(fn, pred, label, unknown, target, polarity, condition)
+    if err is not None:
+        return _report(False, f"bbq_bias_scores raised {err}.")
+    try:
+        s_dis, s_amb = (float(v) for v in got)
+    except (TypeError, ValueError):
+        return _report(False, f"bbq_bias_scores returned {got!r}; return the pair (s_DIS, s_AMB).")
+    if not math.isclose(s_dis, want[0], abs_tol=tol):
+        return _report(False, f"s_DIS is {s_dis:.6g} but the reference gives {want[0]:.6g} "
+                              "(2 · biased / non-UNKNOWN answers − 1 on disambiguated items).")
+    if not math.isclose(s_amb, want[1], abs_tol=tol):
+        hint = " (scale by 1 − ambiguous accuracy)" if math.isclose(
+            s_amb * (1 - ref["accuracy_ambig"]), want[1], abs_tol=1e-9) else ""
+        return _report(False, f"s_AMB is {s_amb:.6g} but the reference gives {want[1]:.6g}{hint}.")
+    return _report(True, f"bbq_bias_scores matches the reference (s_DIS {want[0]:.3g}, s_AMB {want[1]:.3g}).")
+
+
+def check_crispr_score(fn: Callable[..., Any], tol: float = 1e-9) -> CheckResult:
+    """``fn(act, grad_biased, grad_gold, alpha, lam)`` with ``[tokens, units]`` arrays must return
+    the per-unit CRISPR score ``alpha·max_t(a·g_b) − lam·max(0, alpha·max_t(a·g_y))``."""
+    rng = np.random.default_rng(7)
+    T, U = 6, 9
+    act, gb, gg = rng.normal(size=(T, U)), rng.normal(size=(T, U)), rng.normal(size=(T, U))
+    gg[:, :3] = -np.abs(gg[:, :3]) * np.sign(act[:, :3])  # units whose gold attribution is negative: clamped to 0
+
+    def reference(act, gb, gg, alpha, lam):
+        return alpha * (act * gb).max(0) - lam * np.maximum(0.0, alpha * (act * gg).max(0))
+
+    for alpha, lam in ((0.7, 1.0), (0.25, 0.5)):
+        got, err = _call(fn, act, gb, gg, alpha, lam)
+        if err is not None:
+            return _report(False, f"crispr_score raised {err}.")
+        want = reference(act, gb, gg, alpha, lam)
+        try:
+            got_a = np.asarray(got, dtype=float).reshape(-1)
+        except (TypeError, ValueError):
+            return _report(False, f"crispr_score returned {type(got).__name__}, not one score per unit.")
+        if got_a.shape != want.shape:
+            return _report(False, f"crispr_score returned {got_a.size} scores; expected one per unit ({U}).")
+        if not np.allclose(got_a, want, atol=tol, rtol=0):
+            mean_tok = alpha * (act * gb).mean(0) - lam * np.maximum(0.0, alpha * (act * gg).mean(0))
+            hint = " (take the maximum over tokens, not the mean)" if np.allclose(got_a, mean_tok) else ""
+            return _report(False, f"crispr_score differs from the reference by {np.abs(got_a - want).max():.3g} "
+                                  f"for alpha={alpha}, lam={lam}{hint}.")
+    return _report(True, "crispr_score matches the reference for two (alpha, lambda) settings.")

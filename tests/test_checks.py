@@ -101,3 +101,122 @@ def test_reference_matches_the_fast_engine(model):
     for _, row in top.iterrows():
         ref = ffn_log_prob_increase(model, "The nurse is a", " woman", row.neuron.layer, row.neuron.index)
         assert math.isclose(row.score, ref, abs_tol=1e-5), row.id
+
+
+def test_single_token_check(model):
+    from analysis_lib.models import token_ids
+
+    assert checks.check_single_token(lambda m, text: len(token_ids(m, text)) == 1, model)
+    counts_start = checks.check_single_token(lambda m, text: len(token_ids(m, text)) + 1 == 1, model)
+    assert not counts_start and _one_sentence(counts_start) and "start token" in counts_start.message
+    splits_on_space = checks.check_single_token(lambda m, text: len(text.split()) == 1, model)
+    assert not splits_on_space and "saxophone" in splits_on_space.message
+
+
+def test_same_word_check():
+    from analysis_lib.commonwords import word_variants
+
+    assert checks.check_same_word(lambda w, t: bool(word_variants(w) & word_variants(t)))
+    wrong = checks.check_same_word(lambda w, t: w.lower() == t.lower())
+    assert not wrong and _one_sentence(wrong) and "Nurses" in wrong.message
+    substring = checks.check_same_word(lambda w, t: w.lower() in t.lower())
+    assert not substring
+
+
+def test_empirical_p_check():
+    assert checks.check_empirical_p(lambda obs, r: (1 + sum(x >= obs for x in r)) / (1 + len(r)))
+    no_plus_one = checks.check_empirical_p(lambda obs, r: sum(x >= obs for x in r) / len(r))
+    assert not no_plus_one and "add 1" in no_plus_one.message
+    strict = checks.check_empirical_p(lambda obs, r: (1 + sum(x > obs for x in r)) / (1 + len(r)))
+    assert not strict and _one_sentence(strict)
+
+
+def test_masked_logits_check(model):
+    import torch
+
+    from analysis_lib.models import encode
+
+    def right(m, prompt, neurons):
+        def zero(index):
+            def hook(act, hook):
+                act[..., index] = 0.0
+                return act
+
+            return hook
+
+        hooks = [(f"blocks.{layer}.mlp.hook_post", zero(index)) for layer, index in neurons]
+        with torch.inference_mode(), m.hooks(fwd_hooks=hooks):
+            return m(encode(m, prompt).tokens)[0, -1]
+
+    def unmasked(m, prompt, neurons):
+        with torch.inference_mode():
+            return m(encode(m, prompt).tokens)[0, -1]
+
+    assert checks.check_masked_logits(right, model)
+    wrong = checks.check_masked_logits(unmasked, model)
+    assert not wrong and "nothing was masked" in wrong.message
+
+    def leaks(m, prompt, neurons):  # edits the weights and never restores them
+        w = m.original_model.model.layers[11].mlp.down_proj.weight
+        saved = w.detach().clone()
+        with torch.no_grad():
+            for layer, index in neurons:
+                m.original_model.model.layers[layer].mlp.down_proj.weight[:, index] = 0.0
+        out = unmasked(m, prompt, neurons)
+        leaks.restore = lambda: w.data.copy_(saved)
+        return out
+
+    try:
+        leaked = checks.check_masked_logits(leaks, model)
+    finally:
+        leaks.restore()
+    assert not leaked and "changed" in leaked.message
+
+
+def test_relative_reduction_check():
+    assert checks.check_relative_reduction(lambda b, a, ideal=0.0: 1 - abs(a - ideal) / abs(b - ideal))
+    no_ideal = checks.check_relative_reduction(lambda b, a, ideal=0.0: 1 - abs(a) / abs(b))
+    assert not no_ideal and _one_sentence(no_ideal)
+
+
+def test_guarded_selection_check():
+    def right(table, k, tol):
+        out = []
+        for r in table.sort_values("effect", ascending=False).itertuples():
+            if len(out) == k or r.effect <= 0:
+                break
+            if r.ppl_ratio <= 1 + tol:
+                out.append(r.neuron)
+        return out
+
+    assert checks.check_guarded_selection(right)
+    no_guard = checks.check_guarded_selection(lambda t, k, tol: list(t[t.effect > 0].nlargest(k, "effect").neuron))
+    assert not no_guard and "expected" in no_guard.message
+
+
+def test_bbq_bias_scores_check():
+    from analysis_lib.metrics import bbq_scores
+
+    def right(*args):
+        s = bbq_scores(*args)
+        return s["s_dis"], s["s_amb"]
+
+    assert checks.check_bbq_bias_scores(right)
+    unscaled = checks.check_bbq_bias_scores(lambda *a: (right(*a)[0], right(*a)[1] / (1 - bbq_scores(*a)["accuracy_ambig"])))
+    assert not unscaled and "1 − ambiguous accuracy" in unscaled.message
+    swapped = checks.check_bbq_bias_scores(lambda *a: right(*a)[::-1])
+    assert not swapped and "s_DIS" in swapped.message
+
+
+def test_crispr_score_check():
+    def right(act, gb, gg, alpha, lam):
+        return alpha * (act * gb).max(0) - lam * np.maximum(0, alpha * (act * gg).max(0))
+
+    def mean_tokens(act, gb, gg, alpha, lam):
+        return alpha * (act * gb).mean(0) - lam * np.maximum(0, alpha * (act * gg).mean(0))
+
+    assert checks.check_crispr_score(right)
+    wrong = checks.check_crispr_score(mean_tokens)
+    assert not wrong and "maximum over tokens" in wrong.message
+    no_clamp = checks.check_crispr_score(lambda a, gb, gg, al, lam: al * (a * gb).max(0) - lam * al * (a * gg).max(0))
+    assert not no_clamp and _one_sentence(no_clamp)
