@@ -86,6 +86,7 @@ __all__ = [
     "split_dev_test",
     "sample_items",
     "OptionScores",
+    "pooled_answers",
     "score_items",
     "Attribution",
     "attribute",
@@ -713,7 +714,7 @@ def evaluate_conditions(
 _METRICS = ("accuracy", "accuracy_ambig", "accuracy_disambig", "s_dis", "s_amb")
 
 
-def _pooled(scores: OptionScores, normalize: str = "none") -> dict[str, np.ndarray]:
+def pooled_answers(scores: OptionScores, normalize: str = "none") -> dict[str, np.ndarray]:
     """Per (instruction, item) arrays for the BBQ metrics, items repeated per instruction."""
     n_ins = len(scores.instructions)
     it = scores.items
@@ -755,7 +756,7 @@ def summarize(scores: OptionScores, *, n_boot: int = 1000, seed: int = 0, ci: bo
         "accuracy_length_norm": float(scores.accuracy("length").mean()),
         "n_items": int(len(scores.items)), "n_instructions": int(len(scores.instructions)),
     }
-    a = _pooled(scores)
+    a = pooled_answers(scores)
     arrays = [a[k] for k in ("pred", "label", "unknown", "target", "polarity", "condition")]
     point = bbq_scores(*arrays)
     for k in _METRICS:
@@ -797,7 +798,7 @@ def paired_change(after: OptionScores, before: OptionScores, metric: str = "accu
 
     if list(after.items["example_id"]) != list(before.items["example_id"]) or after.instructions != before.instructions:
         raise StudyError("A paired change needs both conditions scored on the same items and instructions.")
-    a, b = _pooled(after), _pooled(before)
+    a, b = pooled_answers(after), pooled_answers(before)
     keys = ("pred", "label", "unknown", "target", "polarity", "condition")
     return paired_bootstrap_diff(_bbq_fn(metric), tuple(a[k] for k in keys), tuple(b[k] for k in keys),
                                  n_boot=n_boot, seed=seed, groups=a["item"])

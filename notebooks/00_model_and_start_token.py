@@ -40,7 +40,7 @@ import seaborn as sns
 import torch
 from myst_nb import glue
 
-from analysis_lib import models, plots, probes
+from analysis_lib import checks, models, plots, probes
 from analysis_lib.results import Results
 
 torch.manual_seed(seed)
@@ -168,9 +168,6 @@ def bias_score(logp_man, logp_woman):
 # A difference of log-probabilities (a log odds ratio between the two targets):
 
 # %% tags=["solution"]
-from analysis_lib import checks
-
-
 def bias_score(logp_man, logp_woman):
     return logp_man - logp_woman
 

@@ -48,7 +48,7 @@ from IPython.display import display
 from myst_nb import glue
 
 from analysis_lib import commonwords as cw
-from analysis_lib import models, plots
+from analysis_lib import checks, models, plots
 from analysis_lib.results import Results, results_dir
 
 torch.manual_seed(seed)
@@ -268,6 +268,99 @@ results.add("position_example_read", positions[-1])
 # %%
 saved = cw.save_commonwords(results_dir() / "commonwords", seed=seed)
 sorted(p.relative_to(saved).as_posix() for p in saved.iterdir())
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise} One token or several?
+# :label: ex-ch1-single-token
+#
+# The bias score reads the probability of a *single* next token, so every target (" man",
+# " woman", " he", " she") must be one token for the model in use. Write
+# `is_single_token(model, text)` with `models.token_ids` (which encodes `text` without the
+# start token) and check it with `checks.check_single_token(is_single_token, default_lm)`.
+# Which of the four targets would fail for a model whose tokenizer had no " she" token, and
+# what does the study do then?
+# ```
+
+# %% tags=["student", "remove-cell"]
+def is_single_token(model, text):
+    ...  # your code here
+
+
+# %% [markdown] tags=["solution"]
+# ```{solution-start} ex-ch1-single-token
+# :class: dropdown
+# ```
+# Count the tokens of the text alone; the start token is not part of it:
+
+# %% tags=["solution"]
+def is_single_token(model, text):
+    return len(models.token_ids(model, text)) == 1
+
+
+checks.check_single_token(is_single_token, default_lm)
+{t: is_single_token(default_lm, t) for t in [" man", " woman", " he", " she"]}
+
+# %% [markdown] tags=["solution"]
+# All four targets are single tokens for the default model. For a tokenizer without a
+# " she" token the pronoun template cannot be scored by one next-token probability, and
+# `commonwords.check_targets` stops with a `TokenizationError` that names the target rather
+# than silently reading a sub-token.
+# ```{solution-end}
+# ```
+
+# %% [markdown]
+# ```{exercise} The overlap rule
+# :label: ex-ch1-overlap
+#
+# Two terms *overlap* when they are equal after lower-casing and removing a final "s",
+# "es" or "ies" (→ "y") from the last word. Write `same_word(word, term)` and check it with
+# `checks.check_same_word(same_word)`. Then count, with your function, how many
+# (profession, reference term) pairs overlap across all reference lists of
+# `commonwords.reference_word_sets()`. Does it agree with the table above?
+# ```
+
+# %% tags=["student", "remove-cell"]
+def same_word(word, term):
+    ...  # your code here
+
+
+# %% [markdown] tags=["solution"]
+# ```{solution-start} ex-ch1-overlap
+# :class: dropdown
+# ```
+
+# %% tags=["solution"]
+def same_word(word, term):
+    def variants(t):
+        t = t.lower().strip()
+        head, _, last = t.rpartition(" ")
+        prefix = head + " " if head else ""
+        out = {t}
+        if last.endswith("s") and len(last) > 2:
+            out.add(prefix + last[:-1])
+            if last.endswith("es"):
+                out.add(prefix + last[:-2])
+            if last.endswith("ies"):
+                out.add(prefix + last[:-3] + "y")
+        return out
+
+    return bool(variants(word) & variants(term))
+
+
+checks.check_same_word(same_word)
+reference_terms = cw.reference_word_sets()
+n_pairs = sum(same_word(w, t) for w in words["professions"] for terms in reference_terms.values() for t in terms)
+n_pairs, int(counts["professions"].sum())
+
+# %% [markdown] tags=["solution"]
+# Both counts are zero: no profession in CommonWords equals an occupation of WinoBias or
+# WinoGender, a StereoSet target or a BBQ term, even up to plural forms. The rule deliberately
+# ignores stems ("teacher" and "teach" do not overlap), which is why the chapter adds the
+# looser shared-word check.
+# ```{solution-end}
+# ```
 
 # %% tags=["remove-cell"]
 results.add("saved_dir", "results/commonwords")

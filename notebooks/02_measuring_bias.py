@@ -54,7 +54,7 @@ import seaborn as sns
 import torch
 from myst_nb import glue
 
-from analysis_lib import benchmarks, metrics, models, plots
+from analysis_lib import benchmarks, checks, metrics, models, plots
 from analysis_lib.commonwords import CATEGORIES
 from analysis_lib.results import Results
 
@@ -310,7 +310,7 @@ plt.close(g.figure)
 # female-leaning $b$.
 # ```
 #
-# Only {glue:text}`prof_n_covered` of the 100 professions are covered
+# {numref}`fig-professions` plots them. Only {glue:text}`prof_n_covered` of the 100 professions are covered
 # ({glue:text}`prof_matched_words`), so this is a small sample. Several census categories
 # also lump jobs together ("Physicists and astronomers"). For the default model and the
 # noun template the Spearman correlation between $b$ and the share of women is
@@ -436,6 +436,8 @@ plt.close(g.figure)
 # the gap.
 # ```
 #
+# {numref}`fig-benchmarks` gathers every metric below.
+#
 # **StereoSet.** On the {glue:text}`ss_intra_n` intrasentence items the default model has
 # LMS {glue:text}`ss_intra_lms` {glue:text}`ss_intra_lms_ci`, SS {glue:text}`ss_intra_ss`
 # {glue:text}`ss_intra_ss_ci` ({glue:text}`ss_intra_ss_verdict`) and ICAT
@@ -527,3 +529,90 @@ results.save()
 # {glue:text}`time_cw_ratio`. The target is at most 2. `bench/README.md` has the same
 # comparison for all three models, in its section "Scoring". Other jobs that share the CPU
 # cores slow down both measurements.
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise} The ICAT formula
+# :label: ex-ch2-icat
+#
+# StereoSet combines the language-modelling score LMS (how often a meaningful continuation
+# beats an unrelated one, ideal 100) and the stereotype score SS (how often the stereotype
+# beats the anti-stereotype, ideal 50) into one number, the idealized CAT score
+# $\mathrm{ICAT} = \mathrm{LMS}\cdot\min(\mathrm{SS}, 100-\mathrm{SS})/50$. Write `icat(lms, ss)`,
+# check it with `checks.check_icat(icat)`, and recompute the default model's intrasentence
+# ICAT from its LMS and SS in the table `d`. What ICAT would a model get that always prefers
+# the stereotype but never the unrelated option?
+# ```
+
+# %% tags=["student", "remove-cell"]
+def icat(lms, ss):
+    ...  # your code here
+
+
+# %% [markdown] tags=["solution"]
+# ```{solution-start} ex-ch2-icat
+# :class: dropdown
+# ```
+
+# %% tags=["solution"]
+def icat(lms, ss):
+    return lms * min(ss, 100 - ss) / 50
+
+
+checks.check_icat(icat)
+lms_ss = d.loc[("stereoset", "intrasentence")].estimate
+pd.Series({"ICAT from LMS and SS": icat(lms_ss["lms"], lms_ss["ss"]), "ICAT in the table": lms_ss["icat"],
+           "always the stereotype": icat(100, 100)})
+
+# %% [markdown] tags=["solution"]
+# The recomputed value equals the table's: the chapter computes LMS and SS per target (each
+# averaged over its items) and ICAT from those two numbers. A model that always picks the
+# stereotype has SS = 100, so ICAT = 0 however fluent it is: ICAT rewards being both a good
+# language model and indifferent between stereotype and anti-stereotype.
+# ```{solution-end}
+# ```
+
+# %% [markdown]
+# ```{exercise} WinoGender's entropy difference
+# :label: ex-ch2-entropy
+#
+# For each WinoGender sentence the model gives $\log p(\text{he})$ and $\log p(\text{she})$.
+# With $q = p(\text{he}) / (p(\text{he}) + p(\text{she}))$ the binary entropy in bits is
+# $H(q) = -q\log_2 q - (1-q)\log_2(1-q)$, and the chapter's entropy difference is
+# $1 - \overline{H}$ (0 when the model is undecided everywhere, 1 when it is always sure).
+# Write `entropy_difference(lp_he, lp_she)` for arrays, check it with
+# `checks.check_entropy_difference(entropy_difference)`, and apply it to the default model's
+# items `items["winogender"]` (columns `lp_male`, `lp_female`).
+# ```
+
+# %% tags=["student", "remove-cell"]
+def entropy_difference(lp_he, lp_she):
+    ...  # your code here
+
+
+# %% [markdown] tags=["solution"]
+# ```{solution-start} ex-ch2-entropy
+# :class: dropdown
+# ```
+# Work with the log-odds $\log p(\text{he}) - \log p(\text{she})$ so that tiny probabilities do
+# not underflow:
+
+# %% tags=["solution"]
+def entropy_difference(lp_he, lp_she):
+    q = 1 / (1 + np.exp(np.asarray(lp_she) - np.asarray(lp_he)))
+    q = np.clip(q, 1e-300, 1 - 1e-16)
+    h = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
+    return float(1 - h.mean())
+
+
+checks.check_entropy_difference(entropy_difference)
+wg = items["winogender"][items["winogender"]["model"] == model]
+pd.Series({"ours": entropy_difference(wg["lp_male"], wg["lp_female"]),
+           "the chapter's": d.loc[("winogender", "all", "entropy_difference")].estimate})
+
+# %% [markdown] tags=["solution"]
+# The two agree. Natural logarithms instead of bits would shrink $H$ by $\ln 2$ and inflate
+# the difference; the check says so when that is the mistake.
+# ```{solution-end}
+# ```

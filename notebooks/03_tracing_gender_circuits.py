@@ -56,7 +56,7 @@ import seaborn as sns
 import torch
 from myst_nb import glue
 
-from analysis_lib import circuits, models, plots
+from analysis_lib import checks, circuits, models, plots
 from analysis_lib import commonwords as cw
 from analysis_lib.attribution import dataset_attribution
 from analysis_lib.metrics import BootstrapResult
@@ -562,7 +562,7 @@ plt.close(fig)
 # with rank, so the per-prompt top lists share a small core and differ in the rest.
 # ```
 #
-# At K = 10 the 10 most shared FFN value neurons appear on average in
+# In {numref}`fig-circuits-shared`, at K = 10 the 10 most shared FFN value neurons appear on average in
 # {glue:text}`shared_mean_ffn_value_K10` {glue:text}`shared_mean_ffn_value_K10_ci` of the
 # prompts' top-10 lists (the most shared one in {glue:text}`shared_max_ffn_value_K10`). For
 # attention value neurons the figure is {glue:text}`shared_mean_attn_value_K10`
@@ -614,6 +614,116 @@ plt.close(fig)
 # log-probability increase, with position shares and important positions),
 # `__ranking_logodds.parquet` (the top-50 value neurons by log-odds effect) and
 # `__per_prompt_topk.parquet` (each prompt's own top lists).
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise} The log-probability increase of one FFN neuron
+# :label: ex-ch3-lpi
+#
+# Write `log_prob_increase(model, prompt, target, layer, index)` for an FFN value neuron
+# (method_spec §1.1): run the prompt with a cache; take the residual stream before the layer's
+# FFN at the last position, $x$ = `blocks.{layer}.hook_resid_mid`; the neuron's subvalue is
+# its coefficient `blocks.{layer}.mlp.hook_post[..., index]` times its output row (column
+# `index` of the layer's `mlp.down_proj.weight`). Return
+# $\log p(t \mid x + v) - \log p(t \mid x)$, where both are read through the final norm with its
+# scale held fixed at the real forward pass's value (`ln_final.hook_scale`) and the gain
+# `neurons.final_norm_gain(model)`, then the unembedding `neurons.lm_head(model)`. Check it on
+# the chapter's strongest FFN value neuron with
+# `checks.check_log_prob_increase(log_prob_increase, lm, prompt=nurse_prompt, target=nurse.target, neuron=top_ffn)`.
+# ```
+
+# %% tags=["remove-cell"]
+top_ffn = str(da.tables["ffn_value"].id.iloc[0])
+
+# %% tags=["student", "remove-cell"]
+def log_prob_increase(model, prompt, target, layer, index):
+    ...  # your code here
+
+
+# %% [markdown] tags=["solution"]
+# ```{solution-start} ex-ch3-lpi
+# :class: dropdown
+# ```
+
+# %% tags=["solution"]
+from analysis_lib.neurons import final_norm_gain, hf_layer, lm_head
+
+
+def log_prob_increase(model, prompt, target, layer, index):
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(models.encode(model, prompt).tokens)
+        x = cache[f"blocks.{layer}.hook_resid_mid"][0, -1]
+        v = cache[f"blocks.{layer}.mlp.hook_post"][0, -1, index] * hf_layer(model, layer).mlp.down_proj.weight[:, index]
+        scale = cache["ln_final.hook_scale"][0, -1]
+        t = models.single_token_id(model, target)
+
+        def logp(h):
+            return ((final_norm_gain(model) * h / scale) @ lm_head(model).weight.T).log_softmax(-1)[t]
+
+        return float(logp(x + v) - logp(x))
+
+
+checks.check_log_prob_increase(log_prob_increase, lm, prompt=nurse_prompt, target=nurse.target, neuron=top_ffn)
+
+# %% [markdown] tags=["solution"]
+# Holding the norm's scale fixed makes the score a property of the neuron's direction and
+# size alone. Recomputing the norm on $x + v$ would also credit the neuron with the change of
+# the whole residual's length; the check's message points at that mistake.
+# ```{solution-end}
+# ```
+
+# %% [markdown]
+# ```{exercise} Reading a neuron's name
+# :label: ex-ch3-names
+#
+# The study names neurons like the paper: `ffnL2N7003` is FFN neuron 7003 of layer 2, and
+# `attnL18H7D40P0` is dimension 40 of head 7's value vector in layer 18, read at source
+# position 0. Write `neuron_name(kind, layer, index_or_head, dim=None, position=None)` and
+# `position(neuron_id)`, check them with `checks.check_neuron_name` and
+# `checks.check_start_position`, and use `position` to count how many of the chapter's top-50
+# attention value neurons read from position 0, the start token.
+# ```
+
+# %% tags=["student", "remove-cell"]
+def neuron_name(kind, layer, index_or_head, dim=None, position=None):
+    ...  # your code here
+
+
+def position(neuron_id):
+    ...  # your code here
+
+
+# %% [markdown] tags=["solution"]
+# ```{solution-start} ex-ch3-names
+# :class: dropdown
+# ```
+
+# %% tags=["solution"]
+import re
+
+
+def neuron_name(kind, layer, index_or_head, dim=None, position=None):
+    if kind == "ffn":
+        return f"ffnL{layer}N{index_or_head}"
+    return f"attnL{layer}H{index_or_head}D{dim}P{position}"
+
+
+def position(neuron_id):
+    return int(re.search(r"P(\d+)$", neuron_id).group(1))
+
+
+checks.check_neuron_name(neuron_name)
+checks.check_start_position(position)
+attn_positions = pd.Series([position(i) for i in da.tables["attn_value"].id])
+pd.Series({"top attention value neurons": len(attn_positions), "reading position 0": int((attn_positions == 0).sum())})
+
+# %% [markdown] tags=["solution"]
+# An attention value neuron is tied to one source position, so its name carries it. Compare
+# the count with the position shares of {numref}`fig-circuits-positions`, which weigh each
+# neuron by its score rather than counting it once.
+# ```{solution-end}
+# ```
 
 # %% tags=["remove-cell"]
 results.time("total", time.perf_counter() - t0)

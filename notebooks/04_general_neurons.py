@@ -68,9 +68,10 @@ import seaborn as sns
 import torch
 from myst_nb import glue
 
-from analysis_lib import general, models, plots
+from analysis_lib import checks, general, models, plots
 from analysis_lib.capability import CHANCE
 from analysis_lib.commonwords import load_commonwords, to_frame
+from analysis_lib.neurons import NeuronId
 from analysis_lib.results import Results
 
 torch.manual_seed(seed)
@@ -171,7 +172,7 @@ plt.close(fig)
 # attention neurons read the operands, so the start score is about zero there.
 # ```
 #
-# The two general neurons of {glue:text}`model` are **{glue:text}`general_1`** (layer
+# {numref}`fig-general-scan` shows how they were found. The two general neurons of {glue:text}`model` are **{glue:text}`general_1`** (layer
 # {glue:text}`general_1_layer`) and **{glue:text}`general_2`** (layer
 # {glue:text}`general_2_layer`); {glue:text}`general_1_share_start` of the first one's summed
 # query score sits at the start token, and it is in the top 10 of
@@ -230,7 +231,7 @@ plt.close(fig)
 # fire far harder at the start token than anywhere else; the gender and random neurons do not.
 # ```
 #
-# {glue:text}`general_1` has coefficient {glue:text}`general_1_m_start` at the start token
+# In {numref}`fig-general-activation`, {glue:text}`general_1` has coefficient {glue:text}`general_1_m_start` at the start token
 # (standard deviation over prompts {glue:text}`general_1_sd_start`), {glue:text}`general_1_ratio`
 # times its mean absolute coefficient elsewhere, and a larger |coefficient| at the start token
 # than {glue:text}`general_1_pct_layer` % of the neurons of its layer. The largest start-token
@@ -355,7 +356,7 @@ plt.close(fig)
 # task; a red marker outside them is an effect of the general neurons themselves.
 # ```
 #
-# With the general neurons masked, one-digit addition goes from {glue:text}`original_arithmetic_1digit` %
+# {numref}`fig-general-ablation` shows every condition. With the general neurons masked, one-digit addition goes from {glue:text}`original_arithmetic_1digit` %
 # {glue:text}`original_arithmetic_1digit_ci` to {glue:text}`general_arithmetic_1digit` %
 # {glue:text}`general_arithmetic_1digit_ci`, RACE from {glue:text}`original_race` % to
 # {glue:text}`general_race` % (chance {glue:text}`chance_race` %), PIQA from
@@ -501,7 +502,7 @@ plt.close(fig)
 # masked and when two random neurons of the same layer are masked.
 # ```
 #
-# For "{glue:text}`cna_prompt`" the correct answer "{glue:text}`cna_target`" has probability
+# {numref}`fig-general-cna` summarises the comparison. For "{glue:text}`cna_prompt`" the correct answer "{glue:text}`cna_target`" has probability
 # {glue:text}`cna_p_orig` (top token {glue:text}`cna_top1_orig`); with the general neurons
 # masked it has {glue:text}`cna_p_masked` (top token {glue:text}`cna_top1_masked`). Over the
 # {glue:text}`cna_n_sums` sums the mean probability of the correct answer goes from
@@ -679,6 +680,106 @@ results.time("total", time.perf_counter() - T0)
 # `results/04_general_neurons__general_neurons.parquet` (columns `id`, `layer`,
 # `start_score`, `share_start`, `selected` for the top {glue:text}`n_general`, ...) so that the
 # editing chapters can exclude them.
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise} How unusual is the damage?
+# :label: ex-ch4-pvalue
+#
+# Masking two random neurons of the same layer is the control for masking the two general
+# neurons. With the damage $\delta = $ (accuracy as is) $-$ (accuracy masked) of the general
+# neurons and $\delta_1, \dots, \delta_n$ of the $n$ random draws, the one-sided permutation
+# p-value is $(1 + \#\{i : \delta_i \ge \delta\}) / (1 + n)$: the observed masking counts as one
+# more draw, so the p-value is never 0. Write `empirical_p(observed, random_values)`, check it
+# with `checks.check_empirical_p(empirical_p)`, and compute it for one-digit addition from
+# `control_table` (columns `condition`, `kind`, `task`, `value`). What is the smallest p-value
+# that this chapter's number of draws can give?
+# ```
+
+# %% tags=["student", "remove-cell"]
+def empirical_p(observed, random_values):
+    ...  # your code here
+
+
+# %% [markdown] tags=["solution"]
+# ```{solution-start} ex-ch4-pvalue
+# :class: dropdown
+# ```
+
+# %% tags=["solution"]
+def empirical_p(observed, random_values):
+    r = np.asarray(random_values, dtype=float)
+    return (1 + int((r >= observed).sum())) / (1 + r.size)
+
+
+checks.check_empirical_p(empirical_p)
+arith = control_table[control_table.task == "arithmetic_1digit"]
+acc_orig = float(arith[arith.condition == "original"].value.iloc[0])
+damage_general = acc_orig - float(arith[arith.condition == "general"].value.iloc[0])
+damage_random = acc_orig - arith[arith.kind == "random"].value.to_numpy(float)
+pd.Series({"damage, general neurons": damage_general, "p-value": empirical_p(damage_general, damage_random),
+           "smallest possible p-value": 1 / (1 + len(damage_random))})
+
+# %% [markdown] tags=["solution"]
+# With $n$ draws no p-value can fall below $1/(n+1)$, which is why the full profile uses 20
+# draws (smallest p ≈ 0.048) and the quick profile cannot show significance at all.
+# `general.general_vs_random` reports the same quantity for every task as
+# `frac_random_as_extreme`, counting changes in the direction of the observed one.
+# ```{solution-end}
+# ```
+
+# %% [markdown]
+# ```{exercise} Mask a neuron with a hook
+# :label: ex-ch4-mask
+#
+# Masking an FFN neuron sets its coefficient to zero at every position. Write
+# `masked_logits(model, prompt, neurons)` that takes `[(layer, index), ...]`, adds forward hooks
+# on `blocks.{layer}.mlp.hook_post` that zero those indices, and returns the last position's
+# logits. Use the bridge's context manager `model.hooks(fwd_hooks=[(name, fn), ...])` so
+# that the hooks are gone afterwards. Check it with
+# `checks.check_masked_logits(masked_logits, lm, neurons=tuple(general_ids))`: the check
+# compares with the study's `editing.mask_neurons` and verifies that the model is unchanged
+# afterwards. Which answer does the model give to "3+5=" with and without the general neurons?
+# ```
+
+# %% tags=["student", "remove-cell"]
+def masked_logits(model, prompt, neurons):
+    ...  # your code here
+
+
+# %% [markdown] tags=["solution"]
+# ```{solution-start} ex-ch4-mask
+# :class: dropdown
+# ```
+# One hook per neuron; a closure keeps each hook's index:
+
+# %% tags=["solution"]
+def masked_logits(model, prompt, neurons):
+    def zero(index):
+        def hook(act, hook):
+            act[..., index] = 0.0
+            return act
+
+        return hook
+
+    hooks = [(f"blocks.{layer}.mlp.hook_post", zero(index)) for layer, index in neurons]
+    with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
+        return model(models.encode(model, prompt).tokens)[0, -1]
+
+
+checks.check_masked_logits(masked_logits, lm, neurons=tuple(general_ids))
+pairs = [(n.layer, n.index) for n in map(NeuronId.parse, general_ids)]
+with torch.inference_mode():
+    clean_logits = lm(models.encode(lm, "3+5=").tokens)[0, -1]
+answer = {"as is": clean_logits.argmax(), "general neurons masked": masked_logits(lm, "3+5=", pairs).argmax()}
+{k: lm.tokenizer.decode(int(v)) for k, v in answer.items()}
+
+# %% [markdown] tags=["solution"]
+# Without the context manager the hooks would stay attached and every later forward pass
+# would be silently edited; the check catches that by comparing the logits before and after.
+# ```{solution-end}
+# ```
 
 # %% tags=["remove-cell"]
 results.save()

@@ -58,7 +58,7 @@ import pandas as pd
 import torch
 from myst_nb import glue
 
-from analysis_lib import models, plots
+from analysis_lib import checks, models, plots
 from analysis_lib import neuron_editing as ne
 from analysis_lib.commonwords import load_commonwords, to_frame
 from analysis_lib.results import Results, results_dir
@@ -348,6 +348,90 @@ results.add("chapter_minutes", total / 60, fmt=".1f")
 #   random draws follow the profile (this run: K in {glue:text}`ks_text`).
 #
 # The whole chapter took {glue:text}`chapter_minutes` minutes in this run.
+
+# %% [markdown]
+# ## Exercises
+#
+# ```{exercise} How much of the bias went away?
+# :label: ex-ch5-reduction
+#
+# A change in a bias metric is easiest to read as the share of the distance to the ideal value
+# that was removed: $1 - |\text{after} - \text{ideal}| / |\text{before} - \text{ideal}|$ (1 = all
+# bias removed, 0 = no change, negative = worse). The ideal is 0 for mean $|b|$ and 50 for
+# StereoSet's SS. Write `relative_reduction(before, after, ideal=0.0)`, check it with
+# `checks.check_relative_reduction(relative_reduction)`, and compute it for the main edit's
+# mean $|b|$ on the test words (`orig.mean_abs_b`, `ed.mean_abs_b`) and for the best random
+# draw.
+# ```
+
+# %% tags=["student", "remove-cell"]
+def relative_reduction(before, after, ideal=0.0):
+    ...  # your code here
+
+
+# %% [markdown] tags=["solution"]
+# ```{solution-start} ex-ch5-reduction
+# :class: dropdown
+# ```
+
+# %% tags=["solution"]
+def relative_reduction(before, after, ideal=0.0):
+    return 1 - abs(after - ideal) / abs(before - ideal)
+
+
+checks.check_relative_reduction(relative_reduction)
+pd.Series({f"edit K={k_main}": relative_reduction(orig.mean_abs_b, ed.mean_abs_b),
+           "best random draw": max(relative_reduction(orig.mean_abs_b, v) for v in rnd.mean_abs_b)})
+
+# %% [markdown] tags=["solution"]
+# Put the two side by side before reading anything into the edit's number: a reduction that
+# a random draw of the same size also reaches is not evidence for the selection method. The
+# paired interval in the table above answers the same question with a confidence level.
+# ```{solution-end}
+# ```
+
+# %% [markdown]
+# ```{exercise} The guard of the causal step
+# :label: ex-ch5-guard
+#
+# The causal step (see the table `causal`) masks each candidate alone and records `effect`,
+# the drop in mean $|b|$ on the training words, and `ppl_ratio`, the guard perplexity masked
+# over as is. Write `guarded_selection(table, k, guard_tol)`: go through the candidates by
+# decreasing `effect`, stop at the first non-positive effect or when `k` are chosen, and skip
+# those with `ppl_ratio - 1 > guard_tol`. Check it with `checks.check_guarded_selection` and
+# compare your selection on `causal` with the chapter's (`ne.selected_neurons(causal, max(ks))`).
+# ```
+
+# %% tags=["student", "remove-cell"]
+def guarded_selection(table, k, guard_tol):
+    ...  # your code here
+
+
+# %% [markdown] tags=["solution"]
+# ```{solution-start} ex-ch5-guard
+# :class: dropdown
+# ```
+
+# %% tags=["solution"]
+def guarded_selection(table, k, guard_tol):
+    chosen = []
+    for r in table.sort_values("effect", ascending=False, kind="stable").itertuples():
+        if len(chosen) == k or r.effect <= 0:
+            break
+        if r.ppl_ratio - 1 <= guard_tol:
+            chosen.append(r.neuron)
+    return chosen
+
+
+checks.check_guarded_selection(guarded_selection, tol=guard_tol)
+guarded_selection(causal, max(ks), guard_tol) == ne.selected_neurons(causal, max(ks))
+
+# %% [markdown] tags=["solution"]
+# The two selections are identical. The guard is greedy and per neuron: it never tests
+# the selected neurons together, so the joint edit can still cost more perplexity than any
+# single neuron, which is why the evaluation measures the whole edit again on held-out text.
+# ```{solution-end}
+# ```
 
 # %% tags=["remove-cell"]
 glue("ks_text", ", ".join(map(str, ks)), display=False)
