@@ -11,9 +11,11 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -90,6 +92,153 @@ def test_exercises_render_and_student_edition_hides_solutions(quick_book, tmp_pa
             assert page.count('class="exercise admonition"') >= 2, c
         assert "solution dropdown" not in page and "tag_solution" not in page, c
     assert "your code here" in (student / "book" / "_build" / "html" / "book" / "00_model_and_start_token.html").read_text()
+
+
+# ----------------------------------------------------------------------------- front matter: intro, glossary, bibliography
+
+_CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]+)`")
+
+# The terms the glossary must define (issue "Reader and instructor experience"), compared
+# case-insensitively with the rendered <dt> text.
+GLOSSARY_TERMS = [
+    "value neuron", "query neuron", "FFN value neuron", "attention value neuron", "FFN query neuron",
+    "subvalue", "coefficient", "log-probability increase", "important position", "start token",
+    "general neurons", "shared frequency", "causal masking", "ICAT", "LMS", "SS", "entropy difference",
+    "BBQ bias scores", "CRISPR attribution", "bootstrap CI", "random-neuron control",
+]
+
+
+def _source_texts() -> dict[str, str]:
+    """Every chapter source (comment markers stripped) and every prose page, by file name."""
+    texts = {p.name: re.sub(r"(?m)^# ?", "", p.read_text()) for p in sorted(pipeline.notebooks_dir().glob("*.py"))}
+    texts.update({p.name: p.read_text() for p in sorted(pipeline.book_dir().glob("*.md"))})
+    return texts
+
+
+def _cited_keys() -> set[str]:
+    keys = set()
+    for text in _source_texts().values():
+        for m in _CITE.finditer(text):
+            keys.update(k.strip() for k in m.group(1).split(",") if k.strip())
+    return keys
+
+
+def _bib_entries():
+    from pybtex.database import parse_file
+
+    return parse_file(str(pipeline.book_dir() / "references.bib"), "bibtex").entries
+
+
+def _alnum(text: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", text.lower())
+
+
+def _soup(path: Path):
+    from bs4 import BeautifulSoup
+
+    return BeautifulSoup(path.read_text(), "html.parser")
+
+
+def _link_problems(html: Path, page: Path) -> list[str]:
+    """The internal links of ``page`` (anywhere on it) whose file or anchor does not exist."""
+    problems, ids = [], {}
+    for a in _soup(page).find_all("a", href=True):
+        href = a["href"]
+        parts = urlsplit(href)
+        if parts.scheme or parts.netloc or href.startswith("mailto:"):
+            continue  # external: not part of the build
+        target = (page.parent / unquote(parts.path)).resolve() if parts.path else page.resolve()
+        if not target.is_relative_to(html.resolve()) or not target.is_file():
+            problems.append(f"{page.name}: link {href!r} points to a missing file")
+            continue
+        frag = unquote(parts.fragment)
+        if frag and target.suffix == ".html":
+            if target not in ids:
+                ids[target] = {el["id"] for el in _soup(target).find_all(id=True)}
+            if frag not in ids[target]:
+                problems.append(f"{page.name}: link {href!r} names an anchor that {target.name} lacks")
+    return problems
+
+
+def test_every_cited_work_is_in_references_bib():
+    keys = _cited_keys()
+    assert {"yu2025understanding", "yang2024crispr"} <= keys, keys
+    entries = _bib_entries()
+    missing = sorted(keys - set(entries))
+    assert missing == [], f"cited but not in book/references.bib: {missing}"
+    for key, entry in entries.items():
+        assert entry.fields.get("title") and entry.fields.get("year"), f"{key} lacks a title or a year"
+        assert entry.persons.get("author"), f"{key} lacks authors"
+
+
+def test_intro_and_glossary_cross_references_resolve(quick_book):
+    html = quick_book / "book" / "_build" / "html"
+    problems = []
+    for name in ("intro", "glossary"):
+        page = html / "book" / f"{name}.html"
+        article = _soup(page).find("article")
+        assert article is not None, f"{name}.html has no <article>"
+        text = article.get_text(" ")
+        for marker in ("undefined label", "unknown document", "term not in glossary"):
+            assert marker not in text.lower(), f"{name}.html shows {marker!r}"
+        # A resolved {ref}/{term}/{numref}/{doc} sits inside an <a>; an unresolved one does not.
+        unresolved = [el.get_text() for el in article.select(".xref") if el.find_parent("a") is None]
+        assert unresolved == [], f"{name}.html: unresolved cross-references {unresolved}"
+        problems += _link_problems(html, page)
+    assert problems == [], "\n".join(problems)
+
+    # The reading guide links every chapter, glossary terms and figures from the article itself
+    # (the sidebar links every page anyway, so only the article counts here).
+    article = _soup(html / "book" / "intro.html").find("article")
+    hrefs = [a["href"] for a in article.find_all("a", href=True)]
+    for c in pipeline.chapters():
+        label = re.search(r"(?m)^# \((ch-[\w-]+)\)=", (pipeline.notebooks_dir() / f"{c}.py").read_text())
+        assert label, f"{c} has no (ch-...)= label"
+        assert f"{c}.html#{label.group(1)}" in hrefs, f"intro does not cross-reference {label.group(1)}"
+    assert any(h.startswith("glossary.html#term-") for h in hrefs), "intro links no glossary term"
+    assert any(re.search(r"\.html#fig-", h) for h in hrefs), "intro references no figure"
+    assert article.find(class_="toctree-wrapper") is not None, "intro lost its {tableofcontents}"
+
+
+def test_bibliography_lists_every_cited_work(quick_book):
+    html = quick_book / "book" / "_build" / "html"
+    bib_page = html / "book" / "bibliography.html"
+    soup = _soup(bib_page)
+    entries = soup.select('[role="doc-biblioentry"]')
+    keys = _cited_keys()
+    assert len(entries) >= len(keys), f"{len(entries)} bibliography entries for {len(keys)} cited works"
+    text = _alnum(" ".join(e.get_text(" ") for e in entries))
+    bib = _bib_entries()
+    for key in sorted(keys):
+        title = _alnum(bib[key].fields["title"])
+        assert title in text, f"{key}: its title is not on the bibliography page"
+    # every citation on every page links to an entry of the bibliography
+    entry_ids = {e.get("id") for e in entries}
+    broken = []
+    for page in sorted((html / "book").glob("*.html")):
+        for a in _soup(page).find_all("a", href=True):
+            parts = urlsplit(a["href"])
+            if parts.path.endswith("bibliography.html") and parts.fragment and parts.fragment not in entry_ids:
+                broken.append(f"{page.name}: {a['href']}")
+    assert broken == [], f"citations pointing to no bibliography entry: {broken}"
+
+
+def test_glossary_terms_render_as_definition_list(quick_book):
+    page = quick_book / "book" / "_build" / "html" / "book" / "glossary.html"
+    dl = _soup(page).find("article").select_one("dl.glossary")
+    assert dl is not None, "the glossary is not rendered as a definition list (dl.glossary)"
+    terms = {}
+    for dt in dl.find_all("dt", recursive=False):
+        for link in dt.select("a.headerlink"):
+            link.decompose()
+        assert dt.get("id", "").startswith("term-"), dt
+        dd = dt.find_next_sibling(["dd", "dt"])
+        while dd is not None and dd.name == "dt":  # several terms may share one definition
+            dd = dd.find_next_sibling(["dd", "dt"])
+        assert dd is not None and dd.get_text(strip=True), f"{dt.get_text()} has no definition"
+        terms[dt.get_text(" ", strip=True).lower()] = dd
+    missing = [t for t in GLOSSARY_TERMS if t.lower() not in terms]
+    assert missing == [], f"glossary terms missing: {missing}"
 
 
 # ----------------------------------------------------------------------------- browser
@@ -181,5 +330,53 @@ def test_search_finds_chapter_text(quick_book, browser):
             "return Array.from(document.querySelectorAll('#search-results li a')).map(a => a.href)"
         )
         assert any("00_model_and_start_token" in href for href in links), links
+    finally:
+        server.shutdown()
+
+
+def _open(browser, url: str) -> None:
+    """Navigate and wait until the document (a book page or the server's error page) is complete."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url)
+    WebDriverWait(browser, 30).until(
+        lambda d: d.execute_script("return document.readyState === 'complete' && document.body !== null")
+        and d.execute_script("return location.href") == url
+    )
+
+
+@pytest.mark.browser
+def test_intro_and_glossary_links_open_in_chromium(quick_book, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    html = quick_book / "book" / "_build" / "html"
+    server = _serve(html)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    problems = []
+    try:
+        for name in ("intro", "glossary"):
+            _open(browser, f"{base}/book/{name}.html")
+            WebDriverWait(browser, 30).until(
+                lambda d: d.execute_script("return document.querySelectorAll('article a[href]').length") > 0
+            )
+            urls = browser.execute_script(
+                "return Array.from(document.querySelectorAll('article a[href]')).map(a => a.href)"
+            )
+            urls = sorted({u for u in urls if u.startswith(base)})
+            assert len(urls) > 10, f"{name}.html: only {len(urls)} internal links"
+            for url in urls:
+                _open(browser, url)
+                state = browser.execute_script(
+                    "const id = decodeURIComponent(location.hash.slice(1));"
+                    "const el = id ? document.getElementById(id) : document.body;"
+                    "return {title: document.title, found: el !== null, tag: el ? el.tagName : null};"
+                )
+                if "Error response" in state["title"] or "404" in state["title"]:
+                    problems.append(f"{name}.html: {url} does not load ({state['title']})")
+                elif not state["found"]:
+                    problems.append(f"{name}.html: {url} has no such anchor")
+                elif "#term-" in url and state["tag"] != "DT":
+                    problems.append(f"{name}.html: {url} is not a glossary <dt> ({state['tag']})")
+        assert problems == [], "\n".join(problems)
     finally:
         server.shutdown()
