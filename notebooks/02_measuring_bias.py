@@ -541,7 +541,7 @@ results.save()
 # beats the anti-stereotype, ideal 50) into one number, the idealized CAT score
 # $\mathrm{ICAT} = \mathrm{LMS}\cdot\min(\mathrm{SS}, 100-\mathrm{SS})/50$. Write `icat(lms, ss)`,
 # check it with `checks.check_icat(icat)`, and recompute the default model's intrasentence
-# ICAT from its LMS and SS in the table `d`. What ICAT would a model get that always prefers
+# ICAT from its LMS and SS in the table `suite`. What ICAT would a model get that always prefers
 # the stereotype but never the unrelated option?
 # ```
 
@@ -561,7 +561,8 @@ def icat(lms, ss):
 
 
 checks.check_icat(icat)
-lms_ss = d.loc[("stereoset", "intrasentence")].estimate
+ss_rows = suite[(suite.model == model) & (suite.benchmark == "stereoset") & (suite.variant == "intrasentence")]
+lms_ss = ss_rows.set_index("metric").estimate
 pd.Series({"ICAT from LMS and SS": icat(lms_ss["lms"], lms_ss["ss"]), "ICAT in the table": lms_ss["icat"],
            "always the stereotype": icat(100, 100)})
 

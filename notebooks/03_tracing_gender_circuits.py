@@ -681,8 +681,10 @@ checks.check_log_prob_increase(log_prob_increase, lm, prompt=nurse_prompt, targe
 # `attnL18H7D40P0` is dimension 40 of head 7's value vector in layer 18, read at source
 # position 0. Write `neuron_name(kind, layer, index_or_head, dim=None, position=None)` and
 # `position(neuron_id)`, check them with `checks.check_neuron_name` and
-# `checks.check_start_position`, and use `position` to count how many of the chapter's top-50
-# attention value neurons read from position 0, the start token.
+# `checks.check_start_position`. Then use `position` on the prompts' own top attention value
+# neurons (`da.per_prompt_topk["attn_value"]`, one list of ids per prompt; the dataset-level
+# ranking sums a neuron over positions, so its ids carry no position) to find the share that
+# read from position 0, the start token.
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -715,13 +717,14 @@ def position(neuron_id):
 
 checks.check_neuron_name(neuron_name)
 checks.check_start_position(position)
-attn_positions = pd.Series([position(i) for i in da.tables["attn_value"].id])
-pd.Series({"top attention value neurons": len(attn_positions), "reading position 0": int((attn_positions == 0).sum())})
+attn_positions = pd.Series([position(str(n)) for top_list in da.per_prompt_topk["attn_value"] for n in top_list])
+pd.Series({"per-prompt top attention value neurons": len(attn_positions),
+           "share reading position 0": float((attn_positions == 0).mean())})
 
 # %% [markdown] tags=["solution"]
-# An attention value neuron is tied to one source position, so its name carries it. Compare
-# the count with the position shares of {numref}`fig-circuits-positions`, which weigh each
-# neuron by its score rather than counting it once.
+# An attention value neuron of one prompt is tied to one source position, so its name carries
+# it. Compare the share with the position shares of {numref}`fig-circuits-positions`, which
+# weigh each neuron by its score rather than counting it once.
 # ```{solution-end}
 # ```
 

@@ -269,6 +269,16 @@ def test_circuit_path_layers_and_edges(model):
     sums = path.edges.groupby("source").weight.sum()
     for r in q.itertuples():
         assert sums.get(r.id, 0.0) == pytest.approx(r.score, rel=1e-5, abs=1e-8)
+    # the word route: the strongest query neuron at the word and the attention neuron it feeds most
+    route = circuits.word_route(path)
+    at_word = path.nodes[(path.nodes.stage == "query FFN") & (path.nodes.category == "word")]
+    if len(at_word):
+        best = at_word.sort_values("score", ascending=False).iloc[0]
+        assert route["query"] == best.id and route["query_layer"] == NeuronId.parse(best.id).layer
+        fed = path.edges[path.edges.source == best.id]
+        assert route["attn"] == (fed.sort_values("weight", ascending=False).target.iloc[0] if len(fed) else "none")
+    else:
+        assert route == {"query": "none", "query_layer": -1, "attn": "none"}
 
 
 # ----------------------------------------------------------------------------- shared frequency
@@ -290,6 +300,14 @@ def test_shared_frequency_matches_engine():
     assert s1["max"].estimate == pytest.approx(2 / 3) and s1["mean_top_K"].estimate == pytest.approx(2 / 3)
     s2 = circuits.shared_frequency_summary(lists, 3, n_boot=100, seed=0)
     assert (s["mean_top_K"].low, s["mean_top_K"].high) == (s2["mean_top_K"].low, s2["mean_top_K"].high)
+    # the chapter's report: one row per (kind, K), curves of the first K ranks
+    table, curves, stats = circuits.shared_frequency_report({"ffn_value": lists}, [2, 3], names={"ffn_value": "FFN value"},
+                                                            n_boot=100, seed=0)
+    assert list(table.index) == [("FFN value", 2), ("FFN value", 3)]
+    assert table.loc[("FFN value", 3), "neuron"] == "ffnL1N1" and table.loc[("FFN value", 3), "in ≥ half"] == 3
+    assert table.loc[("FFN value", 3), "mean of K most shared"].startswith(f"{(1.0 + 2 / 3 + 2 / 3) / 3:.2f} [")
+    assert stats[("ffn_value", 3)]["mean_top_K"].estimate == pytest.approx(s["mean_top_K"].estimate)
+    assert len(curves[curves.K == 2]) == 2 and set(curves.kind) == {"FFN value"}
 
 
 # ----------------------------------------------------------------------------- vocabulary projection

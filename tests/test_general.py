@@ -19,6 +19,7 @@ from analysis_lib import general
 from analysis_lib.attribution import attribute, forward_data
 from analysis_lib.editing import mask_neurons
 from analysis_lib.models import encode, single_token_id
+from analysis_lib.neurons import NeuronId
 
 CASES = [("The nurse is a", " woman", "nurse"), ("The engineer is a", " man", "engineer")]
 
@@ -124,6 +125,23 @@ def test_scan_ranking_consistent_with_per_prompt_scores(model):
     assert np.allclose(scan.m_start[0], scan.m_start[1]) and np.allclose(scan.m_start[0], scan.m_start[2])
     gd = general.rank_gender(scan, exclude=list(rk.id[:2]))
     assert not set(gd.id) & set(rk.id[:2])
+    # per-prompt long table: one row per (neuron, prompt), values read from the scan
+    long = scan.per_prompt(list(rk.id[:2]))
+    assert len(long) == 2 * len(prompts) and list(long.set[:3]) == list(prompts.set)
+    n = NeuronId.parse(rk.id[1])
+    np.testing.assert_array_equal(long[long.id == rk.id[1]].q_start.to_numpy(), scan.q_start[:, n.layer, n.index])
+
+
+def test_bias_wide_formats_intervals():
+    table = pd.DataFrame({
+        "condition": ["original", "general", "original"], "benchmark": ["stereoset", "stereoset", "bbq"],
+        "variant": ["intrasentence"] * 2 + ["Gender_identity"], "metric": ["ss", "ss", "s_dis"],
+        "ideal": [50.0, 50.0, 0.0], "estimate": [61.234, 55.0, 0.1], "low": [58.0, 51.5, -0.05], "high": [64.5, 58.25, 0.2],
+    })
+    wide = general.bias_wide(table, ["original", "general", "absent"])
+    assert list(wide.columns) == ["original", "general"]
+    assert wide.loc[("stereoset", "intrasentence", "ss", "50.0"), "original"] == "61.2 [58, 64.5]"
+    assert pd.isna(wide.loc[("bbq", "Gender_identity", "s_dis", "0.0"), "general"])
 
 
 def test_start_token_policy_restores(model):
