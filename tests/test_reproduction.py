@@ -1,0 +1,250 @@
+"""The comparison table of the final chapter (analysis_lib.reproduction), on hand-written results.
+
+No model is involved: the module only reads ``results/<chapter>.json`` and parquet tables.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from analysis_lib import reproduction as rp
+from analysis_lib.reproduction import NOT_TESTED, VERDICTS
+
+
+def _write(directory, chapter, values, **params):
+    payload = {"chapter": chapter, "parameters": {"model": "tiny-model", "profile": "quick", **params},
+               "results": values}
+    (directory / f"{chapter}.json").write_text(json.dumps(payload))
+
+
+def ci(estimate, low, high, n=16):
+    return {"estimate": estimate, "low": low, "high": high, "n": n}
+
+
+CH4 = {
+    "verdict_exist": "reproduced", "verdict_layer": "not reproduced", "verdict_collapse": "partly reproduced",
+    "verdict_mechanism": "reproduced", "verdict_start": "reproduced", "verdict_replicate": "not tested",
+    "general_ids": ["ffnL3N7", "ffnL3N9"], "general_1_share_start": 0.99, "general_1_m_start": 812.0,
+    "general_1_layer": 3, "n_layers": 30, "general_1_depth": 0.13,
+    "original_arithmetic_1digit": 50.0, "original_arithmetic_1digit_ci": "[40.0, 60.0]",
+    "general_arithmetic_1digit": 5.0, "general_arithmetic_1digit_ci": "[0.0, 10.0]",
+    "original_race": 60.0, "original_race_ci": "[55.0, 65.0]", "general_race": 50.0, "general_race_ci": "[45.0, 55.0]",
+    "arith_relative_drop": 0.9, "race_drop_share_above_chance": 0.29,
+    "random_range_arithmetic_1digit": "48.0–51.0", "random_range_race": "59.0–61.0",
+    "cna_flip_share": 0.4, "cna_n_top": 20, "cna_flip_share_random": 0.05, "cna_imp_kept": 0.3,
+    "start_token": "<|im_start|>", "start_eot_same": True, "start_eot_top": "ffnL3N7, ffnL3N9",
+}
+CH3 = {
+    "shared_mean_ffn_value_K10": ci(0.74, 0.73, 0.81), "shared_mean_ffn_value_K50": ci(0.69, 0.6, 0.7),
+    "shared_mean_attn_value_K10": ci(0.60, 0.55, 0.67), "shared_mean_attn_value_K50": ci(0.65, 0.6, 0.7),
+    "shared_mean_ffn_query_K10": ci(0.30, 0.25, 0.35), "shared_mean_ffn_query_K50": ci(0.2, 0.1, 0.3),
+}
+CH5 = {
+    "edit_verdict": "reduces", "orig_mean_abs_b": 0.8, "edit_mean_abs_b": 0.6, "edit_d": -0.2,
+    "edit_d_ci": "[-0.300, -0.100]", "edit_rel": "-25", "random_d": "-0.015 to +0.009", "logit_d": 0.5,
+    "edit_dppl": "+1.50", "edit_dppl_ci": "[+0.50, +2.50]", "general_dppl": "+1200.5", "logit_dppl": "+900.00",
+    "logit_only_n_start": 2, "icat_orig": 60.0, "icat_edit": 62.0, "ent_orig": 0.2, "ent_edit": 0.19,
+    "n_candidates_max": 150, "n_dropped_start": 9, "n_guard_failed": 3, "n_selected": 50, "top_n": 50, "k_main": 50,
+}
+CH6 = {
+    "delta_acc": ci(0.08, 0.03, 0.13, 96), "orig_acc": 40.0, "crispr_acc": 48.0, "gain_pp": 8.0,
+    "category_name": "Gender_identity", "orig_std": 4.0, "crispr_std": 1.0, "n_chosen": 5, "n_chosen_share": 1e-4,
+    "abl_crispr": 48.0, "abl_random_mean": 41.0, "abl_original": 40.0, "abl_random_n": 5,
+    "abl_mean_tokens": 47.0, "abl_no_confidence": 49.0, "abl_no_skill": 45.0,
+    "tr_Age_orig": 30.0, "tr_Age_pruned": 35.0, "h2h_available": False,
+}
+
+
+@pytest.fixture
+def results(tmp_path):
+    _write(tmp_path, "03_tracing_gender_circuits", CH3)
+    _write(tmp_path, "04_general_neurons", CH4)
+    _write(tmp_path, "05_editing_bias", CH5)
+    _write(tmp_path, "06_crispr", CH6, transfer_categories=["Age"])
+    _write(tmp_path, "02_measuring_bias", {
+        "cw_noun_mean_b": ci(0.59, 0.54, 0.64, 500), "cw_noun_share_strong": ci(0.48, 0.44, 0.52, 500),
+        "cw_noun_mean_b_verdict": "above 0", "ss_intra_ss": ci(58.8, 45.7, 70.6, 50),
+        "ss_intra_icat": ci(70.4, 52.6, 87.0, 50), "ss_intra_ss_verdict": "compatible with 50",
+    })
+    cats = pd.DataFrame({"model": "tiny-model", "kind": "noun", "category": ["traits", "colors", "hobbies"],
+                         "n": 100, "mean_b": [0.56, -0.24, 0.1], "share_strong": [0.41, 0.18, 0.2],
+                         "share_strong_low": [0.32, 0.11, 0.12], "share_strong_high": [0.5, 0.26, 0.28],
+                         "share_male": [0.81, 0.29, 0.55]})
+    cats.to_parquet(tmp_path / "02_measuring_bias__categories.parquet")
+    suite = pd.DataFrame({"model": "other-model", "benchmark": "commonwords", "variant": "noun",
+                          "metric": ["mean_b", "share_strong"], "estimate": [0.05, 0.3], "low": [-0.02, 0.25],
+                          "high": [0.1, 0.35]})
+    suite.to_parquet(tmp_path / "02_measuring_bias__suite.parquet")
+    pd.DataFrame({"condition": ["original", "edit K=50", "fine-tuned (LoRA)"], "d_mean_abs_b": [0.0, -0.2, -0.1]}
+                 ).to_parquet(tmp_path / "05_editing_bias__evaluation.parquet")
+    return tmp_path
+
+
+def _rows(table):
+    return table.set_index("id")
+
+
+def test_verdicts_from_hand_written_results(results):
+    t = _rows(rp.compare(results))
+    expected = {
+        # chapter 4's own verdict strings, normalised
+        "p1-general-exist": "reproduced", "p1-general-layer": "not reproduced", "p1-general-collapse": "partly",
+        "p1-general-signs": "reproduced", "p1-general-start-token": "reproduced",
+        "p1-general-second-arch": "not tested",
+        # chapter 3: 60 % ± 10 points, partly within 20 points; K = 10 vs K = 50
+        "p1-shared-ffn_value": "partly", "p1-shared-attn_value": "reproduced", "p1-shared-ffn_query": "not reproduced",
+        "p1-shared-k": "partly",
+        # chapter 5
+        "p1-edit-reduces": "reproduced", "p1-edit-capability": "reproduced", "p1-edit-icat": "reproduced",
+        "p1-edit-entropy": "partly", "p1-edit-baselines": "reproduced", "p1-start-filter": "reproduced",
+        "p1-edit-size": "reproduced",
+        # chapter 6
+        "p2-gain": "reproduced", "p2-std": "reproduced", "p2-few": "reproduced", "p2-ablation-random": "reproduced",
+        "p2-ablation-ingredients": "partly", "p2-transfer": "reproduced", "p2-nlu": "not tested",
+        "p2-calibration": "not tested", "h2h-bbq": "not tested", "h2h-capability": "not tested",
+        # chapter 2: interval verdicts and per-category leans
+        "p1-cw-bias": "reproduced", "p1-cw-bias:other-model": "not reproduced", "base-stereoset": "not reproduced",
+        "p1-cw-traits": "reproduced", "p1-cw-colors": "partly", "p1-cw-hobbies": "not reproduced",
+    }
+    assert {k: t.loc[k, "verdict"] for k in expected} == expected
+    assert t.loc["p1-general-second-arch", "our_value"] == NOT_TESTED
+    assert t.loc["p1-general-collapse", "our_value"] == (
+        "arithmetic 50.0 % [40.0, 60.0] → 5.0 % [0.0, 10.0]; RACE 60.0 % [55.0, 65.0] → 50.0 % [45.0, 55.0]")
+    assert t.loc["p1-shared-ffn_value", "our_value"] == "74 % [73, 81]"
+    assert t.loc["p2-gain", "our_value"] == "40.0 % → 48.0 % (+8.0 points); paired change +8.0 [+3.0, +13.0] points"
+    assert t.loc["p1-edit-reduces", "our_value"] == "mean |b| 0.800 → 0.600; change -0.200 [-0.300, -0.100] (-25 %)"
+    assert t.loc["p1-edit-baselines", "our_value"].endswith("fine-tuned (LoRA) -0.100")
+    assert t.loc["p1-cw-bias:other-model", "model"] == "other-model"
+    assert t.loc["p1-cw-bias", "model"] == "tiny-model"
+    assert t.loc["p1-general-exist", "profile"] == "quick"
+
+
+def test_paper_values_are_the_summaries_numbers(results):
+    t = _rows(rp.compare(results))
+    assert t.loc["p1-general-collapse", "paper_value"] == "arithmetic 51.9 % → 7.5 %; RACE 63.5 % → 31.5 %"
+    assert t.loc["p1-edit-icat", "paper_value"] == "59.1 → 61.6"
+    assert t.loc["p1-edit-entropy", "paper_value"] == "0.95 → 0.81"
+    assert t.loc["p1-shared-attn_value", "paper_value"] == "≈60 % at K = 10"
+    assert t.loc["p1-general-layer", "paper_value"] == "FFN layer 2 (of 32)"
+    assert t.loc["p2-gain", "paper_value"].startswith("+6.1 to +22.9 points (Table 1")
+    assert t.loc["p2-ablation-random", "paper_value"] == "random 65.62 vs full 71.68 % (base, SES; original 65.63)"
+    assert t.loc["p2-few", "paper_value"].startswith("3 to 170 neurons")
+    assert t.loc["p1-edit-reduces", "paper_value"].startswith("not reported")
+    assert min(rp.P2_GAINS) == pytest.approx(71.68 - 65.63)
+    assert max(rp.P2_GAINS) == pytest.approx(76.13 - 53.26)
+
+
+def test_missing_chapters_and_keys_are_not_tested(results):
+    t = _rows(rp.compare(results))
+    # chapters 0 and 1 did not run
+    for cid in ("p1-nurse", "p1-commonwords"):
+        assert t.loc[cid, "verdict"] == "not tested"
+        assert t.loc[cid, "our_value"] == NOT_TESTED
+        assert "has no results" in t.loc[cid, "reason"]
+        assert t.loc[cid, "model"] == "–"
+    # chapter 3 ran, but without the position shares
+    assert t.loc["p1-start-route", "verdict"] == "not tested"
+    assert "share_start_ffn_query" in t.loc["p1-start-route", "reason"]
+    # chapter 6 ran without the head-to-head, and its capability table is missing
+    assert "head-to-head" in t.loc["h2h-bbq", "reason"]
+    assert t.loc["p2-capability", "verdict"] == "not tested"
+
+
+def test_an_empty_directory_gives_a_full_table_of_not_tested(tmp_path):
+    t = rp.compare(tmp_path)
+    assert len(t) == len(rp.CLAIMS)
+    assert set(t.verdict) == {"not tested"}
+    assert rp.verdict_counts(t)["not tested"] == len(t)
+    status = rp.chapter_status(tmp_path)
+    assert not status.ran.any()
+    assert "every claim is not tested" in rp.profile_summary(status)
+
+
+def test_real_results_directory():
+    """Whatever the chapters wrote so far (nothing in a fresh clone), every row has a verdict."""
+    t = rp.compare()
+    assert len(t) >= len(rp.CLAIMS)
+    assert list(t.columns) == rp.COLUMNS
+    assert t.verdict.isin(VERDICTS).all()
+    assert t.reason.str.len().gt(0).all() and t.our_value.str.len().gt(0).all()
+    assert t.id.is_unique
+
+
+def test_claims_are_well_formed():
+    ids = [c.id for c in rp.CLAIMS]
+    assert len(ids) == len(set(ids))
+    assert all(c.chapter in rp.CHAPTERS.values() for c in rp.CLAIMS)
+    assert {c.paper for c in rp.CLAIMS} == {rp.PAPER1, rp.PAPER2, rp.BASELINE, rp.HEAD2HEAD}
+
+
+def test_interval_formats(tmp_path):
+    _write(tmp_path, "05_editing_bias", {
+        "a": ci(1.0, 0.5, 1.5), "b": 2.0, "b_ci": "[+1.0, +3.0]", "c": 25.0, "c_ci": {"estimate": 0.25, "low": 0.2,
+                                                                                       "high": 0.3},
+        "d": "+5.36", "e": 4.0, "f": None, "g": "-0.015 to +0.009"})
+    v = rp.ResultsDir(tmp_path)
+    assert v.interval("05_editing_bias", "a") == rp.Interval(1.0, 0.5, 1.5)
+    assert v.interval("05_editing_bias", "b") == rp.Interval(2.0, 1.0, 3.0)
+    assert v.interval("05_editing_bias", "c") == rp.Interval(25.0, 0.2, 0.3)
+    assert v.interval("05_editing_bias", "d") == rp.Interval(5.36)
+    assert v.interval("05_editing_bias", "e").text(".1f") == "4.0"
+    assert v.num("05_editing_bias", "g") == -0.015
+    with pytest.raises(rp.Missing):
+        v.num("05_editing_bias", "f")
+    with pytest.raises(rp.Missing):
+        v.get("05_editing_bias", "absent")
+    with pytest.raises(rp.Missing):
+        v.get("06_crispr", "anything")
+    assert rp.Interval(0.5, 0.4, 0.6).scaled(100).text(".0f", " %") == "50 % [40, 60]"
+
+
+def test_verdict_rules():
+    assert rp.interval_verdict(0.55, 0.67, 0.6, 0.1) == "reproduced"
+    assert rp.interval_verdict(0.73, 0.81, 0.6, 0.1) == "partly"
+    assert rp.interval_verdict(0.85, 0.95, 0.6, 0.1) == "not reproduced"
+    assert rp.interval_verdict(0.81, 0.73, 0.6, 0.1) == "partly"  # order of the bounds does not matter
+    assert rp.change_verdict(8.0, 3.0, 13.0, 6.05) == "reproduced"
+    assert rp.change_verdict(2.0, 0.5, 3.5, 6.05) == "partly"
+    assert rp.change_verdict(0.0, -4.0, 4.0, 6.05) == "not reproduced"
+    assert rp.change_verdict(-5.0, -9.0, -1.0, 6.05) == "not reproduced"
+    assert rp.change_verdict(-0.2, -0.3, -0.1, -0.14) == "reproduced"
+    assert rp.level_verdict(0.8, 0.75, 0.6) == "reproduced"
+    assert rp.level_verdict(0.7, 0.75, 0.6) == "partly"
+    assert rp.level_verdict(0.5, 0.75, 0.6) == "not reproduced"
+    assert rp.capability_verdict(-1.0, 1.0) == "reproduced"
+    assert rp.capability_verdict(None, 5.0) == "partly"
+    assert rp.capability_verdict(-20.0, 1.0) == "not reproduced"
+    assert rp._chapter_verdict("partly reproduced") == "partly"
+    assert rp._chapter_verdict("Not tested") == "not tested"
+    with pytest.raises(ValueError):
+        rp._chapter_verdict("maybe")
+    with pytest.raises(ValueError):
+        rp.Outcome("x", "probably", "y")
+
+
+def test_learner_checks_accept_right_and_refuse_wrong_answers():
+    assert rp.check_interval_verdict(rp.interval_verdict)
+    assert not rp.check_interval_verdict(lambda lo, hi, t, tol: "reproduced" if lo <= t <= hi else "not reproduced")
+    assert not rp.check_interval_verdict(lambda *a: 1 / 0)
+    assert rp.check_change_verdict(rp.change_verdict)
+    assert not rp.check_change_verdict(lambda est, lo, hi, p: "reproduced" if lo > 0 else "not reproduced")
+
+
+def test_figure_and_styled_table(results):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = rp.compare(results)
+    ax = rp.plot_verdicts(t)
+    assert ax.get_xlabel() == "number of claims" and ax.get_ylabel() == "chapter"
+    assert [x.get_text() for x in ax.get_legend().get_texts()] == list(VERDICTS)[::-1]
+    plt.close(ax.figure)
+    html = rp.style(t, chapters=["04"]).to_html()
+    assert "p1-general-collapse" in html and "p2-gain" not in html
+    assert list(rp.verdict_counts(t, by="paper").columns) == list(VERDICTS)
+    assert rp.verdict_list(t, "not tested").startswith("p1-nurse")
