@@ -36,6 +36,9 @@ class CheckResult:
     def __str__(self) -> str:
         return self.message
 
+    def _ipython_display_(self) -> None:
+        """Show nothing as a cell's last value: the check already printed its message."""
+
 
 def _report(passed: bool, message: str) -> CheckResult:
     result = CheckResult(passed, message)
