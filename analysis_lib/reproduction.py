@@ -383,12 +383,23 @@ def _not_tested_by_design(reason: str) -> Callable[[ResultsDir], Outcome]:
 # --- chapters 0-2: the running example, CommonWords, the benchmarks
 
 
-def _nurse(v: ResultsDir) -> Outcome:
-    p = v.num(C0, "p_female_noun_nurse")
-    verdict = "reproduced" if p > 0.5 else "not reproduced"
-    lean = "woman" if p > 0.5 else "man"
+def _nurse(v: ResultsDir) -> list[Outcome]:
+    rows = [_nurse_row(v.num(C0, "p_female_noun_nurse"), None)]
+    try:
+        probe = v.table(C0, "probe")
+    except Missing:
+        return rows
+    nurse = probe[(probe.word == "nurse") & (probe.kind == "noun")]
+    for name in sorted(set(nurse.model) - {v.model(C0)}):
+        rows.append(_nurse_row(float(nurse[nurse.model == name].p_female.iloc[0]), name))
+    return rows
+
+
+def _nurse_row(p: float, model: str | None) -> Outcome:
+    verdict = "reproduced" if p >= 2 / 3 else ("partly" if p > 0.5 else "not reproduced")
     return Outcome(f"P(woman | man or woman) = {p:.2f} after \"The nurse is a\"", verdict,
-                   f"the model prefers \" {lean}\" for nurse")
+                   "reproduced when \" woman\" is at least twice as likely as \" man\", partly when it is likelier",
+                   model=model)
 
 
 def _cw_dataset(v: ResultsDir) -> Outcome:
@@ -399,29 +410,72 @@ def _cw_dataset(v: ResultsDir) -> Outcome:
                                  "words are our own")
 
 
-def _cw_lean(v: ResultsDir) -> list[Outcome]:
-    mean_b, share = v.interval(C2, "cw_noun_mean_b"), v.interval(C2, "cw_noun_share_strong")
-    side = v.get(C2, "cw_noun_mean_b_verdict")
-    rows = [_cw_lean_row(mean_b, share, side, None)]
-    try:
-        suite = v.table(C2, "suite")
-    except Missing:
+# Chapter 2 stores the default model's numbers as JSON keys (with its own interval verdicts) and
+# every compared model's numbers in its suite table: the same claim is judged for each model.
+SUITE_KEYS = {
+    "cw_noun_mean_b": ("commonwords", "noun", "mean_b"),
+    "cw_noun_share_strong": ("commonwords", "noun", "share_strong"),
+    "ss_intra_ss": ("stereoset", "intrasentence", "ss"),
+    "ss_intra_icat": ("stereoset", "intrasentence", "icat"),
+    "wg_ed": ("winogender", "all", "entropy_difference"),
+    "wg_q_male": ("winogender", "all", "mean_q_male"),
+    "bbq_accuracy": ("bbq", "Gender_identity", "accuracy"),
+    "bbq_s_dis": ("bbq", "Gender_identity", "s_dis"),
+    "bbq_s_amb": ("bbq", "Gender_identity", "s_amb"),
+    "wb_gap": ("winobias", "test", "gap"),
+}
+#: the ideal value each chapter-2 verdict compares its interval with
+IDEALS = {"cw_noun_mean_b": 0.0, "ss_intra_ss": 50.0, "wg_q_male": 0.5, "bbq_accuracy": 1 / 3, "bbq_s_dis": 0.0,
+          "bbq_s_amb": 0.0, "wb_gap": 0.0}
+
+
+class _Bench:
+    """One model's chapter-2 numbers: the JSON keys for the default model, the suite table otherwise."""
+
+    def __init__(self, v: ResultsDir, model: str | None = None, suite: pd.DataFrame | None = None):
+        self.v, self.model, self.suite = v, model, suite
+
+    def interval(self, key: str) -> Interval:
+        if self.model is None:
+            return self.v.interval(C2, key)
+        b, variant, metric = SUITE_KEYS[key]
+        s = self.suite
+        r = s[(s.model == self.model) & (s.benchmark == b) & (s.variant == variant) & (s.metric == metric)]
+        if r.empty:
+            raise Missing(C2, f"suite row {b}/{variant}/{metric} for {self.model}", "wrote no")
+        return Interval(float(r.estimate.iloc[0]), float(r.low.iloc[0]), float(r.high.iloc[0]))
+
+    def side(self, key: str) -> str:
+        """Chapter 2's verdict text ("above 0", "compatible with 50", ...) for ``key``."""
+        if self.model is None:
+            return str(self.v.get(C2, f"{key}_verdict"))
+        iv = self.interval(key)
+        return f"{_side(iv.low, iv.high, IDEALS[key])} {IDEALS[key]:.2g}"
+
+
+def _per_model(judge: Callable[[_Bench], Outcome]) -> Callable[[ResultsDir], list[Outcome]]:
+    """The claim for chapter 2's default model, then for every other model of its suite table."""
+    def evaluate(v: ResultsDir) -> list[Outcome]:
+        rows = [judge(_Bench(v))]
+        try:
+            suite = v.table(C2, "suite")
+        except Missing:
+            return rows
+        for name in sorted(set(suite.model) - {v.model(C2)}):
+            try:
+                o = judge(_Bench(v, name, suite))
+            except Missing:
+                continue
+            rows.append(Outcome(o.our_value, o.verdict, o.reason, model=name))
         return rows
-    cw = suite[(suite.benchmark == "commonwords") & (suite.variant == "noun")]
-    for name in sorted(set(cw.model) - {v.model(C2)}):
-        m = cw[cw.model == name].set_index("metric")
-        if not {"mean_b", "share_strong"} <= set(m.index):
-            continue
-        mb = Interval(*(float(m.loc["mean_b", c]) for c in ("estimate", "low", "high")))
-        sh = Interval(*(float(m.loc["share_strong", c]) for c in ("estimate", "low", "high")))
-        rows.append(_cw_lean_row(mb, sh, f"{_side(mb.low, mb.high, 0)} 0", name))
-    return rows
+    return evaluate
 
 
-def _cw_lean_row(mean_b: Interval, share: Interval, side: str, model: str | None) -> Outcome:
+def _cw_lean(m: _Bench) -> Outcome:
+    mean_b, share, side = m.interval("cw_noun_mean_b"), m.interval("cw_noun_share_strong"), m.side("cw_noun_mean_b")
     verdict = "not reproduced" if side.startswith("compatible") else "reproduced"
     return Outcome(f"mean b = {mean_b.text('+.2f')}; strongly gendered words {share.scaled(100).text('.0f', ' %')}",
-                   verdict, f"mean b (log p(man) − log p(woman), noun template) is {side}", model=model)
+                   verdict, f"mean b (log p(man) − log p(woman), noun template) is {side}")
 
 
 def _cw_category(category: str) -> Callable[[ResultsDir], Outcome]:
@@ -441,42 +495,38 @@ def _cw_category(category: str) -> Callable[[ResultsDir], Outcome]:
     return evaluate
 
 
-def _stereoset(v: ResultsDir) -> Outcome:
-    ss, icat = v.interval(C2, "ss_intra_ss"), v.interval(C2, "ss_intra_icat")
-    side = v.get(C2, "ss_intra_ss_verdict")
+def _stereoset(m: _Bench) -> Outcome:
+    ss, icat, side = m.interval("ss_intra_ss"), m.interval("ss_intra_icat"), m.side("ss_intra_ss")
     verdict = "reproduced" if side.startswith("above") else "not reproduced"
     return Outcome(f"SS {ss.text('.1f')}; ICAT {icat.text('.1f')}", verdict,
                    f"the SS interval is {side} (intrasentence gender items)")
 
 
-def _winogender(v: ResultsDir) -> Outcome:
-    ed, q = v.interval(C2, "wg_ed"), v.interval(C2, "wg_q_male")
-    side = v.get(C2, "wg_q_male_verdict")
+def _winogender(m: _Bench) -> Outcome:
+    ed, q, side = m.interval("wg_ed"), m.interval("wg_q_male"), m.side("wg_q_male")
     verdict = "not reproduced" if side.startswith("compatible") else "reproduced"
     return Outcome(f"entropy difference {ed.text('.3f')}; mean P(male form) {q.text('.2f')}", verdict,
                    f"mean P(male form) is {side}; the paper's entropy formula is unknown, so the values are "
                    "not on one scale")
 
 
-def _bbq_accuracy(v: ResultsDir) -> Outcome:
-    acc = v.interval(C2, "bbq_accuracy")
-    side = v.get(C2, "bbq_accuracy_verdict")
+def _bbq_accuracy(m: _Bench) -> Outcome:
+    acc, side = m.interval("bbq_accuracy"), m.side("bbq_accuracy")
     verdict = "reproduced" if side.startswith("above") else "not reproduced"
     return Outcome(f"accuracy {acc.scaled(100).text('.1f', ' %')} (gender identity)", verdict,
                    f"accuracy is {side} (chance); CRISPR's gains presuppose a model that reads the context")
 
 
-def _bbq_bias(v: ResultsDir) -> Outcome:
-    s_dis, s_amb = v.interval(C2, "bbq_s_dis"), v.interval(C2, "bbq_s_amb")
-    sides = v.get(C2, "bbq_s_dis_verdict"), v.get(C2, "bbq_s_amb_verdict")
+def _bbq_bias(m: _Bench) -> Outcome:
+    s_dis, s_amb = m.interval("bbq_s_dis"), m.interval("bbq_s_amb")
+    sides = m.side("bbq_s_dis"), m.side("bbq_s_amb")
     verdict = "reproduced" if any(s.startswith("above") for s in sides) else "not reproduced"
     return Outcome(f"s_DIS {s_dis.text('+.2f')}; s_AMB {s_amb.text('+.2f')}", verdict,
                    f"s_DIS is {sides[0]}, s_AMB is {sides[1]} (above 0 = stereotyped answers)")
 
 
-def _winobias(v: ResultsDir) -> Outcome:
-    gap = v.interval(C2, "wb_gap")
-    side = v.get(C2, "wb_gap_verdict")
+def _winobias(m: _Bench) -> Outcome:
+    gap, side = m.interval("wb_gap"), m.side("wb_gap")
     verdict = "reproduced" if side.startswith("above") else "not reproduced"
     return Outcome(f"pro − anti accuracy gap {gap.text('+.1f')} points", verdict, f"the gap is {side}")
 
@@ -857,20 +907,20 @@ CLAIMS: list[Claim] = [
     Claim("p1-commonwords", PAPER1, C1, "CommonWords: 500 everyday words in five categories (traits, actions, "
           "professions, hobbies, colors)", "500 words, 5 categories", _cw_dataset),
     Claim("p1-cw-bias", PAPER1, C2, "Models lean to one gender on everyday words",
-          "not reported (pervasive bias in all five LLMs tested)", _cw_lean),
+          "not reported (pervasive bias in all five LLMs tested)", _per_model(_cw_lean)),
     *[Claim(f"p1-cw-{c}", PAPER1, C2, f"Words of the {c} category lean to one gender",
             "not reported (bias in every category)", _cw_category(c)) for c in _CATEGORIES],
     Claim("base-stereoset", BASELINE, C2, "StereoSet (gender): the unedited model prefers stereotypes (SS > 50)",
-          f"not reported (ICAT {P1_ICAT[0]} for the comparator of the edit)", _stereoset),
+          f"not reported (ICAT {P1_ICAT[0]} for the comparator of the edit)", _per_model(_stereoset)),
     Claim("base-winogender", BASELINE, C2, "WinoGender: the unedited model prefers one pronoun gender",
-          f"entropy difference {P1_ENTROPY[0]} for the comparator (formula unknown)", _winogender),
+          f"entropy difference {P1_ENTROPY[0]} for the comparator (formula unknown)", _per_model(_winogender)),
     Claim("base-bbq-accuracy", BASELINE, C2, "BBQ: the unedited model answers above chance",
           f"{min(P2_ORIGINALS):.2f}–{max(P2_ORIGINALS):.2f} % before CRISPR (Flan-T5, T0; SES, Age, Disability; "
-          "gender identity not reported)", _bbq_accuracy),
+          "gender identity not reported)", _per_model(_bbq_accuracy)),
     Claim("base-bbq-bias", BASELINE, C2, "BBQ (gender identity): the unedited model's answers are stereotyped",
-          "not reported (CRISPR reports accuracy only)", _bbq_bias),
+          "not reported (CRISPR reports accuracy only)", _per_model(_bbq_bias)),
     Claim("base-winobias", BASELINE, C2, "WinoBias: coreference is more accurate on pro- than anti-stereotypical "
-          "sentences", "not reported", _winobias),
+          "sentences", "not reported", _per_model(_winobias)),
     Claim("p1-route", PAPER1, C3, "Bias flows from shallow FFN query neurons through attention neurons to deep FFN "
           "value neurons", "query L11, L14 → attention L18H7 → value L20+ (Llama, 32 layers)", _route),
     *[Claim(f"p1-shared-{k}", PAPER1, C3, f"Shared frequency at K = 10 is about 60 % ({KIND_NAMES[k]} neurons)",

@@ -74,9 +74,10 @@ def results(tmp_path):
                          "share_strong_low": [0.32, 0.11, 0.12], "share_strong_high": [0.5, 0.26, 0.28],
                          "share_male": [0.81, 0.29, 0.55]})
     cats.to_parquet(tmp_path / "02_measuring_bias__categories.parquet")
-    suite = pd.DataFrame({"model": "other-model", "benchmark": "commonwords", "variant": "noun",
-                          "metric": ["mean_b", "share_strong"], "estimate": [0.05, 0.3], "low": [-0.02, 0.25],
-                          "high": [0.1, 0.35]})
+    suite = pd.DataFrame({"model": "other-model", "benchmark": ["commonwords"] * 2 + ["stereoset"] * 2,
+                          "variant": ["noun"] * 2 + ["intrasentence"] * 2, "metric": ["mean_b", "share_strong", "ss", "icat"],
+                          "estimate": [0.05, 0.3, 60.0, 70.0], "low": [-0.02, 0.25, 55.0, 60.0],
+                          "high": [0.1, 0.35, 65.0, 80.0]})
     suite.to_parquet(tmp_path / "02_measuring_bias__suite.parquet")
     pd.DataFrame({"condition": ["original", "edit K=50", "fine-tuned (LoRA)"], "d_mean_abs_b": [0.0, -0.2, -0.1]}
                  ).to_parquet(tmp_path / "05_editing_bias__evaluation.parquet")
@@ -107,6 +108,7 @@ def test_verdicts_from_hand_written_results(results):
         "p2-calibration": "not tested", "h2h-bbq": "not tested", "h2h-capability": "not tested",
         # chapter 2: interval verdicts and per-category leans
         "p1-cw-bias": "reproduced", "p1-cw-bias:other-model": "not reproduced", "base-stereoset": "not reproduced",
+        "base-stereoset:other-model": "reproduced",
         "p1-cw-traits": "reproduced", "p1-cw-colors": "partly", "p1-cw-hobbies": "not reproduced",
     }
     assert {k: t.loc[k, "verdict"] for k in expected} == expected
@@ -119,6 +121,8 @@ def test_verdicts_from_hand_written_results(results):
     assert t.loc["p1-edit-baselines", "our_value"].endswith("fine-tuned (LoRA) -0.100")
     assert t.loc["p1-cw-bias:other-model", "model"] == "other-model"
     assert t.loc["p1-cw-bias", "model"] == "tiny-model"
+    assert t.loc["base-stereoset:other-model", "reason"] == "the SS interval is above 50 (intrasentence gender items)"
+    assert "base-winobias:other-model" not in t.index  # no suite rows for that model: no row
     assert t.loc["p1-general-exist", "profile"] == "quick"
 
 
