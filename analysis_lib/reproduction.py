@@ -1068,7 +1068,11 @@ def verdict_colors() -> dict[str, Any]:
 
 
 def style(table: pd.DataFrame, chapters: Iterable[str] | None = None):
-    """A pandas Styler of the comparison rows (of ``chapters``; short names like ``"03"`` work)."""
+    """A compact pandas Styler of the comparison rows (of ``chapters``; short names like ``"03"`` work).
+
+    The verdict cells are coloured as in :func:`plot_verdicts`. When every row shown is about one
+    model, the model moves from a column to the caption.
+    """
     rows = table
     if chapters is not None:
         wanted = {CHAPTERS.get(c, c) for c in chapters}
@@ -1079,9 +1083,18 @@ def style(table: pd.DataFrame, chapters: Iterable[str] | None = None):
         r, g, b = (int(255 * x) for x in colors.get(v, (1, 1, 1)))
         return f"background-color: rgba({r}, {g}, {b}, 0.35)"
 
-    show = rows[["id", "claim", "paper_value", "our_value", "model", "verdict", "reason"]].rename(
-        columns={"paper_value": "paper value", "our_value": "our value"})
-    return show.style.map(paint, subset=["verdict"]).hide(axis="index")
+    cols = ["id", "claim", "paper_value", "our_value", "model", "verdict", "reason"]
+    one_model = rows.model.nunique() == 1
+    if one_model:
+        cols.remove("model")
+    show = rows[cols].rename(columns={"paper_value": "paper value", "our_value": "our value"})
+    styler = show.style.map(paint, subset=["verdict"]).hide(axis="index").set_table_styles([
+        {"selector": "", "props": "font-size: 0.8em; width: 100%;"},
+        {"selector": "td, th", "props": "vertical-align: top; text-align: left; padding: 3px 5px;"},
+    ])
+    if one_model and len(rows):
+        styler = styler.set_caption(f"model: {rows.model.iloc[0]}")
+    return styler
 
 
 def plot_verdicts(table: pd.DataFrame, ax=None):
