@@ -44,7 +44,7 @@ from myst_nb import glue
 
 from analysis_lib import plots, reproduction
 from analysis_lib.reproduction import VERDICTS
-from analysis_lib.results import Results, results_dir
+from analysis_lib.results import Results
 
 plots.setup()
 results = Results("07_what_reproduced", dict(model=model, device=device, dtype=dtype, profile=profile, seed=seed))
@@ -77,7 +77,6 @@ counts = reproduction.verdict_counts(table)
 
 # %% tags=["remove-cell"]
 glue("profile_text", reproduction.profile_summary(status), display=False)
-glue("results_path", str(results_dir()), display=False)
 
 # %% tags=["remove-input"]
 status.style.hide(axis="index")
