@@ -25,7 +25,8 @@ The pipeline, with every choice the paper leaves open stated:
    checking all of them first).
 4. **The edit** is the zero-ablation of the first ``K`` selected neurons (§6 A5 reading (i)),
    saved with :func:`analysis_lib.editing.save_edit`. Neuron-restricted fine-tuning (reading
-   (ii)) is not implemented.
+   (ii)) is :func:`analysis_lib.finetune.finetune_neurons`; the fine-tuning baseline (LoRA,
+   method_spec §4 (2)) is :func:`analysis_lib.finetune.finetune_lora`.
 
 Baselines (:func:`baseline_conditions`): the model as is; logit-only top-K (no start filter,
 no causal step: the three kinds' rankings interleaved by rank, first K distinct ids); K random
@@ -33,7 +34,9 @@ neurons with the same FFN/attention mix as the edit, drawn uniformly over all un
 draws); the two general neurons (chapter 4's if saved, else the top-2 FFN query neurons of
 our attribution whose important position is the start token).
 
-Evaluation (:func:`evaluate_conditions`): CommonWords **test** words (held out from selection):
+Evaluation (:func:`evaluate_conditions`): a condition is a list of neurons to mask, or an
+already edited model (e.g. a fine-tuned copy; :func:`condition_model`). CommonWords **test**
+words (held out from selection):
 mean ``|b|`` and share ``|b| > log 2`` with bootstrap intervals (words resampled within
 category) and a paired bootstrap difference against the original model; neutral-text
 perplexity on the evaluation paragraphs. :func:`suite_rows` adds ``bias_suite`` and
@@ -43,9 +46,10 @@ perplexity on the evaluation paragraphs. :func:`suite_rows` adds ``bias_suite`` 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -69,6 +73,7 @@ __all__ = [
     "logit_only",
     "random_neurons",
     "general_neurons",
+    "condition_model",
     "evaluate_conditions",
     "suite_rows",
     "select_and_save",
@@ -81,9 +86,13 @@ TARGETS = (" man", " woman")
 #: Parameters of the chapter per profile (the notebook's parameters cell mirrors these).
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"n_train": 16, "n_causal": 16, "top_n": 10, "ks": [5, 10], "k_main": 10, "n_random": 3,
-              "n_test": 40, "guard_texts": 4, "eval_texts": 8, "guard_tol": 0.01},
+              "n_test": 40, "guard_texts": 4, "eval_texts": 8, "guard_tol": 0.01,
+              "ft_steps": 6, "ft_beta": 1.0, "ft_lr": 1e-3, "ft_neuron_lr": 1e-2, "ft_rank": 8, "ft_batch": 16,
+              "ft_kl_batch": 4},
     "full": {"n_train": 400, "n_causal": 120, "top_n": 50, "ks": [10, 25, 50, 100], "k_main": 50, "n_random": 10,
-             "n_test": None, "guard_texts": 20, "eval_texts": 20, "guard_tol": 0.01},
+             "n_test": None, "guard_texts": 20, "eval_texts": 20, "guard_tol": 0.01,
+             "ft_steps": 30, "ft_beta": 1.0, "ft_lr": 1e-3, "ft_neuron_lr": 1e-2, "ft_rank": 8, "ft_batch": 32,
+             "ft_kl_batch": 4},
 }
 
 
@@ -366,29 +375,57 @@ def selected_neurons(table: pd.DataFrame, k: int) -> list[str]:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _condition_items(model, neurons: Sequence[str], test: pd.DataFrame, eval_texts: Sequence[str]):
+def _is_model(condition: Any) -> bool:
+    return hasattr(condition, "original_model") or isinstance(condition, torch.nn.Module)
+
+
+@contextlib.contextmanager
+def condition_model(model, condition: Any) -> Iterator[Any]:
+    """The model a condition is evaluated on, inside a ``with`` block.
+
+    Args:
+        model: the loaded bridge the neuron conditions edit.
+        condition: a list of neuron ids (masked in ``model`` for the block and restored after;
+            ``[]`` = ``model`` as is) or an already edited model, such as a copy from
+            :func:`analysis_lib.editing.edited_copy` or :mod:`analysis_lib.finetune`
+            (yielded as is).
+    """
+    if _is_model(condition):
+        yield condition
+    elif len(condition):
+        with mask_neurons(model, list(condition)):
+            yield model
+    else:
+        yield model
+
+
+def _n_neurons(condition: Any) -> Any:
+    """Neurons a condition edits: the list's length, a model's ``edit_neurons``, else NA."""
+    if _is_model(condition):
+        ids = getattr(condition, "edit_neurons", None)
+        return len(ids) if ids is not None else pd.NA
+    return len(condition)
+
+
+def _condition_items(model, condition: Any, test: pd.DataFrame, eval_texts: Sequence[str]):
     from .benchmarks import commonwords_bias
     from .capability import perplexity_task
 
-    def run():
-        it = commonwords_bias(model, test, "noun")
-        pp = perplexity_task(model, list(eval_texts)).records if len(eval_texts) else None
-        return it, pp
-
-    if neurons:
-        with mask_neurons(model, list(neurons)):
-            return run()
-    return run()
+    with condition_model(model, condition) as m:
+        it = commonwords_bias(m, test, "noun")
+        pp = perplexity_task(m, list(eval_texts)).records if len(eval_texts) else None
+    return it, pp
 
 
-def evaluate_conditions(model, conditions: Mapping[str, Sequence[str]], test: pd.DataFrame, eval_texts: Sequence[str],
+def evaluate_conditions(model, conditions: Mapping[str, Any], test: pd.DataFrame, eval_texts: Sequence[str],
                         *, seed: int = 0, n_boot: int = 1000, reference: str = "original",
                         groups: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Evaluate each condition (a list of neurons to mask; ``[]`` = the model as is).
+    """Evaluate each condition: a list of neurons to mask (``[]`` = the model as is) or an
+    already edited model (e.g. a fine-tuned copy), see :func:`condition_model`.
 
     Returns:
         ``(table, items)``. ``table``: one row per condition with ``condition``, ``group``,
-        ``n_neurons``, ``mean_abs_b`` (+ ``_low``/``_high``), ``share_strong`` (+ CI),
+        ``n_neurons`` (NA for a model that is not a neuron edit), ``mean_abs_b`` (+ ``_low``/``_high``), ``share_strong`` (+ CI),
         ``d_mean_abs_b`` (paired difference vs ``reference``, + CI), ``ppl`` (+ CI) and
         ``d_ppl_pct`` (relative change vs ``reference`` in %, + CI), ``seconds``. ``items``:
         per condition the CommonWords test items (``b`` per word) and perplexity records.
@@ -411,7 +448,7 @@ def evaluate_conditions(model, conditions: Mapping[str, Sequence[str]], test: pd
         mab = metrics.bootstrap_ci(lambda x: np.abs(x).mean(-1), b, vectorized=True, **kw)
         ss = metrics.bootstrap_ci(lambda x: (np.abs(x) > metrics.LOG2).mean(-1), b, vectorized=True, **kw)
         d = metrics.paired_bootstrap_diff(lambda x: float(np.abs(x).mean()), b, ref_b, **kw)
-        row = {"condition": name, "group": (groups or {}).get(name, name), "n_neurons": len(conditions[name]),
+        row = {"condition": name, "group": (groups or {}).get(name, name), "n_neurons": _n_neurons(conditions[name]),
                "mean_abs_b": mab.estimate, "mean_abs_b_low": mab.low, "mean_abs_b_high": mab.high,
                "share_strong": ss.estimate, "share_strong_low": ss.low, "share_strong_high": ss.high,
                "d_mean_abs_b": d.estimate, "d_mean_abs_b_low": d.low, "d_mean_abs_b_high": d.high}
@@ -432,14 +469,17 @@ def evaluate_conditions(model, conditions: Mapping[str, Sequence[str]], test: pd
                         "d_ppl_pct_high": dp.high / ref_ppl})
         row["seconds"] = round(secs[name], 2)
         rows.append(row)
-    return pd.DataFrame(rows), {n: v[0] for n, v in items.items()}
+    table = pd.DataFrame(rows)
+    table["n_neurons"] = table["n_neurons"].astype("Int64")
+    return table, {n: v[0] for n, v in items.items()}
 
 
-def suite_rows(model, conditions: Mapping[str, Sequence[str]], *, bias_profile: Any = "quick",
+def suite_rows(model, conditions: Mapping[str, Any], *, bias_profile: Any = "quick",
                capability_profile: Any = "quick", seed: int = 0, capability_tasks: Sequence[str] | None = None,
                bias: bool = True) -> pd.DataFrame:
     """``bias_suite`` and ``capability_suite`` headline metrics for each condition (long table:
-    ``condition, benchmark, metric, estimate, low, high, n, better``)."""
+    ``condition, benchmark, metric, estimate, low, high, n, better``). A condition is a neuron
+    list or an edited model, as in :func:`evaluate_conditions`."""
     from .benchmarks import bias_suite
     from .capability import capability_suite
 
@@ -447,30 +487,21 @@ def suite_rows(model, conditions: Mapping[str, Sequence[str]], *, bias_profile: 
             ("winogender", "entropy_difference"), ("bbq", "s_amb"), ("bbq", "s_dis"), ("bbq", "accuracy"),
             ("winobias", "gap")}
     frames = []
-    for name, neurons in conditions.items():
-        ctx = mask_neurons(model, list(neurons)) if neurons else _null()
-        with ctx:
+    for name, condition in conditions.items():
+        with condition_model(model, condition) as m:
             if bias:
-                bt = bias_suite(model, bias_profile, seed=seed)
+                bt = bias_suite(m, bias_profile, seed=seed)
                 bt = bt[[(b, m) in keep for b, m in zip(bt.benchmark, bt.metric)]]
                 bt = bt[(bt.benchmark != "commonwords") | (bt.variant == "noun")]
                 bt = bt[(bt.benchmark != "stereoset") | (bt.variant == "intrasentence")]
                 frames.append(pd.DataFrame({"condition": name, "benchmark": bt.benchmark, "metric": bt.metric,
                                             "estimate": bt.estimate, "low": bt.low, "high": bt.high, "n": bt.n,
                                             "better": bt.better}))
-            ct = capability_suite(model, capability_profile, seed, tasks=capability_tasks)
+            ct = capability_suite(m, capability_profile, seed, tasks=capability_tasks)
             frames.append(pd.DataFrame({"condition": name, "benchmark": ct.task, "metric": ct.metric,
                                         "estimate": ct.value, "low": ct.ci_low, "high": ct.ci_high, "n": ct.n,
                                         "better": ["lower" if m == "perplexity" else "higher" for m in ct.metric]}))
     return pd.concat(frames, ignore_index=True)
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ----------------------------------------------------------------------------- whole pipeline

@@ -178,3 +178,25 @@ def test_cli_edit_out_of_range_exits_2(model, tmp_path):
     assert out.returncode == 2
     _one_paragraph(out.stderr)
     assert "out of range" in out.stderr
+
+
+def test_evaluate_conditions_accepts_edited_models(model):
+    # a condition may be an already edited model (e.g. a fine-tuned copy): evaluated as is,
+    # with the same numbers as masking the same neurons in place
+    import copy
+
+    from analysis_lib.editing import masked_copy
+
+    words = to_frame(load_commonwords(0))
+    test = ne.subset_words(words[words.split == "test"], 5, 0)
+    texts = ne.guard_and_eval_texts(1, 1)[1]
+    ids = ["ffnL27N336", "attnL22H3D40"]
+    conditions = {"original": [], "masked": ids, "copy": masked_copy(model, ids), "plain copy": copy.deepcopy(model)}
+    table, items = ne.evaluate_conditions(model, conditions, test, texts, n_boot=50)
+    t = table.set_index("condition")
+    cols = [c for c in t.columns if c not in ("group", "seconds")]
+    pd.testing.assert_series_equal(t.loc["masked", cols], t.loc["copy", cols], check_names=False)
+    assert items["masked"].b.tolist() == items["copy"].b.tolist()
+    assert items["plain copy"].b.tolist() == items["original"].b.tolist()
+    assert t.loc["copy", "n_neurons"] == 2 and pd.isna(t.loc["plain copy", "n_neurons"])
+    assert t.loc["masked", "mean_abs_b"] != t.loc["original", "mean_abs_b"]
