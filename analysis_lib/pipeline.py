@@ -220,8 +220,13 @@ def run_chapter(
         ChapterError: a cell failed; names the chapter, the cell and the error. The partial
             notebook is kept under ``build/failed/`` for inspection, never in ``book/``.
     """
+    import logging
+
     import papermill as pm
 
+    # papermill's own line-based parameter parser warns on literals containing "=" (e.g.
+    # sums = ["3+5="]); the parameters are read with ``ast`` here (declared_parameters).
+    logging.getLogger("papermill.translators").setLevel(logging.ERROR)
     t0 = time.perf_counter()
     chapter = resolve_chapter(chapter)
     nb = source_notebook(chapter)
