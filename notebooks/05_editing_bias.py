@@ -563,12 +563,15 @@ def relative_reduction(before, after, ideal=0.0):
 
 checks.check_relative_reduction(relative_reduction)
 pd.Series({f"edit K={k_main}": relative_reduction(orig.mean_abs_b, ed.mean_abs_b),
-           "best random draw": max(relative_reduction(orig.mean_abs_b, v) for v in rnd.mean_abs_b)})
+           "best random draw": max(relative_reduction(orig.mean_abs_b, v) for v in rnd.mean_abs_b),
+           **{c: relative_reduction(orig.mean_abs_b, row.loc[c].mean_abs_b) for c in ft_runs}})
 
 # %% [markdown] tags=["solution"]
-# Put the two side by side before reading anything into the edit's number: a reduction that
-# a random draw of the same size also reaches is not evidence for the selection method. The
-# paired interval in the table above answers the same question with a confidence level.
+# Put the edit beside the best random draw before reading anything into its number: a
+# reduction that a random draw of the same size also reaches is not evidence for the selection
+# method. The fine-tuned rows show what training, rather than masking, achieves on the same
+# words. The paired intervals in the table above answer the same questions with a confidence
+# level.
 # ```{solution-end}
 # ```
 
