@@ -65,6 +65,7 @@ from .scoring import target_logprobs
 __all__ = [
     "KINDS",
     "PROFILES",
+    "headline_numbers",
     "biased_targets",
     "candidates",
     "drop_start",
@@ -415,6 +416,31 @@ def _condition_items(model, condition: Any, test: pd.DataFrame, eval_texts: Sequ
         it = commonwords_bias(m, test, "noun")
         pp = perplexity_task(m, list(eval_texts)).records if len(eval_texts) else None
     return it, pp
+
+
+def headline_numbers(r: Any, orig: Any) -> dict[str, tuple[Any, str | None]]:
+    """The chapter's glued numbers for one condition row of :func:`evaluate_conditions`.
+
+    Args:
+        r: the condition's row (``mean_abs_b``, ``d_mean_abs_b`` with ``_low``/``_high``,
+            ``share_strong``, ``d_ppl_pct`` with ``_low``/``_high``).
+        orig: the original model's row.
+
+    Returns:
+        ``suffix -> (value, fmt)`` for :meth:`Results.add`: ``mean_abs_b``, ``d``, ``d_ci``,
+        ``rel`` (percent of the original mean |b|), ``share`` (percent strongly gendered),
+        ``dppl``, ``dppl_ci`` and ``verdict`` ("reduces" when the paired interval lies below 0).
+    """
+    return {
+        "mean_abs_b": (float(r.mean_abs_b), ".3f"),
+        "d": (float(r.d_mean_abs_b), "+.3f"),
+        "d_ci": (f"[{r.d_mean_abs_b_low:+.3f}, {r.d_mean_abs_b_high:+.3f}]", None),
+        "rel": (f"{100 * r.d_mean_abs_b / orig.mean_abs_b:+.0f}", None),
+        "share": (f"{100 * r.share_strong:.0f}", None),
+        "dppl": (f"{r.d_ppl_pct:+.2f}", None),
+        "dppl_ci": (f"[{r.d_ppl_pct_low:+.2f}, {r.d_ppl_pct_high:+.2f}]", None),
+        "verdict": ("reduces" if r.d_mean_abs_b_high < 0 else "does not significantly reduce", None),
+    }
 
 
 def evaluate_conditions(model, conditions: Mapping[str, Any], test: pd.DataFrame, eval_texts: Sequence[str],

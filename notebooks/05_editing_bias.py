@@ -318,31 +318,16 @@ orig = row.loc["original"]
 ed = row.loc[main]
 rnd = row[row.group.str.startswith("random")]
 results.add("orig_mean_abs_b", orig.mean_abs_b, fmt=".3f")
-results.add("edit_mean_abs_b", ed.mean_abs_b, fmt=".3f")
-results.add("edit_d", ed.d_mean_abs_b, fmt="+.3f")
-results.add("edit_d_ci", f"[{ed.d_mean_abs_b_low:+.3f}, {ed.d_mean_abs_b_high:+.3f}]")
-results.add("edit_rel", f"{100 * ed.d_mean_abs_b / orig.mean_abs_b:+.0f}")
 results.add("orig_share", f"{100 * orig.share_strong:.0f}")
-results.add("edit_share", f"{100 * ed.share_strong:.0f}")
-results.add("edit_dppl", f"{ed.d_ppl_pct:+.2f}")
-results.add("edit_dppl_ci", f"[{ed.d_ppl_pct_low:+.2f}, {ed.d_ppl_pct_high:+.2f}]")
+for prefix, r in (("edit", ed), ("ft_lora", row.loc["fine-tuned (LoRA)"])):
+    for key, (value, fmt) in ne.headline_numbers(r, orig).items():
+        results.add(f"{prefix}_{key}", value, fmt=fmt)
 lo = row.loc[f"logit-only K={k_main}"]
 results.add("logit_d", lo.d_mean_abs_b, fmt="+.3f")
 results.add("logit_dppl", f"{lo.d_ppl_pct:+.2f}")
 results.add("random_d", f"{rnd.d_mean_abs_b.min():+.3f} to {rnd.d_mean_abs_b.max():+.3f}")
 results.add("general_d", row.loc["general neurons"].d_mean_abs_b, fmt="+.3f")
 results.add("general_dppl", f"{row.loc['general neurons'].d_ppl_pct:+.1f}")
-significant = ed.d_mean_abs_b_high < 0
-results.add("edit_verdict", "reduces" if significant else "does not significantly reduce")
-fl = row.loc["fine-tuned (LoRA)"]
-results.add("ft_lora_mean_abs_b", fl.mean_abs_b, fmt=".3f")
-results.add("ft_lora_d", fl.d_mean_abs_b, fmt="+.3f")
-results.add("ft_lora_d_ci", f"[{fl.d_mean_abs_b_low:+.3f}, {fl.d_mean_abs_b_high:+.3f}]")
-results.add("ft_lora_rel", f"{100 * fl.d_mean_abs_b / orig.mean_abs_b:+.0f}")
-results.add("ft_lora_share", f"{100 * fl.share_strong:.0f}")
-results.add("ft_lora_dppl", f"{fl.d_ppl_pct:+.2f}")
-results.add("ft_lora_dppl_ci", f"[{fl.d_ppl_pct_low:+.2f}, {fl.d_ppl_pct_high:+.2f}]")
-results.add("ft_lora_verdict", "reduces" if fl.d_mean_abs_b_high < 0 else "does not significantly reduce")
 ft_name = f"edit K={k_main}, fine-tuned"
 if ft_name in row.index:
     fn = row.loc[ft_name]

@@ -200,3 +200,19 @@ def test_evaluate_conditions_accepts_edited_models(model):
     assert items["plain copy"].b.tolist() == items["original"].b.tolist()
     assert t.loc["copy", "n_neurons"] == 2 and pd.isna(t.loc["plain copy", "n_neurons"])
     assert t.loc["masked", "mean_abs_b"] != t.loc["original", "mean_abs_b"]
+
+
+def test_headline_numbers_hand_computed():
+    from types import SimpleNamespace
+
+    from analysis_lib.neuron_editing import headline_numbers
+
+    orig = SimpleNamespace(mean_abs_b=0.8)
+    r = SimpleNamespace(mean_abs_b=0.6, d_mean_abs_b=-0.2, d_mean_abs_b_low=-0.31, d_mean_abs_b_high=-0.05,
+                        share_strong=0.25, d_ppl_pct=1.234, d_ppl_pct_low=-0.5, d_ppl_pct_high=2.0)
+    h = headline_numbers(r, orig)
+    assert h["rel"] == ("-25", None) and h["share"] == ("25", None)
+    assert h["d"] == (-0.2, "+.3f") and h["d_ci"] == ("[-0.310, -0.050]", None)
+    assert h["dppl"] == ("+1.23", None) and h["verdict"][0] == "reduces"
+    r.d_mean_abs_b_high = 0.01
+    assert headline_numbers(r, orig)["verdict"][0] == "does not significantly reduce"
