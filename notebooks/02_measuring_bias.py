@@ -527,8 +527,9 @@ results.save()
 # Scoring the prompts took {glue:text}`time_cw_scoring` s against
 # {glue:text}`time_cw_plain` s for the bare forward passes, a ratio of
 # {glue:text}`time_cw_ratio`. The target is at most 2. `bench/README.md` has the same
-# comparison for all three models, in its section "Scoring". Other jobs that share the CPU
-# cores slow down both measurements.
+# comparison on a quiet machine, in its section "Scoring" (`bench/bench_scoring.py --models
+# ...` times any of the three models). Other jobs that share the CPU cores slow down both
+# measurements.
 
 # %% [markdown]
 # ## Exercises
