@@ -33,7 +33,7 @@ models: install  ## build the float-weight caches of the offline models
 	$(BIN)/python -m analysis_lib models --cache
 
 book: install
-	$(BIN)/python -m analysis_lib book --profile $(PROFILE)
+	$(BIN)/python -m analysis_lib book --profile $(PROFILE) --progress
 
 render: install
 	$(BIN)/python -m analysis_lib render
