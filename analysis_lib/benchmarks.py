@@ -471,13 +471,6 @@ def bbq_prompt(row: Mapping[str, Any]) -> str:
                                ans0=row["ans0"], ans1=row["ans1"], ans2=row["ans2"])
 
 
-def _bbq_metric(key: str):
-    def fn(pred, label, unknown, target, polarity, condition):
-        return metrics.bbq_scores(pred, label, unknown, target, polarity, condition)[key]
-
-    return fn
-
-
 def bbq_eval(
     model,
     category: str = "Gender_identity",
@@ -527,7 +520,7 @@ def bbq_eval(
     arrays = [items[c].to_numpy() for c in ("pred", "label", "unknown_label", "target_label",
                                             "question_polarity", "context_condition")]
     kw = dict(n_boot=n_boot, seed=seed, strata=items["context_condition"].to_numpy())
-    scores = {key: _ci(_bbq_metric(key), *arrays, **kw)
+    scores = {key: _ci(metrics.bbq_metric(key), *arrays, **kw)
               for key in ("accuracy", "accuracy_ambig", "accuracy_disambig", "s_dis", "s_amb")}
     return items, scores
 

@@ -727,15 +727,6 @@ def pooled_answers(scores: OptionScores, normalize: str = "none") -> dict[str, n
     }
 
 
-def _bbq_fn(key: str):
-    from .metrics import bbq_scores
-
-    def fn(pred, label, unknown, target, polarity, condition):
-        return bbq_scores(pred, label, unknown, target, polarity, condition)[key]
-
-    return fn
-
-
 def summarize(scores: OptionScores, *, n_boot: int = 1000, seed: int = 0, ci: bool = True) -> dict[str, Any]:
     """Headline metrics of one condition.
 
@@ -747,7 +738,7 @@ def summarize(scores: OptionScores, *, n_boot: int = 1000, seed: int = 0, ci: bo
     With ``ci=True`` these five are :class:`~analysis_lib.metrics.BootstrapResult` s from a
     cluster bootstrap over items (an item's answers under the ten instructions stay together).
     """
-    from .metrics import bbq_scores, bootstrap_ci
+    from .metrics import bbq_metric, bbq_scores, bootstrap_ci
 
     acc = scores.accuracy()
     out: dict[str, Any] = {
@@ -761,7 +752,7 @@ def summarize(scores: OptionScores, *, n_boot: int = 1000, seed: int = 0, ci: bo
     point = bbq_scores(*arrays)
     for k in _METRICS:
         if ci:
-            out[k] = bootstrap_ci(_bbq_fn(k), *arrays, n_boot=n_boot, seed=seed, groups=a["item"])
+            out[k] = bootstrap_ci(bbq_metric(k), *arrays, n_boot=n_boot, seed=seed, groups=a["item"])
         else:
             out[k] = float(point[k])
     out["share_unknown"] = float(np.mean(a["pred"] == a["unknown"]))
@@ -794,13 +785,13 @@ def instruction_table(results: dict[str, OptionScores]) -> pd.DataFrame:
 
 def paired_change(after: OptionScores, before: OptionScores, metric: str = "accuracy", *, n_boot: int = 1000, seed: int = 0):
     """Paired cluster-bootstrap interval of ``metric(after) − metric(before)`` on the same items."""
-    from .metrics import paired_bootstrap_diff
+    from .metrics import bbq_metric, paired_bootstrap_diff
 
     if list(after.items["example_id"]) != list(before.items["example_id"]) or after.instructions != before.instructions:
         raise StudyError("A paired change needs both conditions scored on the same items and instructions.")
     a, b = pooled_answers(after), pooled_answers(before)
     keys = ("pred", "label", "unknown", "target", "polarity", "condition")
-    return paired_bootstrap_diff(_bbq_fn(metric), tuple(a[k] for k in keys), tuple(b[k] for k in keys),
+    return paired_bootstrap_diff(bbq_metric(metric), tuple(a[k] for k in keys), tuple(b[k] for k in keys),
                                  n_boot=n_boot, seed=seed, groups=a["item"])
 
 

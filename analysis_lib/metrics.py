@@ -54,6 +54,7 @@ __all__ = [
     "LOG2",
     "BootstrapResult",
     "bbq_scores",
+    "bbq_metric",
     "bias_stats",
     "bias_summary",
     "binary_entropy_bits",
@@ -740,6 +741,19 @@ def bbq_scores(
 # --------------------------------------------------------------------------- #
 # WinoBias, multiple choice
 # --------------------------------------------------------------------------- #
+
+
+def bbq_metric(key: str):
+    """One entry of :func:`bbq_scores` as a function of the six item arrays (for bootstraps).
+
+    ``bbq_metric("s_dis")(pred, label, unknown, target, polarity, condition)`` equals
+    ``bbq_scores(pred, label, unknown, target, polarity, condition)["s_dis"]``.
+    """
+
+    def fn(pred, label, unknown, target, polarity, condition):
+        return bbq_scores(pred, label, unknown, target, polarity, condition)[key]
+
+    return fn
 
 
 def choice_correct(score_correct: Any, score_wrong: Any) -> np.ndarray:
