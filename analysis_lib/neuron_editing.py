@@ -22,7 +22,9 @@ The pipeline, with every choice the paper leaves open stated:
    (default 1 %). The guard texts (the last paragraphs of ``neutral_text.txt``) are disjoint
    from the paragraphs the evaluation measures perplexity on (the first ones). The guard is
    checked lazily, down the ranking, until ``k_max`` candidates passed (same result as
-   checking all of them first).
+   checking all of them first). The variant :func:`cumulative_guard` (method_spec §6 A4) keeps
+   a candidate only if masking it together with every neuron kept so far stays within the
+   tolerance, so the tolerance bounds the whole edit.
 4. **The edit** is the zero-ablation of the first ``K`` selected neurons (§6 A5 reading (i)),
    saved with :func:`analysis_lib.editing.save_edit`. Neuron-restricted fine-tuning (reading
    (ii)) is :func:`analysis_lib.finetune.finetune_neurons`; the fine-tuning baseline (LoRA,
@@ -71,6 +73,7 @@ __all__ = [
     "drop_start",
     "mask_effects",
     "causal_select",
+    "cumulative_guard",
     "logit_only",
     "random_neurons",
     "general_neurons",
@@ -78,6 +81,8 @@ __all__ = [
     "evaluate_conditions",
     "suite_rows",
     "select_and_save",
+    "replicate",
+    "replicate_text",
     "edit_command",
 ]
 
@@ -207,21 +212,32 @@ def random_neurons(model, n_ffn: int, n_attn: int, seed: int) -> list[str]:
     return out
 
 
-def general_neurons(da: DatasetAttribution | None = None, n: int = 2) -> tuple[list[str], str]:
-    """The general neurons: chapter 4's saved ones if its results exist, else the top-``n``
-    FFN query neurons of ``da`` whose important position is the start token.
+def general_neurons(da: DatasetAttribution | None = None, n: int = 2, *, model_name: str | None = None) -> tuple[list[str], str]:
+    """The general neurons: chapter 4's saved ones if its results exist for the same model,
+    else the top-``n`` FFN query neurons of ``da`` whose important position is the start token.
+
+    Args:
+        da: this chapter's dataset attribution (the fallback).
+        n: how many.
+        model_name: the model the neurons are for; chapter 4's results are used only when they
+            were computed on this model (``None``: on the model ``da`` came from, if known,
+            else any).
 
     Returns:
         ``(ids, source)`` with ``source`` saying where they came from.
     """
+    import json
+
     from .results import results_dir
 
+    want = model_name if model_name is not None else getattr(da, "model_name", None)
     for path in sorted(results_dir().glob("04_general_neurons*.json")):
         try:
-            import json
-
-            data = json.loads(path.read_text()).get("results", {})
+            payload = json.loads(path.read_text())
+            data = payload.get("results", {})
         except (OSError, ValueError):
+            continue
+        if want is not None and payload.get("parameters", {}).get("model") != want:
             continue
         for key, value in data.items():
             if "general" in key and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
@@ -367,10 +383,49 @@ def causal_select(model, cands: pd.DataFrame, prompts: Sequence[str], guard_text
     return table, {"mean_abs_b": base, "guard_ppl": ppl0, "guard_tol": guard_tol, "n_selected": n_sel}
 
 
-def selected_neurons(table: pd.DataFrame, k: int) -> list[str]:
-    """The first ``k`` neurons chosen by :func:`causal_select` (fewer if fewer passed)."""
-    sel = table[table["selected"] > 0].sort_values("selected")
+def selected_neurons(table: pd.DataFrame, k: int, column: str = "selected") -> list[str]:
+    """The first ``k`` neurons chosen by :func:`causal_select` (fewer if fewer passed).
+
+    ``column="joint_selected"`` reads the cumulative guard's choice (:func:`cumulative_guard`).
+    """
+    sel = table[table[column] > 0].sort_values(column)
     return sel["neuron"].head(k).tolist()
+
+
+def cumulative_guard(model, table: pd.DataFrame, guard_texts: Sequence[str], k_max: int, *,
+                     guard_tol: float = 0.01, progress: bool = False) -> pd.DataFrame:
+    """The cumulative (greedy joint) variant of the guard (method_spec §6 A4).
+
+    Goes through the candidates of a :func:`causal_select` table in the same order (decreasing
+    single-mask effect, stopping at the first non-positive effect or at ``k_max``), but a
+    candidate is kept only if masking it *together with every neuron kept so far* raises the
+    guard perplexity by at most ``guard_tol``: the tolerance then bounds the edit as a whole,
+    not each neuron alone.
+
+    Returns:
+        A copy of ``table`` with ``joint_ppl_ratio`` (guard perplexity with the kept set plus this
+        candidate masked, over the original; NaN where not reached) and ``joint_selected``
+        (1-based order, 0 = not selected).
+    """
+    from tqdm.auto import tqdm
+
+    if not len(guard_texts):
+        raise ParameterError("The cumulative guard needs guard texts (neutral paragraphs) to measure perplexity on.")
+    out = table.copy()
+    ppl0 = _pooled_ppl(model, guard_texts)
+    ratio = np.full(len(out), np.nan)
+    selected = np.zeros(len(out), int)
+    kept: list[str] = []
+    for i, r in enumerate(tqdm(list(out.itertuples()), disable=not progress, desc="joint guard")):
+        if len(kept) >= k_max or r.effect <= 0:
+            break
+        with mask_neurons(model, kept + [r.neuron]):
+            ratio[i] = _pooled_ppl(model, guard_texts) / ppl0
+        if ratio[i] - 1.0 <= guard_tol:
+            kept.append(r.neuron)
+            selected[i] = len(kept)
+    out["joint_ppl_ratio"], out["joint_selected"] = ratio, selected
+    return out
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -567,6 +622,72 @@ def select_and_save(model, train: pd.DataFrame, *, top_n: int, k_max: int, n_cau
                             "effects": {r.neuron: float(r.effect) for r in table.itertuples() if r.neuron in edit}})
     return {"attribution": da, "targets": targets, "candidates": cands, "kept": kept, "dropped": dropped,
             "causal": table, "causal_info": info, "edit": edit, "causal_prompts": causal_prompts, "seconds": secs}
+
+
+def replicate(name: str, train: pd.DataFrame, test: pd.DataFrame, guard_texts: Sequence[str],
+              eval_texts: Sequence[str], *, top_n: int, k: int, n_causal: int | None, n_random: int,
+              guard_tol: float, seed: int, device: str = "cpu", dtype: str = "float32",
+              progress: bool = False) -> dict[str, Any]:
+    """The chapter's recipe and its main comparison on another model, in one call.
+
+    Loads ``name``, selects the edit on ``train`` (:func:`select_and_save`, nothing saved) and
+    evaluates the original model, the K = ``k`` edit, the logit-only top-``k``, ``n_random``
+    random draws of the edit's FFN/attention mix and that model's own general neurons (the top
+    start-position FFN query neurons of its attribution, or chapter 4's if they were computed on
+    this model) on ``test`` and ``eval_texts`` (:func:`evaluate_conditions`).
+
+    Returns:
+        ``{"table", "edit", "general", "general_source", "counts", "seconds"}``; ``table`` has a
+        ``model`` column; ``counts`` holds the selection's numbers (candidates, dropped, kept,
+        selected).
+    """
+    from .models import load_model
+
+    t0 = time.perf_counter()
+    m = load_model(name, device=device, dtype=dtype)
+    try:
+        sel = select_and_save(m, train, top_n=top_n, k_max=k, n_causal=n_causal, guard_texts=guard_texts,
+                              guard_tol=guard_tol, seed=seed, edit_path=None, k_edit=k, progress=progress)
+        edit, da = sel["edit"], sel["attribution"]
+        n_ffn = sum(x.startswith("ffn") for x in edit)
+        gen, gen_source = general_neurons(da, model_name=name)
+        conds: dict[str, Any] = {"original": [], f"edit K={k}": edit, f"logit-only K={k}": logit_only(da, k)}
+        groups = {"original": "original", f"edit K={k}": "edit (ours)", f"logit-only K={k}": "logit-only"}
+        for r in range(n_random):
+            conds[f"random #{r}"] = random_neurons(m, n_ffn, len(edit) - n_ffn, seed * 1000 + r)
+            groups[f"random #{r}"] = f"random ({k})"
+        conds["general neurons"], groups["general neurons"] = gen, "general neurons"
+        table, _ = evaluate_conditions(m, conds, test, eval_texts, seed=seed, groups=groups)
+    finally:
+        del m
+    causal = sel["causal"]
+    counts = {"candidates": len(sel["candidates"]), "dropped_start": len(sel["dropped"]), "kept": len(sel["kept"]),
+              "positive": int((causal.effect > 0).sum()), "selected": int((causal.selected > 0).sum())}
+    return {"table": table.assign(model=name), "edit": edit, "general": gen, "general_source": gen_source,
+            "counts": counts, "seconds": {**sel["seconds"], "total": time.perf_counter() - t0}}
+
+
+def replicate_text(table: pd.DataFrame) -> str:
+    """One paragraph summarising a :func:`replicate` table (for the chapter's text)."""
+    t = table.set_index("condition")
+    name = str(table["model"].iloc[0])
+    orig, ed = t.loc["original"], t[t.group == "edit (ours)"].iloc[0]
+    rnd = t[t.group.str.startswith("random")]
+    parts = [f"On `{name}` the original model has a mean |b| of {orig.mean_abs_b:.3f} on the test words. "
+             f"Its edit ({int(ed.n_neurons)} neurons) changes it by {ed.d_mean_abs_b:+.3f} "
+             f"[{ed.d_mean_abs_b_low:+.3f}, {ed.d_mean_abs_b_high:+.3f}] "
+             f"({'a significant reduction' if ed.d_mean_abs_b_high < 0 else 'no significant reduction'}) "
+             f"for {ed.d_ppl_pct:+.2f} % perplexity"]
+    if len(rnd):
+        parts.append(f"; {len(rnd)} random draws of the same mix change it by {rnd.d_mean_abs_b.min():+.3f} to "
+                     f"{rnd.d_mean_abs_b.max():+.3f}")
+    lo = t[t.group == "logit-only"]
+    if len(lo):
+        parts.append(f"; the logit-only top-K by {lo.d_mean_abs_b.iloc[0]:+.3f} ({lo.d_ppl_pct.iloc[0]:+.1f} % perplexity)")
+    if "general neurons" in t.index:
+        g = t.loc["general neurons"]
+        parts.append(f"; its own general neurons by {g.d_mean_abs_b:+.3f} ({g.d_ppl_pct:+.1f} % perplexity)")
+    return "".join(parts) + "."
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -216,3 +216,62 @@ def test_headline_numbers_hand_computed():
     assert h["dppl"] == ("+1.23", None) and h["verdict"][0] == "reduces"
     r.d_mean_abs_b_high = 0.01
     assert headline_numbers(r, orig)["verdict"][0] == "does not significantly reduce"
+
+
+def test_cumulative_guard_equals_slow_joint_loop(model, train_words, small_attribution):
+    from analysis_lib.capability import neutral_texts
+
+    cands = ne.drop_start(ne.candidates(small_attribution, 8))[0].head(5)
+    table, _ = ne.causal_select(model, cands, train_words.prompt.tolist()[:3], [], k_max=5)
+    guard = neutral_texts()[-1:]
+    tol = 0.002
+    out = ne.cumulative_guard(model, table, guard, k_max=5, guard_tol=tol)
+    assert out.neuron.tolist() == table.neuron.tolist()
+    # slow reference: the joint perplexity of kept + candidate, through the capability task
+    ppl0 = ne._pooled_ppl(model, guard)
+    kept = []
+    for r in table.itertuples():
+        if r.effect <= 0:
+            break
+        with mask_neurons(model, kept + [r.neuron]):
+            ratio = ne._pooled_ppl(model, guard) / ppl0
+        got = out.set_index("neuron").joint_ppl_ratio[r.neuron]
+        assert got == pytest.approx(ratio, rel=1e-9)
+        if ratio - 1 <= tol:
+            kept.append(r.neuron)
+    assert ne.selected_neurons(out, 5, column="joint_selected") == kept
+    # the joint set never costs more than the tolerance; the single-neuron guard may
+    with mask_neurons(model, kept):
+        assert ne._pooled_ppl(model, guard) / ppl0 - 1 <= tol + 1e-12
+    # a negative tolerance refuses everything; no guard texts is a clear error
+    none = ne.cumulative_guard(model, table, guard, k_max=5, guard_tol=-1.0)
+    assert (none.joint_selected == 0).all()
+    with pytest.raises(ne.ParameterError, match="guard texts"):
+        ne.cumulative_guard(model, table, [], k_max=5)
+    # the model is left unedited
+    assert ne._pooled_ppl(model, guard) == ppl0
+
+
+def test_replicate_runs_the_recipe_on_a_named_model(model, train_words):
+    from analysis_lib.capability import neutral_texts
+
+    words = to_frame(load_commonwords(0))
+    test = ne.subset_words(words[words.split == "test"], 5, 0)
+    texts = neutral_texts()
+    rep = ne.replicate("smollm2-135m-instruct", train_words.head(3), test, texts[-1:], texts[:1], top_n=4, k=2,
+                       n_causal=3, n_random=1, guard_tol=0.05, seed=0)
+    t = rep["table"]
+    assert t.condition.tolist() == ["original", "edit K=2", "logit-only K=2", "random #0", "general neurons"]
+    assert (t.model == "smollm2-135m-instruct").all()
+    assert len(rep["edit"]) <= 2 and rep["counts"]["selected"] >= len(rep["edit"])
+    assert len(rep["general"]) == 2
+    # the original row is the plain evaluation of the same model
+    direct, _ = ne.evaluate_conditions(model, {"original": []}, test, texts[:1])
+    row = t.set_index("condition").loc["original"]
+    assert row.mean_abs_b == pytest.approx(direct.mean_abs_b.iloc[0], abs=1e-6)
+    assert row.ppl == pytest.approx(direct.ppl.iloc[0], rel=1e-6)
+    # the edit row is the edit's own evaluation
+    ed, _ = ne.evaluate_conditions(model, {"original": [], "edit": rep["edit"]}, test, texts[:1])
+    assert t.set_index("condition").loc["edit K=2"].d_mean_abs_b == pytest.approx(ed.d_mean_abs_b.iloc[1], abs=1e-6)
+    text = ne.replicate_text(t)
+    assert "`smollm2-135m-instruct`" in text and f"{row.mean_abs_b:.3f}" in text
