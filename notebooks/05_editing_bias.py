@@ -49,6 +49,10 @@ guard_texts = 4
 eval_texts = 8
 guard_tol = 0.01
 suite_conditions = []
+suite_bias = "quick"
+suite_capability = "quick"
+replicate_models = []
+replicate_sizes = {"n_train": 16, "n_causal": 16, "top_n": 10, "k": 10, "n_random": 2}
 ft_steps = 6
 ft_beta = 1.0
 ft_lr = 0.001
@@ -78,7 +82,8 @@ T_START = time.perf_counter()
 params = dict(model=model, device=device, dtype=dtype, profile=profile, seed=seed, n_train=n_train,
               n_causal=n_causal, top_n=top_n, ks=ks, k_main=k_main, n_random=n_random, n_test=n_test,
               guard_texts=guard_texts, eval_texts=eval_texts, guard_tol=guard_tol,
-              suite_conditions=suite_conditions, ft_steps=ft_steps, ft_beta=ft_beta, ft_lr=ft_lr,
+              suite_conditions=suite_conditions, suite_bias=suite_bias, suite_capability=suite_capability,
+              replicate_models=replicate_models, replicate_sizes=replicate_sizes, ft_steps=ft_steps, ft_beta=ft_beta, ft_lr=ft_lr,
               ft_neuron_lr=ft_neuron_lr, ft_rank=ft_rank, ft_batch=ft_batch, ft_kl_batch=ft_kl_batch)
 results = Results("05_editing_bias", params)
 lm = models.load_model(model, device=device, dtype=dtype)
@@ -136,6 +141,12 @@ results.time("selection", time.perf_counter() - t0)
 for key, value in sel["seconds"].items():
     results.time(f"selection/{key}", value)
 cands, kept, dropped, causal = sel["candidates"], sel["kept"], sel["dropped"], sel["causal"]
+t0 = time.perf_counter()
+causal = ne.cumulative_guard(lm, causal, guard, max(ks), guard_tol=guard_tol)
+results.time("selection/joint_guard", time.perf_counter() - t0)
+joint_edit = ne.selected_neurons(causal, k_main, column="joint_selected")
+results.add("n_joint_selected", int((causal.joint_selected > 0).sum()))
+results.add("joint_edit_neurons", joint_edit)
 results.table("candidates", cands)
 results.table("causal", causal)
 results.add("n_candidates", len(cands))
@@ -162,6 +173,13 @@ results.add("dropped_kinds", ", ".join(f"{v} {k}" for k, v in by_kind.items()) o
 # {glue:text}`n_positive` of them. {glue:text}`n_guard_failed` were refused by the perplexity
 # guard and {glue:text}`n_selected` were selected. The saved edit (K = {glue:text}`k_main`) has
 # {glue:text}`edit_n_ffn` FFN and {glue:text}`edit_n_attn` attention neurons.
+#
+# The guard above checks each neuron *alone*, so the edit as a whole can cost more than the
+# tolerance. The **cumulative guard** (method_spec §6 A4's variant) walks down the same ranking
+# but keeps a candidate only if masking it *together with the neurons kept so far* stays within
+# {glue:text}`guard_pct` %; it keeps {glue:text}`n_joint_selected` neurons (up to
+# {glue:text}`k_max_text`). Its first K = {glue:text}`k_main` are evaluated below as the
+# condition "joint guard".
 
 # %%
 show = causal[["neuron", "kinds", "rank", "important_position", "share_start", "effect", "ppl_ratio", "selected"]]
@@ -287,12 +305,14 @@ plt.close(fig)
 da = sel["attribution"]
 k_ffn = results.values["edit_n_ffn"]
 k_attn = results.values["edit_n_attn"]
-general, general_source = ne.general_neurons(da)
+general, general_source = ne.general_neurons(da, model_name=model)
 conditions = {"original": []}
 groups = {"original": "original"}
 for k in ks:
     conditions[f"edit K={k}"] = ne.selected_neurons(causal, k)
     groups[f"edit K={k}"] = "edit (ours)"
+conditions[f"edit K={k_main}, joint guard"] = joint_edit
+groups[f"edit K={k_main}, joint guard"] = "edit, joint guard"
 conditions[f"logit-only K={k_main}"] = ne.logit_only(da, k_main)
 groups[f"logit-only K={k_main}"] = "logit-only"
 for r in range(n_random):
@@ -322,6 +342,12 @@ results.add("orig_share", f"{100 * orig.share_strong:.0f}")
 for prefix, r in (("edit", ed), ("ft_lora", row.loc["fine-tuned (LoRA)"])):
     for key, (value, fmt) in ne.headline_numbers(r, orig).items():
         results.add(f"{prefix}_{key}", value, fmt=fmt)
+jg = row.loc[f"edit K={k_main}, joint guard"]
+results.add("joint_n", int(jg.n_neurons))
+results.add("joint_d", jg.d_mean_abs_b, fmt="+.3f")
+results.add("joint_d_ci", f"[{jg.d_mean_abs_b_low:+.3f}, {jg.d_mean_abs_b_high:+.3f}]")
+results.add("joint_dppl", f"{jg.d_ppl_pct:+.2f}")
+results.add("edit_dppl_plain", f"{ed.d_ppl_pct:+.2f}")
 lo = row.loc[f"logit-only K={k_main}"]
 results.add("logit_d", lo.d_mean_abs_b, fmt="+.3f")
 results.add("logit_dppl", f"{lo.d_ppl_pct:+.2f}")
@@ -360,6 +386,10 @@ glue("ft_neur_eval", ft_neur_eval, display=False)
 # neurons ({glue:text}`general_text`) changes it by {glue:text}`general_d` and perplexity by
 # {glue:text}`general_dppl` %: the damage the start filter exists to avoid.
 #
+# The cumulative guard's edit ({glue:text}`joint_n` neurons) changes mean $|b|$ by
+# {glue:text}`joint_d` {glue:text}`joint_d_ci` for {glue:text}`joint_dppl` % perplexity, against
+# {glue:text}`edit_dppl_plain` % for the single-neuron guard's edit.
+#
 # The fine-tuning conditions ({ref}`ch-editing-finetune`): the LoRA baseline
 # {glue:text}`ft_lora_verdict` mean $|b|$ on the test words, to {glue:text}`ft_lora_mean_abs_b`
 # (a paired difference of {glue:text}`ft_lora_d` {glue:text}`ft_lora_d_ci`,
@@ -380,7 +410,8 @@ cols = ["condition", "n_neurons", "mean_abs_b", "mean_abs_b_low", "mean_abs_b_hi
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
 ax = axes[0]
 palette = {"original": "black", "edit (ours)": "C0", "logit-only": "C1", f"random ({k_main})": "C7",
-           "general neurons": "C3", "fine-tuned (LoRA)": "C2", "edit, fine-tuned (neurons only)": "C9"}
+           "general neurons": "C3", "fine-tuned (LoRA)": "C2", "edit, fine-tuned (neurons only)": "C9",
+           "edit, joint guard": "C4"}
 for grp, sub in table.groupby("group", sort=False):
     ax.errorbar(sub.d_ppl_pct, sub.mean_abs_b,
                 yerr=[sub.mean_abs_b - sub.mean_abs_b_low, sub.mean_abs_b_high - sub.mean_abs_b],
@@ -416,10 +447,11 @@ plt.close(fig)
 # model. Down and left is better. Right: the candidates' single-mask effects on the training
 # words (blue selected, red refused by the perplexity guard, grey not needed). Green is the
 # LoRA fine-tuning baseline and light blue the neuron-restricted fine-tuning of the edit's
-# neurons (both trained on the training words only). Random
-# neurons sit on the original; the general neurons and the logit-only top-K (which contains
-# start-position neurons) raise both bias and perplexity, far to the upper right. Whether the
-# selected edit moves down is read off the left panel and the table above.
+# neurons (both trained on the training words only); "edit, joint guard" is the edit chosen
+# with the cumulative guard. Random neurons are expected on the original, and the general
+# neurons and the logit-only top-K (which contains start-position neurons) to the right
+# (perplexity). Whether the selected edit moves down is read off the left panel and the
+# table above.
 # ```
 #
 # {numref}`fig-edit-tradeoff` summarises the comparison.
@@ -429,7 +461,7 @@ suite = None
 if suite_conditions:
     t0 = time.perf_counter()
     wanted = {c: conditions[c if c in conditions else main] for c in suite_conditions}
-    suite = ne.suite_rows(lm, wanted, bias_profile=profile, capability_profile=profile, seed=seed)
+    suite = ne.suite_rows(lm, wanted, bias_profile=suite_bias, capability_profile=suite_capability, seed=seed)
     results.time("evaluation/suites", time.perf_counter() - t0)
     results.table("suites", suite)
     piv = suite.pivot_table(index=["benchmark", "metric"], columns="condition", values="estimate").reset_index()
@@ -451,7 +483,9 @@ if suite_conditions:
         results.add("ent_ft_lora", ent2, fmt=".3f")
         suite_text += (f"The LoRA fine-tuning baseline, trained on the CommonWords template only, gives ICAT "
                        f"{icat2:.1f} and entropy difference {ent2:.3f}. ")
-    suite_text += "The table below lists every metric with its direction."
+    suite_text += ("The table below lists every metric with its direction; the suites ran on subsets "
+                   f"(bias: {suite_bias}; capability: {suite_capability}; `analysis_lib.benchmarks.SUITE_PROFILES` "
+                   "and `analysis_lib.capability.PROFILES` name the preset sizes).")
 else:
     piv = pd.DataFrame({"note": ["the bias and capability suites were not run in this profile"]})
     suite_text = ("The bias suite (StereoSet, WinoGender, BBQ, WinoBias) and the capability suite (arithmetic, "
@@ -470,6 +504,45 @@ glue("suite_text", suite_text, display=False)
 piv
 
 # %% tags=["remove-cell"]
+rep_tables = []
+for rep_name in replicate_models:
+    t0 = time.perf_counter()
+    rep = ne.replicate(rep_name, ne.subset_words(words[words.split == "train"], replicate_sizes["n_train"], seed),
+                       test, guard, evaltexts, top_n=replicate_sizes["top_n"], k=replicate_sizes["k"],
+                       n_causal=replicate_sizes["n_causal"], n_random=replicate_sizes["n_random"],
+                       guard_tol=guard_tol, seed=seed)
+    results.time(f"replicate/{rep_name}", time.perf_counter() - t0)
+    rep_tables.append(rep["table"])
+    rt = rep["table"].set_index("condition")
+    rk = replicate_sizes["k"]
+    rr = rt[rt.group.str.startswith("random")]
+    results.add(f"replicate_{rep_name}_counts", rep["counts"])
+    results.add(f"replicate_{rep_name}_edit", rep["edit"])
+    results.add(f"replicate_{rep_name}_d", float(rt.loc[f"edit K={rk}"].d_mean_abs_b))
+    results.add(f"replicate_{rep_name}_d_ci", [float(rt.loc[f"edit K={rk}"].d_mean_abs_b_low),
+                                               float(rt.loc[f"edit K={rk}"].d_mean_abs_b_high)])
+rep_table = pd.concat(rep_tables, ignore_index=True) if rep_tables else None
+if rep_table is not None:
+    results.table("replicate", rep_table)
+    rep_text = " ".join(ne.replicate_text(t) for t in rep_tables)
+else:
+    rep_text = ("No second model was run in this profile (the parameter `replicate_models` is empty); the full "
+                "profile repeats the recipe on Gemma 3 270M.")
+glue("rep_text", rep_text, display=False)
+
+# %% [markdown]
+# ## A second model
+#
+# The same recipe (attribution on training words, start filter, causal step with the same guard)
+# and the main comparison on another architecture, at the sizes of the parameter
+# `replicate_sizes`, on the same test words and paragraphs. {glue:text}`rep_text`
+
+# %%
+(rep_table[["model", "condition", "n_neurons", "mean_abs_b", "d_mean_abs_b", "d_mean_abs_b_low",
+            "d_mean_abs_b_high", "ppl", "d_ppl_pct"]].style.format(precision=3).hide(axis="index")
+ if rep_table is not None else pd.DataFrame({"note": ["no second model in this profile"]}))
+
+# %% tags=["remove-cell"]
 k_rows = table[table.group == "edit (ours)"][["condition", "n_neurons", "mean_abs_b", "d_mean_abs_b", "d_ppl_pct"]]
 results.add("sweep", k_rows.to_dict(orient="records"))
 total = time.perf_counter() - T_START
@@ -485,9 +558,9 @@ results.add("chapter_minutes", total / 60, fmt=".1f")
 #   the same mix) for {glue:text}`edit_dppl` % perplexity. Two things limit it at this scale.
 #   First, the single-neuron effects measured on the training words are small and do not all
 #   transfer to new words. Second, the guard checks each neuron *alone*: the combined edit can
-#   cost more perplexity than the {glue:text}`guard_pct` % each neuron was allowed. A
-#   cumulative (greedy) guard would bound the edit as a whole (method_spec §6 A4 lists it as a
-#   variant); it is not implemented.
+#   cost more perplexity than the {glue:text}`guard_pct` % each neuron was allowed. The
+#   cumulative guard bounds the edit as a whole: its edit costs {glue:text}`joint_dppl` %
+#   perplexity on the held-out paragraphs and changes bias by {glue:text}`joint_d`.
 # * **What the start filter buys.** The logit-only top-K keeps start-position neurons and
 #   changes mean $|b|$ by {glue:text}`logit_d` with {glue:text}`logit_dppl` % perplexity;
 #   the two general neurons alone change it by {glue:text}`general_d` with
@@ -605,5 +678,6 @@ guarded_selection(causal, max(ks), guard_tol) == ne.selected_neurons(causal, max
 
 # %% tags=["remove-cell"]
 glue("ks_text", ", ".join(map(str, ks)), display=False)
+glue("k_max_text", str(max(ks)), display=False)
 results.add("ks", ks)
 results.save()
