@@ -49,8 +49,8 @@ guard_texts = 4
 eval_texts = 8
 guard_tol = 0.01
 suite_conditions = []
-suite_bias = "quick"
-suite_capability = "quick"
+suite_bias = {}
+suite_capability = {"arithmetic_1digit": 50, "arithmetic_2digit": 50, "race": 30, "piqa": 80, "neutral": None}
 replicate_models = []
 replicate_sizes = {"n_train": 16, "n_causal": 16, "top_n": 10, "k": 10, "n_random": 2}
 ft_steps = 6
@@ -484,8 +484,8 @@ if suite_conditions:
         suite_text += (f"The LoRA fine-tuning baseline, trained on the CommonWords template only, gives ICAT "
                        f"{icat2:.1f} and entropy difference {ent2:.3f}. ")
     suite_text += ("The table below lists every metric with its direction; the suites ran on subsets "
-                   f"(bias: {suite_bias}; capability: {suite_capability}; `analysis_lib.benchmarks.SUITE_PROFILES` "
-                   "and `analysis_lib.capability.PROFILES` name the preset sizes).")
+                   f"(bias: the quick preset of `analysis_lib.benchmarks.SUITE_PROFILES` with {suite_bias or 'no changes'}; "
+                   f"capability: {suite_capability}).")
 else:
     piv = pd.DataFrame({"note": ["the bias and capability suites were not run in this profile"]})
     suite_text = ("The bias suite (StereoSet, WinoGender, BBQ, WinoBias) and the capability suite (arithmetic, "
