@@ -237,6 +237,8 @@ class ResultsDir:
         if isinstance(ci, str) and len(_numbers(ci)) == 2:
             lo, hi = _numbers(ci)
             return Interval(est, lo, hi)
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci):
+            return Interval(est, float(ci[0]), float(ci[1]))
         return Interval(est)
 
     def table(self, chapter: str, name: str) -> pd.DataFrame:
@@ -749,6 +751,20 @@ def _start_filter(v: ResultsDir) -> Outcome:
     return Outcome(our, "not reproduced", "start-position neurons cost no more than the edit")
 
 
+def _edit_second_arch(v: ResultsDir) -> Outcome:
+    names = v.params(C5).get("replicate_models") or []
+    if not names:
+        raise Missing(C5, "replicate_models", "ran no second model for")
+    name = str(names[0])
+    d = v.interval(C5, f"replicate_{name}_d")
+    our = f"{name}: change in mean |b| {d.text('+.3f')}"
+    if not d.has_ci:
+        raise Missing(C5, f"replicate_{name}_d interval")
+    if d.high < 0:
+        return Outcome(our, "reproduced", "the paired interval of the second model's edit lies below zero")
+    return Outcome(our, "not reproduced", "the paired interval of the second model's edit includes zero or lies above it")
+
+
 def _edit_config(v: ResultsDir) -> Outcome:
     n_cand, n_sel = int(v.num(C5, "n_candidates_max")), int(v.num(C5, "n_selected"))
     our = (f"{n_cand} candidates → {int(v.num(C5, 'n_dropped_start'))} start-position dropped, "
@@ -961,6 +977,8 @@ CLAIMS: list[Claim] = [
           "not reported (beats fine-tuning and editing approaches)", _edit_baselines),
     Claim("p1-start-filter", PAPER1, C5, "Excluding start-position neurons avoids capability damage",
           "not reported (the <start> filter protects common tasks)", _start_filter),
+    Claim("p1-edit-second-arch", PAPER1, C5, "The edit reduces bias on a second architecture",
+          "not reported (one model family)", _edit_second_arch),
     Claim("p1-edit-size", PAPER1, C5, "The method edits 50 neurons chosen from 150 candidates",
           "150 candidates (50 FFN value, 50 attention value, 50 FFN query) → 50", _edit_config),
     Claim("p2-gain", PAPER2, C6, "Pruning bias neurons raises BBQ accuracy",

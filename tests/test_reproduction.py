@@ -101,7 +101,7 @@ def test_verdicts_from_hand_written_results(results):
         # chapter 5
         "p1-edit-reduces": "reproduced", "p1-edit-capability": "reproduced", "p1-edit-icat": "reproduced",
         "p1-edit-entropy": "partly", "p1-edit-baselines": "reproduced", "p1-start-filter": "reproduced",
-        "p1-edit-size": "reproduced",
+        "p1-edit-size": "reproduced", "p1-edit-second-arch": "not tested",
         # chapter 6
         "p2-gain": "reproduced", "p2-std": "reproduced", "p2-few": "reproduced", "p2-ablation-random": "reproduced",
         "p2-ablation-ingredients": "partly", "p2-transfer": "reproduced", "p2-nlu": "not tested",
@@ -252,3 +252,18 @@ def test_figure_and_styled_table(results):
     assert "p1-general-collapse" in html and "p2-gain" not in html
     assert list(rp.verdict_counts(t, by="paper").columns) == list(VERDICTS)
     assert rp.verdict_list(t, "not tested").startswith("p1-nurse")
+
+
+def test_second_architecture_edit_claim(tmp_path):
+    # the chapter stores the interval as a two-number list; a reduction needs it below zero
+    _write(tmp_path, "05_editing_bias", {**CH5, "replicate_gemma3-270m_d": -0.2, "replicate_gemma3-270m_d_ci": [-0.3, -0.05]},
+           replicate_models=["gemma3-270m"])
+    row = _rows(rp.compare(tmp_path)).loc["p1-edit-second-arch"]
+    assert row.verdict == "reproduced"
+    assert row.our_value == "gemma3-270m: change in mean |b| -0.200 [-0.300, -0.050]"
+    _write(tmp_path, "05_editing_bias", {**CH5, "replicate_gemma3-270m_d": -0.05, "replicate_gemma3-270m_d_ci": [-0.2, 0.1]},
+           replicate_models=["gemma3-270m"])
+    assert _rows(rp.compare(tmp_path)).loc["p1-edit-second-arch", "verdict"] == "not reproduced"
+    # listed as replicated but without its numbers: not tested, never a verdict
+    _write(tmp_path, "05_editing_bias", CH5, replicate_models=["gemma3-270m"])
+    assert _rows(rp.compare(tmp_path)).loc["p1-edit-second-arch", "verdict"] == "not tested"
