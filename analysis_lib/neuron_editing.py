@@ -309,6 +309,94 @@ class _LayerCache:
         return lp[:, 0] - lp[:, 1]
 
 
+class _GuardCache:
+    """Pooled perplexity of fixed texts with a masked neuron, starting at the neuron's layer.
+
+    The same batches as :func:`analysis_lib.capability.perplexity_task` (start token, longest
+    first, right padding, ``batch_size`` 16); the residual stream entering every layer is kept
+    from one unedited pass, so a masked run only executes layers ``l..L-1`` (exact for the same
+    reason as :class:`_LayerCache`). :meth:`ppl` with ``start_layer=0`` equals the full pass.
+    """
+
+    def __init__(self, model, texts: Sequence[str], batch_size: int = 16):
+        from .models import token_ids
+
+        self.model = model
+        self.inner = model.original_model.model
+        prefix = [model.start_token_id] if model.start_token_id is not None else []
+        rows = [prefix + token_ids(model, t) for t in texts]
+        order = np.argsort([-len(r) for r in rows], kind="stable")
+        pad = model.tokenizer.pad_token_id or 0
+        self.batches = []
+        for s0 in range(0, len(order), batch_size):
+            idx = order[s0 : s0 + batch_size]
+            toks = torch.full((len(idx), len(rows[idx[0]])), pad, dtype=torch.long)
+            for b, i in enumerate(idx):
+                toks[b, : len(rows[i])] = torch.tensor(rows[i])
+            store: dict[int, torch.Tensor] = {}
+            handles = []
+            for i, layer in enumerate(self.inner.layers):
+                def grab(mod, args, kwargs, i=i, store=store):
+                    h = args[0] if args else kwargs["hidden_states"]
+                    store[i] = h.detach().clone()
+                handles.append(layer.register_forward_pre_hook(grab, with_kwargs=True))
+            try:
+                with torch.inference_mode():
+                    self.inner(input_ids=toks, use_cache=False)
+            finally:
+                for h in handles:
+                    h.remove()
+            self.batches.append((toks, [len(rows[i]) for i in idx], store))
+        self.n_tokens = float(sum(len(r) - 1 for r in rows))
+
+    def ppl(self, start_layer: int) -> float:
+        from .scoring import _unembed
+
+        layers = self.inner.layers
+        total = 0.0
+        try:
+            self.inner.layers = torch.nn.ModuleList(list(layers)[start_layer:])
+            with torch.inference_mode():
+                for toks, lengths, store in self.batches:
+                    hid = self.inner(inputs_embeds=store[start_layer], use_cache=False).last_hidden_state
+                    for b, n in enumerate(lengths):
+                        lp = _unembed(self.model, hid[b, : n - 1]).float().log_softmax(-1)
+                        total += -lp.gather(-1, toks[b, 1:n, None]).sum().item()
+        finally:
+            self.inner.layers = layers
+        return float(np.exp(total / self.n_tokens))
+
+
+def _guard_ppl_fn(model, texts: Sequence[str]):
+    """``f(neurons) -> pooled guard perplexity with those neurons masked``: layer-skipping
+    (:class:`_GuardCache`) when it reproduces the full pass on the unedited model to 1e-6
+    (relative), otherwise the full :func:`_pooled_ppl` every time."""
+    from .editing import has_position_hooks
+
+    def slow(neurons):
+        with mask_neurons(model, list(neurons)):
+            return _pooled_ppl(model, texts)
+
+    if has_position_hooks(model):
+        return slow
+    try:
+        cache = _GuardCache(model, texts)
+        ok = abs(cache.ppl(0) / _pooled_ppl(model, texts) - 1.0) < 1e-6
+    except Exception:  # an architecture the layer slicing does not fit
+        ok = False
+    if not ok:
+        return slow
+
+    def fast(neurons):
+        neurons = list(neurons)
+        if not neurons:
+            return cache.ppl(0)
+        with mask_neurons(model, neurons):
+            return cache.ppl(min(NeuronId.parse(n).layer for n in neurons))
+
+    return fast
+
+
 def mask_effects(model, neurons: Sequence[str], prompts: Sequence[str], *, batch_size: int = 64,
                  progress: bool = False, fast: bool = True) -> tuple[float, pd.DataFrame]:
     """Mask each neuron alone and re-score ``prompts``.
@@ -363,6 +451,7 @@ def causal_select(model, cands: pd.DataFrame, prompts: Sequence[str], guard_text
     base, eff = mask_effects(model, cands["neuron"].tolist(), prompts, progress=progress)
     table = cands.merge(eff, on="neuron").sort_values("effect", ascending=False, kind="stable").reset_index(drop=True)
     ppl0 = _pooled_ppl(model, guard_texts) if len(guard_texts) else float("nan")
+    guard_ppl = _guard_ppl_fn(model, guard_texts) if len(guard_texts) else None
     ratio = np.full(len(table), np.nan)
     passed = np.zeros(len(table), bool)
     selected = np.zeros(len(table), int)
@@ -370,9 +459,8 @@ def causal_select(model, cands: pd.DataFrame, prompts: Sequence[str], guard_text
     for i, r in enumerate(table.itertuples()):
         if n_sel >= k_max or r.effect <= 0:
             break
-        if len(guard_texts):
-            with mask_neurons(model, [r.neuron]):
-                ratio[i] = _pooled_ppl(model, guard_texts) / ppl0
+        if guard_ppl is not None:
+            ratio[i] = guard_ppl([r.neuron]) / ppl0
             passed[i] = ratio[i] - 1.0 <= guard_tol
         else:
             passed[i] = True
@@ -413,14 +501,14 @@ def cumulative_guard(model, table: pd.DataFrame, guard_texts: Sequence[str], k_m
         raise ParameterError("The cumulative guard needs guard texts (neutral paragraphs) to measure perplexity on.")
     out = table.copy()
     ppl0 = _pooled_ppl(model, guard_texts)
+    guard_ppl = _guard_ppl_fn(model, guard_texts)
     ratio = np.full(len(out), np.nan)
     selected = np.zeros(len(out), int)
     kept: list[str] = []
     for i, r in enumerate(tqdm(list(out.itertuples()), disable=not progress, desc="joint guard")):
         if len(kept) >= k_max or r.effect <= 0:
             break
-        with mask_neurons(model, kept + [r.neuron]):
-            ratio[i] = _pooled_ppl(model, guard_texts) / ppl0
+        ratio[i] = guard_ppl(kept + [r.neuron]) / ppl0
         if ratio[i] - 1.0 <= guard_tol:
             kept.append(r.neuron)
             selected[i] = len(kept)

@@ -236,7 +236,7 @@ def test_cumulative_guard_equals_slow_joint_loop(model, train_words, small_attri
         with mask_neurons(model, kept + [r.neuron]):
             ratio = ne._pooled_ppl(model, guard) / ppl0
         got = out.set_index("neuron").joint_ppl_ratio[r.neuron]
-        assert got == pytest.approx(ratio, rel=1e-9)
+        assert got == pytest.approx(ratio, rel=1e-6)  # layer-skipping guard vs the full pass
         if ratio - 1 <= tol:
             kept.append(r.neuron)
     assert ne.selected_neurons(out, 5, column="joint_selected") == kept
@@ -275,3 +275,17 @@ def test_replicate_runs_the_recipe_on_a_named_model(model, train_words):
     assert t.set_index("condition").loc["edit K=2"].d_mean_abs_b == pytest.approx(ed.d_mean_abs_b.iloc[1], abs=1e-6)
     text = ne.replicate_text(t)
     assert "`smollm2-135m-instruct`" in text and f"{row.mean_abs_b:.3f}" in text
+
+
+def test_layer_skipping_guard_perplexity_equals_full_pass(model):
+    from analysis_lib.capability import neutral_texts
+
+    texts = neutral_texts()[-3:]
+    cache = ne._GuardCache(model, texts)
+    assert cache.ppl(0) == pytest.approx(ne._pooled_ppl(model, texts), rel=1e-6)
+    fn = ne._guard_ppl_fn(model, texts)
+    for ids in (["ffnL20N5"], ["attnL12H3D7"], ["ffnL25N9", "ffnL7N100"]):
+        with mask_neurons(model, ids):
+            full = ne._pooled_ppl(model, texts)
+        assert fn(ids) == pytest.approx(full, rel=1e-6)
+        assert fn(ids) != pytest.approx(cache.ppl(0), rel=1e-9)  # the mask did something
