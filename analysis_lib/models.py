@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -548,6 +549,50 @@ def single_token_id(model, text: str) -> int:
             "e.g. with a leading space (' man', ' woman', ' he', ' she')."
         )
     return int(ids[0])
+
+
+def kv_cache_of(output, expected_len: int | None = None) -> Any:
+    """The key/value cache a Hugging Face forward pass returned.
+
+    transformers 5.24 renamed the output field ``past_key_values`` to ``cache`` (and the
+    forward argument likewise); this reads whichever the installed version fills, and fails
+    loudly rather than silently running without a cache when neither is there.
+
+    Args:
+        output: the forward pass's output (called with ``use_cache=True``).
+        expected_len: if given, the number of positions the cache must hold. A cache that
+            stayed empty means the attention modules ignored it (TransformerLens 4.3's bridge
+            with transformers 5.24 does: it reads only ``past_key_values``), and decoding from
+            it would silently give wrong numbers.
+    """
+    cache = getattr(output, "cache", None)
+    if cache is None:
+        cache = getattr(output, "past_key_values", None)
+    if cache is None:
+        raise StudyError(
+            f"The forward pass returned no key/value cache (no 'cache' or 'past_key_values' in "
+            f"{type(output).__name__}); call it with use_cache=True, or pass kv_cache=False."
+        )
+    if expected_len is not None and cache.get_seq_length() != expected_len:
+        import transformers
+
+        raise StudyError(
+            f"The key/value cache holds {cache.get_seq_length()} positions, not {expected_len}: the "
+            f"model's attention modules did not fill it (transformers {transformers.__version__} with "
+            "this TransformerLens version). Install the versions pinned in pyproject.toml "
+            "(transformers<5.24), or pass kv_cache=False."
+        )
+    return cache
+
+
+def kv_cache_kwargs(module, cache) -> dict[str, Any]:
+    """``{name: cache}`` for passing a key/value cache to ``module.forward``.
+
+    The argument is ``cache`` from transformers 5.24 on (``past_key_values`` is deprecated
+    there) and ``past_key_values`` before; the module's own signature decides.
+    """
+    params = inspect.signature(module.forward).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache}
 
 
 def describe(model) -> dict[str, Any]:

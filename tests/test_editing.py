@@ -20,7 +20,7 @@ from analysis_lib.editing import (
     scale_neurons,
 )
 from analysis_lib.errors import EditError, NeuronIdError
-from analysis_lib.models import encode
+from analysis_lib.models import encode, kv_cache_kwargs, kv_cache_of
 from analysis_lib.neurons import NeuronId, hf_layer, unwrap
 
 PROMPTS = ["The nurse is a", "3+5=", "The capital of France is"]
@@ -204,7 +204,7 @@ def test_positional_mask_refuses_kv_cache(model):
         with torch.inference_mode():
             out = hf.model(input_ids=ids, use_cache=True)
             with pytest.raises(EditError, match="KV cache"):
-                hf.model(input_ids=ids[:, :1], past_key_values=out.past_key_values)
+                hf.model(input_ids=ids[:, :1], **kv_cache_kwargs(hf.model, kv_cache_of(out, ids.shape[1])))
     assert not has_position_hooks(model)
 
 

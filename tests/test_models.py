@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from analysis_lib import models
-from analysis_lib.errors import ModelPackageMissingError, TokenizationError, UnknownModelError
+from analysis_lib.errors import ModelPackageMissingError, StudyError, TokenizationError, UnknownModelError
 from analysis_lib.scoring import continuation_logprobs, next_token_logprobs, target_logprobs
 
 PROMPTS = [
@@ -130,3 +130,16 @@ def test_continuation_logprob_matches_full_logits(model):
     assert count[0] == len(full) - n_ctx
     assert total[0] == pytest.approx(expected, abs=1e-4)
     assert count[1] == len(models.token_ids(model, "The cat sat."))
+
+
+def test_kv_cache_round_trip_equals_full_pass(model):
+    """The version-independent cache helpers give the same last-token state as a full pass."""
+    hf = model.original_model.model
+    ids = models.encode(model, "The nurse said that").tokens
+    with torch.inference_mode():
+        full = hf(input_ids=ids, use_cache=False).last_hidden_state[:, -1]
+        first = hf(input_ids=ids[:, :-1], use_cache=True)
+        step = hf(input_ids=ids[:, -1:], **models.kv_cache_kwargs(hf, models.kv_cache_of(first, ids.shape[1] - 1)), use_cache=True)
+    torch.testing.assert_close(step.last_hidden_state[:, -1], full, rtol=1e-4, atol=1e-4)
+    with pytest.raises(StudyError, match="use_cache=True"):
+        models.kv_cache_of(hf(input_ids=ids, use_cache=False))
