@@ -408,8 +408,9 @@ class _Scorer:
         if layers is None:
             z0 = (xb * self.gs) @ W.T
         else:
-            rows = torch.tensor(sorted({int(l) for l in layers} | {int(l) + L for l in layers}), dtype=torch.long)
-            z0 = torch.zeros(2 * L, W.shape[0])
+            rows = torch.tensor(sorted({int(l) for l in layers} | {int(l) + L for l in layers}), dtype=torch.long,
+                                device=W.device)
+            z0 = torch.zeros(2 * L, W.shape[0], device=W.device)
             if rows.numel():
                 z0[rows] = (xb[rows] * self.gs) @ W.T
         if b is not None:
@@ -423,7 +424,7 @@ class _Scorer:
         # expected unembedding row under p, [2L, d]; vocabulary chunks summed in float64 keep
         # its error ~1e-7 relative (one float32 GEMM over the whole vocabulary loses ~1e-6)
         step = 8192
-        u = torch.zeros(z0.shape[0], W.shape[1], dtype=torch.float64)
+        u = torch.zeros(z0.shape[0], W.shape[1], dtype=torch.float64, device=W.device)
         for s in range(0, W.shape[0], step):
             u += (p[:, s : s + step] @ W[s : s + step]).double()
         self.u = u.float()
@@ -490,15 +491,15 @@ class _Scorer:
         """(layer, unit column, baseline row) of flat neuron indices."""
         a = self.a
         idx = np.unravel_index(flat.cpu().numpy(), self.fam[family]["shape"])
-        layer = torch.as_tensor(idx[0], dtype=torch.long)
+        layer = torch.as_tensor(idx[0], dtype=torch.long, device=flat.device)
         if family == "ffn":
-            return layer, torch.as_tensor(idx[1], dtype=torch.long), layer
-        unit = torch.as_tensor(idx[1] * a.d_head + idx[2], dtype=torch.long)
+            return layer, torch.as_tensor(idx[1], dtype=torch.long, device=flat.device), layer
+        unit = torch.as_tensor(idx[1] * a.d_head + idx[2], dtype=torch.long, device=flat.device)
         return layer, unit, layer + a.n_layers
 
     def unit_rows(self, family: str, layer: Tensor, unit: Tensor) -> Float[Tensor, "n d_model"]:
         """``r * g_final / scale`` for units (output column times the sandwich gain)."""
-        out = torch.empty(layer.numel(), self.a.d_model)
+        out = torch.empty(layer.numel(), self.a.d_model, device=self.W.device)
         for l in layer.unique().tolist():
             sel = (layer == l).nonzero()[:, 0]
             w = self.lw[l]
@@ -526,14 +527,14 @@ class _Scorer:
         keys_t, e, base = torch.cat(keys), torch.cat(es), torch.cat(bases)
         # attention neurons at different positions share their unit row: one readout per unit
         ukeys, inv = torch.unique(keys_t, dim=0, return_inverse=True)
-        rows = torch.empty(ukeys.shape[0], self.a.d_model)
+        rows = torch.empty(ukeys.shape[0], self.a.d_model, device=self.W.device)
         for fid, family in ((0, "ffn"), (1, "attn")):
             sel = (ukeys[:, 0] == fid).nonzero()[:, 0]
             if sel.numel():
                 rows[sel] = self.unit_rows(family, ukeys[sel, 1], ukeys[sel, 2])
         G = rows @ self.W.T  # [n_units, V]
         t = self.t
-        out = torch.empty(e.numel(), dtype=torch.float64)
+        out = torch.empty(e.numel(), dtype=torch.float64, device=self.W.device)
         step = 256
         # Imp = d_t - log E_p[exp d] = d_t - mx - log sum_v p_v exp(d_v - mx). The sum is a
         # float32 reduction (torch sums in cascade: ~1e-7 relative, like a float64 sum of these
@@ -581,8 +582,8 @@ class _Scorer:
         """
         f = self.fam[family]
         n = flat.numel()
-        ub = torch.empty(n, dtype=torch.float64)
-        lb = torch.empty(n, dtype=torch.float64) if self.has_lower else None
+        ub = torch.empty(n, dtype=torch.float64, device=flat.device)
+        lb = torch.empty(n, dtype=torch.float64, device=flat.device) if self.has_lower else None
         if n == 0:
             return ub, lb
         layer, unit, base = self.locate(family, flat)
@@ -648,7 +649,7 @@ class _Select:
         self.bound = f["ub"] if largest else -f["lb"]  # larger = could still be selected
         n = self.est.numel()
         self.k = min(k, n)
-        self.scored = torch.zeros(n, dtype=torch.bool)
+        self.scored = torch.zeros(n, dtype=torch.bool, device=self.est.device)
         self.idx: list[Tensor] = []
         self.val: list[Tensor] = []
         self.margin = margin if margin is not None else max(2, k // 25)
@@ -657,7 +658,7 @@ class _Select:
 
     def request(self) -> Tensor:
         if self.done:
-            return torch.empty(0, dtype=torch.long)
+            return torch.empty(0, dtype=torch.long, device=self.est.device)
         self.rounds += 1
         if self.rounds == 1:
             req = torch.topk(self.est, min(self.est.numel(), self.k + self.margin)).indices
@@ -736,14 +737,15 @@ def query_scores(
     """
     a = arch(model)
     L, T = a.n_layers, data.T
-    Q = torch.zeros(L, a.d_mlp, T, dtype=torch.float64)
+    dev = data.v.device
+    Q = torch.zeros(L, a.d_mlp, T, dtype=torch.float64, device=dev)
     if len(attn_neurons) == 0:
         return Q.sum(-1), Q
-    la = torch.tensor([n[0] for n in attn_neurons])
-    ha = torch.tensor([n[1] for n in attn_neurons])
-    ja = torch.tensor([n[2] for n in attn_neurons])
-    pa = torch.tensor([n[3] for n in attn_neurons])
-    s = torch.as_tensor(attn_scores, dtype=torch.float64)
+    la = torch.tensor([n[0] for n in attn_neurons], device=dev)
+    ha = torch.tensor([n[1] for n in attn_neurons], device=dev)
+    ja = torch.tensor([n[2] for n in attn_neurons], device=dev)
+    pa = torch.tensor([n[3] for n in attn_neurons], device=dev)
+    s = torch.as_tensor(attn_scores, dtype=torch.float64).to(dev)
     ga = ha // a.group
     lws = {l: layer_weights(model, l) for l in range(a.n_layers)}
     keys = torch.stack([
@@ -856,10 +858,10 @@ def _per_prompt(
     parts: dict[str, list[pd.DataFrame]] = {k: [] for k in kinds}
     attn_top = None
     for (fam, side), sel in jobs.items():
-        idx, val = sel.result()
+        idx, val = (x.cpu() for x in sel.result())
         f = scorer.fam[fam]
         ui = np.unravel_index(idx.numpy(), f["shape"])
-        coef = f["e"].reshape(-1)[idx].numpy()
+        coef = f["e"].reshape(-1).cpu()[idx].numpy()
         if fam == "ffn":
             neurons = [NeuronId("ffn", layer=int(l), index=int(i)) for l, i in zip(*ui)]
             parts["ffn_value"].append(_table("ffn_value", side, neurons, val, [T - 1] * len(neurons), coef))
@@ -875,7 +877,7 @@ def _per_prompt(
     if "ffn_query" in kinds:
         assert attn_top is not None
         nq = min(n_query_attn, len(attn_top[0]))
-        Q, Qp = query_scores(model, data, attn_top[0][:nq], attn_top[1][:nq])
+        Q, Qp = (x.cpu() for x in query_scores(model, data, attn_top[0][:nq], attn_top[1][:nq]))
         flatQ = Q.flatten()
         for side, k in (("top", top_k), ("bottom", bottom_k)):
             if not k:
@@ -885,7 +887,7 @@ def _per_prompt(
             neurons = [NeuronId("ffn", layer=int(l), index=int(i)) for l, i in zip(li, ii)]
             qp = Qp[torch.as_tensor(li), torch.as_tensor(ii)]  # [k, T]
             pos = qp.abs().argmax(-1).numpy()
-            coef = data.m[torch.as_tensor(li), torch.as_tensor(pos), torch.as_tensor(ii)].numpy()
+            coef = data.m.cpu()[torch.as_tensor(li), torch.as_tensor(pos), torch.as_tensor(ii)].numpy()
             parts["ffn_query"].append(_table("ffn_query", side, neurons, flatQ[order].numpy(), pos, coef))
         stats["query_from"] = [str(NeuronId("attn", layer=l, head=h, dim=j, position=p)) for l, h, j, p in attn_top[0][:nq]]
     for k in kinds:
@@ -1126,9 +1128,11 @@ def dataset_attribution(
         if need_sum:
             vocab_extrema(model, progress=progress)
         t_ext = time.perf_counter()
-        s_ub = {"ffn": torch.zeros(L * dm, dtype=torch.float64), "attn": torch.zeros(L * H * dh, dtype=torch.float64)}
+        dev = next(model.original_model.parameters()).device
+        s_ub = {"ffn": torch.zeros(L * dm, dtype=torch.float64, device=dev),
+                "attn": torch.zeros(L * H * dh, dtype=torch.float64, device=dev)}
         s_lb = {k: v.clone() for k, v in s_ub.items()}
-        q_sum = torch.zeros(L, dm, len(POSITION_CATEGORIES), dtype=torch.float64)
+        q_sum = torch.zeros(L, dm, len(POSITION_CATEGORIES), dtype=torch.float64, device=dev)
         per_prompt_topk: dict[str, list[list[NeuronId]]] = {k: [] for k in kinds}
         compact: list[_Compact] = []
         meta = []
@@ -1152,11 +1156,11 @@ def dataset_attribution(
                 n_exact += scorer.n_exact
                 if "ffn_value" in kinds:
                     idx, _ = jobs[("ffn", "top")].result()
-                    ui = np.unravel_index(idx.numpy(), (L, dm))
+                    ui = np.unravel_index(idx.cpu().numpy(), (L, dm))
                     per_prompt_topk["ffn_value"].append([NeuronId("ffn", layer=int(l), index=int(n)) for l, n in zip(*ui)])
                 if k_attn:
                     idx, val = jobs[("attn", "top")].result()
-                    ui = np.unravel_index(idx.numpy(), (L, H, dh, T))
+                    ui = np.unravel_index(idx.cpu().numpy(), (L, H, dh, T))
                     att = list(zip(*[u.tolist() for u in ui]))
                     if "attn_value" in kinds:
                         per_prompt_topk["attn_value"].append(
@@ -1175,8 +1179,8 @@ def dataset_attribution(
                         f = scorer.fam[fam]
                         ub, lb = f["ub"].clone(), f["lb"].clone()
                         if exact[fam]:
-                            ix = torch.tensor(list(exact[fam].keys()))
-                            vv = torch.tensor(list(exact[fam].values()), dtype=torch.float64)
+                            ix = torch.tensor(list(exact[fam].keys()), device=ub.device)
+                            vv = torch.tensor(list(exact[fam].values()), dtype=torch.float64, device=ub.device)
                             ub[ix] = vv
                             lb[ix] = vv
                         if fam == "attn":  # aggregate over positions
@@ -1204,11 +1208,11 @@ def dataset_attribution(
                 kd = "ffn_value" if f == "ffn" else "attn_value"
                 tables[kd], stats[kd] = got[f]
         if "ffn_query" in kinds:
-            tot = q_sum.sum(-1).flatten()
+            tot = q_sum.sum(-1).flatten().cpu()
             order = torch.topk(tot, min(top_k, tot.numel())).indices
             li, ii = np.unravel_index(order.numpy(), (L, dm))
             neurons = [NeuronId("ffn", layer=int(l), index=int(i)) for l, i in zip(li, ii)]
-            shares = q_sum.reshape(-1, len(POSITION_CATEGORIES))[order]
+            shares = q_sum.reshape(-1, len(POSITION_CATEGORIES)).cpu()[order]
             tables["ffn_query"] = _dataset_table("ffn_query", neurons, tot[order], torch.zeros(len(order), dtype=torch.float64), shares, len(prompts))
         t_end = time.perf_counter()
     return DatasetAttribution(
@@ -1228,7 +1232,7 @@ def _add_query(q_sum: Tensor, Qp: Tensor, cats: np.ndarray, per_prompt_topk, Q: 
     if per_prompt_topk is not None:
         flat = Q.flatten()
         order = torch.topk(flat, min(K, flat.numel())).indices
-        li, ii = np.unravel_index(order.numpy(), Q.shape)
+        li, ii = np.unravel_index(order.cpu().numpy(), Q.shape)
         per_prompt_topk["ffn_query"].append([NeuronId("ffn", layer=int(l), index=int(i)) for l, i in zip(li, ii)])
 
 
@@ -1242,9 +1246,14 @@ def _slim(data: PromptData) -> PromptData:
     )
 
 
+def _np64(x) -> np.ndarray:
+    """A float64 NumPy array of a tensor on any device, or of an array-like."""
+    return x.detach().cpu().numpy().astype(np.float64) if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64)
+
+
 def _dataset_table(kind, neurons, score, error, shares, n_prompts) -> pd.DataFrame:
-    score = np.asarray(score, dtype=np.float64)
-    shares = np.asarray(shares, dtype=np.float64)
+    score = _np64(score)
+    shares = _np64(shares)
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = shares / score[:, None]
     df = pd.DataFrame({
@@ -1254,7 +1263,7 @@ def _dataset_table(kind, neurons, score, error, shares, n_prompts) -> pd.DataFra
         "rank": np.arange(1, len(neurons) + 1),
         "score": score,
         "mean": score / n_prompts,
-        "error": np.asarray(error, dtype=np.float64),
+        "error": _np64(error),
         "layer": [n.layer for n in neurons],
     })
     for c, name in enumerate(POSITION_CATEGORIES):
@@ -1279,7 +1288,7 @@ def _certify_sums(model, sums: dict[str, tuple[Tensor, Tensor]], compact: list[_
     state = {}
     for fam, (ub, lb) in sums.items():
         n = ub.numel()
-        state[fam] = dict(ub=ub.clone(), lb=lb.clone(), tight=torch.zeros(n, dtype=torch.bool), shares={},
+        state[fam] = dict(ub=ub.clone(), lb=lb.clone(), tight=torch.zeros(n, dtype=torch.bool, device=ub.device), shares={},
                           k=min(k, n), rescored=0, rounds=0)
     first = True
     while True:
@@ -1306,14 +1315,14 @@ def _certify_sums(model, sums: dict[str, tuple[Tensor, Tensor]], compact: list[_
     for fam, st in state.items():
         mid = (st["ub"] + st["lb"]) / 2
         top = torch.topk(torch.where(st["tight"], mid, torch.full_like(mid, -math.inf)), st["k"]).indices
-        ui = np.unravel_index(top.numpy(), _unit_shape(a, fam))
+        ui = np.unravel_index(top.cpu().numpy(), _unit_shape(a, fam))
         if fam == "ffn":
             neurons = [NeuronId("ffn", layer=int(l), index=int(i)) for l, i in zip(*ui)]
         else:
             neurons = [NeuronId("attn", layer=int(l), head=int(h), dim=int(j)) for l, h, j in zip(*ui)]
         sh = torch.stack([st["shares"][int(c)] for c in top]) if len(top) else torch.zeros(0, len(POSITION_CATEGORIES))
         err = (st["ub"][top] - st["lb"][top]) / 2
-        outside = torch.ones(mid.numel(), dtype=torch.bool)
+        outside = torch.ones(mid.numel(), dtype=torch.bool, device=mid.device)
         outside[top] = False
         # certificate: the k-th listed lower bound minus the best upper bound outside the list
         gap = float(st["lb"][top].min() - st["ub"][outside].max()) if outside.any() and len(top) else math.inf
@@ -1328,9 +1337,9 @@ def _tighten(model, cands: dict[str, Tensor], compact: list[_Compact], entry_tol
     """Summed scores of candidate units with every entry exact or bracketed within ``entry_tol``."""
     acc = {}
     for fam, cand in cands.items():
-        nc = cand.numel()
-        acc[fam] = [torch.zeros(nc, dtype=torch.float64), torch.zeros(nc, dtype=torch.float64),
-                    torch.zeros(nc, len(POSITION_CATEGORIES), dtype=torch.float64), 0]
+        nc, dev = cand.numel(), cand.device
+        acc[fam] = [torch.zeros(nc, dtype=torch.float64, device=dev), torch.zeros(nc, dtype=torch.float64, device=dev),
+                    torch.zeros(nc, len(POSITION_CATEGORIES), dtype=torch.float64, device=dev), 0]
     a = arch(model)
     per_layer = {"ffn": a.d_mlp, "attn": a.n_heads * a.d_head}
     layers = sorted({int(x) for fam, cand in cands.items() for x in (cand // per_layer[fam]).tolist()})
@@ -1339,23 +1348,23 @@ def _tighten(model, cands: dict[str, Tensor], compact: list[_Compact], entry_tol
         T = d.T
         scorer = _Scorer(model, d, need_lower=True, layers=layers)
         for fam, cand in cands.items():
-            nc = cand.numel()
+            nc, dev = cand.numel(), cand.device
             f = scorer.fam[fam]
             if fam == "ffn":
                 flat = cand
-                cat = torch.full((nc,), int(c.cats[-1]), dtype=torch.long)
-                unit = torch.arange(nc)
+                cat = torch.full((nc,), int(c.cats[-1]), dtype=torch.long, device=dev)
+                unit = torch.arange(nc, device=dev)
             else:
-                flat = (cand[:, None] * T + torch.arange(T)[None, :]).reshape(-1)
-                cat = torch.as_tensor(c.cats, dtype=torch.long).repeat(nc)
-                unit = torch.arange(nc).repeat_interleave(T)
+                flat = (cand[:, None] * T + torch.arange(T, device=dev)[None, :]).reshape(-1)
+                cat = torch.as_tensor(c.cats, dtype=torch.long).to(dev).repeat(nc)
+                unit = torch.arange(nc, device=dev).repeat_interleave(T)
             ub, lb = f["ub"][flat].clone(), f["lb"][flat].clone()
             known = c.exact[fam]
             if known:
                 kk = [(j, known[x]) for j, x in enumerate(flat.tolist()) if x in known]
                 if kk:
-                    jj = torch.tensor([j for j, _ in kk])
-                    vv = torch.tensor([v for _, v in kk], dtype=torch.float64)
+                    jj = torch.tensor([j for j, _ in kk], device=dev)
+                    vv = torch.tensor([v for _, v in kk], dtype=torch.float64, device=dev)
                     ub[jj] = vv
                     lb[jj] = vv
             wide = ((ub - lb) > entry_tol).nonzero()[:, 0]

@@ -496,7 +496,7 @@ class Encoded:
 
     @property
     def attention_mask(self) -> torch.Tensor:
-        pos = torch.arange(self.tokens.shape[1])
+        pos = torch.arange(self.tokens.shape[1], device=self.lengths.device)
         return (pos[None, :] < self.lengths[:, None]).long()
 
 
