@@ -207,14 +207,14 @@ class _Units:
             rows = torch.stack([output_vector(model, n) for n in self.ids]) * g
             self.G = rows @ W.T  # [n, V]
         else:
-            self.G = torch.zeros(0, W.shape[0])
-        self.layer = torch.tensor([n.layer for n in self.ids], dtype=torch.long)
+            self.G = torch.zeros(0, W.shape[0], device=W.device)
+        self.layer = torch.tensor([n.layer for n in self.ids], dtype=torch.long, device=W.device)
 
 
 def _exact(z0: Tensor, lse0: Tensor, base: Tensor, G: Tensor, coef: Tensor, t: int, rows: Tensor | None = None,
            step: int = 128) -> Tensor:
     """Imp = d_t - (logsumexp(z0[base] + d) - logsumexp(z0[base])) with ``d = coef * G[rows]``."""
-    out = torch.empty(coef.numel(), dtype=torch.float64)
+    out = torch.empty(coef.numel(), dtype=torch.float64, device=G.device)
     for s in range(0, coef.numel(), step):
         g = G[s : s + step] if rows is None else G[rows[s : s + step]]
         d = g * coef[s : s + step, None]
@@ -232,32 +232,33 @@ def _prompt_scores(model, data: PromptData, cats: np.ndarray, units: dict[str, _
     z0 = readout(model, data, torch.cat([data.x_mid, data.x_pre]))  # FFN of l -> row l; attention of l -> L + l
     lse0 = torch.logsumexp(z0, -1)
     inv = 1.0 / data.scale
-    cat_t = torch.as_tensor(cats, dtype=torch.long)
+    dev = data.m.device
+    cat_t = torch.as_tensor(cats, dtype=torch.long, device=dev)
     out: dict[str, np.ndarray] = {}
     if "ffn_value" in units:
         u = units["ffn_value"]
-        idx = torch.tensor([n.index for n in u.ids], dtype=torch.long)
+        idx = torch.tensor([n.index for n in u.ids], dtype=torch.long, device=dev)
         coef = data.m[u.layer, -1, idx]
         if data.r_mlp is not None:
             coef = coef / data.r_mlp[u.layer, -1]
         sc = _exact(z0, lse0, u.layer, u.G, coef * inv, t)
         res = np.zeros((len(u.ids), len(POSITION_CATEGORIES)))
-        res[:, int(cats[-1])] = sc.numpy()
+        res[:, int(cats[-1])] = sc.cpu().numpy()
         out["ffn_value"] = res
     need_attn = [k for k in ("attn_value",) if k in units]
     if need_attn:
         u = units["attn_value"]
         n = len(u.ids)
-        h = torch.tensor([x.head for x in u.ids], dtype=torch.long)
-        j = torch.tensor([x.dim for x in u.ids], dtype=torch.long)
-        coef = data.alpha[u.layer, h, :] * data.v[u.layer, :, h // a.group, j].reshape(n, T) if n else torch.zeros(0, T)
+        h = torch.tensor([x.head for x in u.ids], dtype=torch.long, device=dev)
+        j = torch.tensor([x.dim for x in u.ids], dtype=torch.long, device=dev)
+        coef = data.alpha[u.layer, h, :] * data.v[u.layer, :, h // a.group, j].reshape(n, T) if n else torch.zeros(0, T, device=dev)
         # data.v[layer, :, g, j] with tensor indices -> [n, T]
         if data.r_attn is not None:
             coef = coef / data.r_attn[u.layer, -1][:, None]
-        rows = torch.arange(n).repeat_interleave(T)
+        rows = torch.arange(n, device=dev).repeat_interleave(T)
         sc = _exact(z0, lse0, (u.layer + L).repeat_interleave(T), u.G, (coef * inv).reshape(-1), t, rows=rows)
         res = np.zeros((n, len(POSITION_CATEGORIES)))
-        np.add.at(res, (rows.numpy(), np.tile(cats, n)), sc.numpy())
+        np.add.at(res, (rows.cpu().numpy(), np.tile(cats, n)), sc.cpu().numpy())
         out["attn_value"] = res
     if "ffn_query" in units:
         u = units["ffn_query"]
@@ -265,19 +266,19 @@ def _prompt_scores(model, data: PromptData, cats: np.ndarray, units: dict[str, _
         if any(x.position is None for x in top):
             raise StudyError("The query scores need positioned attention neurons (attnL{l}H{h}D{d}P{p}).")
         tu = _Units(model, [str(x) for x in top])
-        h = torch.tensor([x.head for x in top], dtype=torch.long)
-        j = torch.tensor([x.dim for x in top], dtype=torch.long)
-        p = torch.tensor([x.position for x in top], dtype=torch.long)
+        h = torch.tensor([x.head for x in top], dtype=torch.long, device=dev)
+        j = torch.tensor([x.dim for x in top], dtype=torch.long, device=dev)
+        p = torch.tensor([x.position for x in top], dtype=torch.long, device=dev)
         coef = data.alpha[tu.layer, h, p] * data.v[tu.layer, p, h // a.group, j]
         if data.r_attn is not None:
             coef = coef / data.r_attn[tu.layer, -1]
         s_a = _exact(z0, lse0, tu.layer + L, tu.G, coef * inv, t)
         _, Qp = query_scores(model, data, [(x.layer, x.head, x.dim, x.position) for x in top], s_a)
-        idx = torch.tensor([x.index for x in u.ids], dtype=torch.long)
+        idx = torch.tensor([x.index for x in u.ids], dtype=torch.long, device=dev)
         qp = Qp[u.layer, idx]  # [n, T]
-        res = torch.zeros(len(u.ids), len(POSITION_CATEGORIES), dtype=torch.float64)
+        res = torch.zeros(len(u.ids), len(POSITION_CATEGORIES), dtype=torch.float64, device=dev)
         res.index_add_(1, cat_t, qp)
-        out["ffn_query"] = res.numpy()
+        out["ffn_query"] = res.cpu().numpy()
     return out
 
 
@@ -306,15 +307,16 @@ def _prompt_logodds(data: PromptData, cats: np.ndarray, rows: tuple[Tensor, Tens
     e_f = data.m[:, -1, :]
     if data.r_mlp is not None:
         e_f = e_f / data.r_mlp[:, -1:]
-    ffn = torch.zeros(a.n_layers, a.d_mlp, len(POSITION_CATEGORIES), dtype=torch.float64)
+    dev = data.m.device
+    ffn = torch.zeros(a.n_layers, a.d_mlp, len(POSITION_CATEGORIES), dtype=torch.float64, device=dev)
     ffn[:, :, int(cats[-1])] = (e_f * rf * inv).double()
-    g = torch.arange(a.n_heads) // a.group
+    g = torch.arange(a.n_heads, device=dev) // a.group
     coef = data.alpha[:, :, None, :] * data.v[:, :, g, :].permute(0, 2, 3, 1)  # [L, H, dh, T]
     if data.r_attn is not None:
         coef = coef / data.r_attn[:, -1, None, None, None]
     eff = (coef * ra[..., None] * inv).double()
-    attn = torch.zeros(a.n_layers, a.n_heads, a.d_head, len(POSITION_CATEGORIES), dtype=torch.float64)
-    attn.index_add_(3, torch.as_tensor(cats, dtype=torch.long), eff)
+    attn = torch.zeros(a.n_layers, a.n_heads, a.d_head, len(POSITION_CATEGORIES), dtype=torch.float64, device=dev)
+    attn.index_add_(3, torch.as_tensor(cats, dtype=torch.long, device=dev), eff)
     return ffn, attn
 
 
@@ -369,8 +371,10 @@ def neuron_scores(
         raise StudyError(f"{len(prompts)} prompts but {len(contrasts)} contrast tokens.")
     lo_sum = lo_prompt = None
     if contrasts is not None:
-        lo_sum = {"ffn_value": torch.zeros(a.n_layers, a.d_mlp, len(POSITION_CATEGORIES), dtype=torch.float64),
-                  "attn_value": torch.zeros(a.n_layers, a.n_heads, a.d_head, len(POSITION_CATEGORIES), dtype=torch.float64)}
+        dev = next(model.original_model.parameters()).device
+        lo_sum = {"ffn_value": torch.zeros(a.n_layers, a.d_mlp, len(POSITION_CATEGORIES), dtype=torch.float64, device=dev),
+                  "attn_value": torch.zeros(a.n_layers, a.n_heads, a.d_head, len(POSITION_CATEGORIES), dtype=torch.float64,
+                                            device=dev)}
         lo_prompt = {k: np.zeros((len(prompts), len(v))) for k, v in ids.items() if k in lo_sum}
     lo_rows: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
     meta = []
@@ -398,16 +402,16 @@ def neuron_scores(
                     for k in lo_prompt:
                         u = units[k]
                         if k == "ffn_value":
-                            idx = torch.tensor([n.index for n in u.ids], dtype=torch.long)
-                            lo_prompt[k][i] = ffn[u.layer, idx].sum(-1).numpy()
+                            idx = torch.tensor([n.index for n in u.ids], dtype=torch.long, device=ffn.device)
+                            lo_prompt[k][i] = ffn[u.layer, idx].sum(-1).cpu().numpy()
                         else:
-                            h = torch.tensor([n.head for n in u.ids], dtype=torch.long)
-                            j = torch.tensor([n.dim for n in u.ids], dtype=torch.long)
-                            lo_prompt[k][i] = attn[u.layer, h, j].sum(-1).numpy()
+                            h = torch.tensor([n.head for n in u.ids], dtype=torch.long, device=attn.device)
+                            j = torch.tensor([n.dim for n in u.ids], dtype=torch.long, device=attn.device)
+                            lo_prompt[k][i] = attn[u.layer, h, j].sum(-1).cpu().numpy()
                 meta.append({"prompt": prompts[i], "target": model.tokenizer.decode([data.target_id]),
                              "n_tokens": T, "word_positions": wp})
     return NeuronScores(ids=ids, by_position=res, prompts=pd.DataFrame(meta),
-                        logodds=None if lo_sum is None else {k: v.numpy() for k, v in lo_sum.items()},
+                        logodds=None if lo_sum is None else {k: v.cpu().numpy() for k, v in lo_sum.items()},
                         logodds_prompt=lo_prompt)
 
 
@@ -553,7 +557,7 @@ def start_activations(model, neurons: Sequence[str], prompts: Sequence[str]) -> 
         if n.kind != "ffn":
             raise StudyError(f"start_activations takes FFN neurons; got {n}.")
         st = np.array([float(d.m[n.layer, 0, n.index]) for d in datas])
-        other = np.concatenate([d.m[n.layer, 1:, n.index].abs().numpy() for d in datas])
+        other = np.concatenate([d.m[n.layer, 1:, n.index].abs().cpu().numpy() for d in datas])
         oa = float(other.mean()) if other.size else float("nan")
         rows.append({"id": str(n), "start_coef": float(st.mean()), "start_sd": float(st.std()),
                      "other_abs": oa, "ratio": abs(float(st.mean())) / oa if oa else float("inf")})
@@ -982,7 +986,7 @@ def static_gender_neurons(model, n: int = 12, *, female: str = FEMALE, male: str
     ids = [str(NeuronId("ffn", layer=int(i) // a.d_mlp, index=int(i) % a.d_mlp)) for i in order]
     p = projection_table(model, ids, k)
     p.insert(1, "layer", [NeuronId.parse(x).layer for x in ids])
-    p.insert(2, "gender_z", zf[order].numpy())
+    p.insert(2, "gender_z", zf[order].cpu().numpy())
     return p
 
 

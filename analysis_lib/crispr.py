@@ -621,7 +621,7 @@ def attribute(
             packed = _pack(model, [prompts[i] for i in idx], [options[i] for i in idx], dtype)
             y = torch.as_tensor(labels[idx], device=packed.tokens.device)
             lp, tensors, (g_b, g_g), y_hat = _forward_backward(model, packed, names, y)
-            alpha = lp.detach()[torch.arange(len(idx)), y_hat].exp().double().cpu().numpy()
+            alpha = lp.detach()[torch.arange(len(idx), device=lp.device), y_hat].exp().double().cpu().numpy()
             seg = packed.segment
             keep_b = (seg == -1) | (seg == y_hat[:, None])
             keep_g = (seg == -1) | (seg == y[:, None])

@@ -111,7 +111,7 @@ def _unembed(model: Any, hidden: torch.Tensor) -> torch.Tensor:
 def _bias_values(model: Any, enc, ids: Sequence[int]) -> torch.Tensor:
     """``b = log p(" man") - log p(" woman")`` at the last real position (differentiable)."""
     hidden = hf_model(model).model(input_ids=enc.tokens, use_cache=False).last_hidden_state
-    last = hidden[torch.arange(hidden.shape[0]), enc.last_index]
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), enc.last_index]
     lp = _unembed(model, last).float().log_softmax(-1)[:, list(ids)]
     return lp[:, 0] - lp[:, 1]
 
@@ -245,10 +245,10 @@ def _train(original: Any, tuned: Any, params: list[torch.Tensor], prompts: Seque
             b = _bias_values(tuned, encode(tuned, [prompts[i] for i in pi]), ids)
             bias_loss = (b**2).mean()
             ti: list[int] = []
-            kl = torch.zeros(())
+            kl = torch.zeros((), device=b.device)
             if use_kl:
                 ti = list(range(len(kl_texts))) if last else tbatch.next()
-                sub = torch.tensor(ti, dtype=torch.long)
+                sub = torch.tensor(ti, dtype=torch.long, device=enc_t.tokens.device)
                 kl = _kl(tuned, _rows(enc_t, sub), teacher[sub], mask[sub])
             loss = bias_loss + beta * kl
         rows.append({"step": step, "loss": loss.item(), "bias_loss": bias_loss.item(), "kl": kl.item(),
@@ -421,7 +421,7 @@ def finetune_neurons(model: Any, neurons: Any, prompts: Sequence[str], kl_texts:
     params, handles = [], []
     for w, m in masks.values():
         w.requires_grad_(True)
-        handles.append(w.register_hook(lambda g, m=m: torch.where(m, g, torch.zeros((), dtype=g.dtype))))
+        handles.append(w.register_hook(lambda g, m=m: torch.where(m, g, torch.zeros((), dtype=g.dtype, device=g.device))))
         params.append(w)
     try:
         history = _train(model, tuned, params, prompts, kl_texts, steps=int(steps), lr=lr, beta=beta,

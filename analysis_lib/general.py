@@ -253,10 +253,10 @@ def prompt_query_positions(
     q_word = Qp[..., wp].sum(-1) if wp else torch.zeros_like(Q)
     tot = float(tab.score.sum())
     return {
-        "q_start": Qp[..., 0].numpy(),
-        "q_word": q_word.numpy(),
-        "q_total": Q.numpy(),
-        "m_start": data.m[:, 0, :].numpy(),
+        "q_start": Qp[..., 0].cpu().numpy(),
+        "q_word": q_word.cpu().numpy(),
+        "q_total": Q.cpu().numpy(),
+        "m_start": data.m[:, 0, :].cpu().numpy(),
         "attn": tab,
         "attn_share_start": float(tab.score[tab.position == 0].sum() / tot) if tot else float("nan"),
         "data": data,
@@ -439,12 +439,12 @@ def activation_profile(model, groups: Mapping[str, Sequence[str]], prompts: Sequ
             n = as_neuron(nid, model)
             starts, others = [], []
             for k, d in enumerate(datas):
-                act = d.m[n.layer, :, n.index].numpy()
+                act = d.m[n.layer, :, n.index].cpu().numpy()
                 for p, v in enumerate(act):
                     rows.append({"group": g, "id": str(n), "prompt": k, "position": p, "at_start": p == 0, "m": float(v)})
                 starts.append(float(act[0]))
                 others.extend(np.abs(act[1:]).tolist())
-            layer_abs = np.abs(datas[0].m[n.layer, 0, :].numpy())
+            layer_abs = np.abs(datas[0].m[n.layer, 0, :].cpu().numpy())
             mo = float(np.mean(others)) if others else float("nan")
             summ.append({
                 "group": g, "id": str(n), "layer": n.layer,
@@ -654,20 +654,21 @@ def ffn_importance(
     ids = [as_neuron(n, model) for n in neurons]
     if any(n.kind != "ffn" for n in ids):
         raise StudyError("ffn_importance scores FFN neurons only.")
-    d = data if scale is None else dataclasses.replace(data, scale=torch.as_tensor(scale, dtype=data.scale.dtype))
+    d = data if scale is None else dataclasses.replace(
+        data, scale=torch.as_tensor(scale, dtype=data.scale.dtype, device=data.scale.device))
     t = data.target_id if target_id is None else int(target_id)
     out = np.zeros(len(ids))
     with torch.inference_mode():
         for layer in sorted({n.layer for n in ids}):
             pos = [k for k, n in enumerate(ids) if n.layer == layer]
-            idx = torch.tensor([ids[k].index for k in pos])
+            idx = torch.tensor([ids[k].index for k in pos], device=d.m.device)
             sub = A.ffn_subvalues(model, d, layer)[idx]  # [k, d_model]
             base = d.x_mid[layer]
             z0 = A.readout(model, d, base[None])  # [1, V]
             z = A.readout(model, d, base[None] + sub)  # [k, V]
             lp0 = torch.log_softmax(z0.double(), -1)[:, t]
             lp = torch.log_softmax(z.double(), -1)[:, t]
-            out[pos] = (lp - lp0).numpy()
+            out[pos] = (lp - lp0).cpu().numpy()
     return out
 
 

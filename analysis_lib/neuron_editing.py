@@ -302,7 +302,7 @@ class _LayerCache:
             self.inner.layers = torch.nn.ModuleList(list(layers)[start_layer:])
             with torch.inference_mode():
                 hid = self.inner(inputs_embeds=self.store[start_layer], use_cache=False).last_hidden_state
-                last = hid[torch.arange(hid.shape[0]), self.enc.last_index]
+                last = hid[torch.arange(hid.shape[0], device=hid.device), self.enc.last_index]
                 lp = _unembed(self.model, last).float().log_softmax(-1)[:, self.ids].double().cpu().numpy()
         finally:
             self.inner.layers = layers
@@ -327,12 +327,14 @@ class _GuardCache:
         rows = [prefix + token_ids(model, t) for t in texts]
         order = np.argsort([-len(r) for r in rows], kind="stable")
         pad = model.tokenizer.pad_token_id or 0
+        device = model.cfg.device or "cpu"
         self.batches = []
         for s0 in range(0, len(order), batch_size):
             idx = order[s0 : s0 + batch_size]
             toks = torch.full((len(idx), len(rows[idx[0]])), pad, dtype=torch.long)
             for b, i in enumerate(idx):
                 toks[b, : len(rows[i])] = torch.tensor(rows[i])
+            toks = toks.to(device)  # the model's device (on CUDA the CPU ids failed and the guard fell back to full passes)
             store: dict[int, torch.Tensor] = {}
             handles = []
             for i, layer in enumerate(self.inner.layers):

@@ -27,7 +27,27 @@ d. ``capability``: RACE scoring with ``kv_cache=True`` equals ``kv_cache=False``
    (``tests/test_capability.py``).
 e. ``dataset_attribution``: :func:`analysis_lib.attribution.dataset_attribution` on four
    prompts, device against CPU (same top-20 lists, scores within their certified errors).
-f. ``timings``: a forward pass, ``run_with_cache`` and ``attribute`` on the device against the
+f. ``circuits`` (chapter 3): :func:`~analysis_lib.circuits.neuron_scores` (FFN value, attention value
+   and FFN query scores by position, direct log-odds effects of all units) on the two prompts of
+   ``tests/test_circuits.py``, the nurse prompt's :func:`~analysis_lib.circuits.circuit_path`,
+   ``static_gender_neurons``, ``projection_table`` and ``start_activations``: on the device
+   against the engine's own exact scores (top-5 FFN value and query neurons; a query neuron's
+   edges summing to its score) and against the CPU.
+g. ``general`` (chapter 4): ``query_scan`` / ``rank_general`` / ``rank_gender`` on the three
+   prompts of ``tests/test_general.py``, ``ffn_importance`` against the engine, ``cna_table``
+   with the top general neuron masked, ``activation_profile`` and ``run_conditions`` (8
+   one-digit sums and 5 CommonWords test words, original vs the top-2 general neurons masked).
+h. ``neuron_editing`` (chapter 5): biased targets, dataset attribution (3 CommonWords train
+   words, top 8) and candidates, ``causal_select`` (4 candidates, 4 words, one guard
+   paragraph), ``cumulative_guard`` and ``evaluate_conditions`` (5 test words, one paragraph);
+   on the device the layer-skipping fast paths must be the ones taken and equal full passes.
+i. ``crispr`` (chapter 6): the packed option scorer against separate continuations (1e-4),
+   ``attribute(units="ffn+attn")`` on two real BBQ Gender_identity items (needs the data
+   folder), pruning the top 5 and restoring.
+j. ``finetune`` (chapter 7): 2 steps of LoRA and of neuron-restricted fine-tuning
+   (``tests/test_finetune.py``'s settings): histories on the device against the CPU, the
+   original model untouched, only the selected entries changed.
+k. ``timings``: a forward pass, ``run_with_cache`` and ``attribute`` on the device against the
    same calls on this machine's CPU (all its cores, and ``attribute``'s default 2 threads).
 
 Prints a JSON summary and writes it to ``<out>/gpu_check.json``. Each check records
@@ -499,6 +519,425 @@ def check_dataset_attribution(model, ref, report) -> dict:
     return res
 
 
+# ----------------------------------------------------------------------------- chapters 3-7 (circuits, general,
+# neuron_editing, crispr, finetune): each on the device against the same call on the CPU copy
+
+# tests/test_circuits.py
+CIRCUIT_PROMPTS = ["The nurse is a", "The person who enjoys gardening is a"]
+CIRCUIT_WORDS = ["nurse", "gardening"]
+CIRCUIT_TARGETS = [" woman", " man"]
+CIRCUIT_FFN = ["ffnL25N9", "ffnL29N561", "ffnL11N1229", "ffnL3N7", "ffnL29N573"]
+CIRCUIT_ATTN = ["attnL22H7D58", "attnL25H1D28", "attnL1H3D59", "attnL14H2D5"]
+# tests/test_general.py
+GENERAL_PROMPTS = pd.DataFrame({
+    "set": ["commonwords", "commonwords", "race"],
+    "prompt": ["The nurse is a", "The engineer is a", "Article: Tom has a dog.\nQuestion: What does Tom have?\nAnswer:"],
+    "target": [" woman", " man", " a"],
+    "word": ["nurse", "engineer", None],
+})
+# tests/test_finetune.py
+FT_NEURONS = ["ffnL27N336", "ffnL29N561", "attnL28H3D35"]
+FT_PROBE = ["The nurse is a", "The engineer is a", "Once upon a time there was"]
+# tests/test_crispr.py
+CRISPR_PLAIN = {
+    "example_id": 0, "category": "Gender_identity", "context_condition": "disambig",
+    "question_polarity": "nonneg", "context": "The doctor in this story is Maria.",
+    "question": "Who is the doctor?", "ans0": "Maria", "ans1": "James", "ans2": "Not known",
+    "label": 0, "unknown_label": 2, "target_label": 1,
+}
+TOL_XDEV = 1e-4  # device vs CPU, for log-probability-sized numbers (the logits agree to ~6e-5)
+
+
+def _f64(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().double().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _maxdiff(a, b) -> float:
+    a, b = _f64(a), _f64(b)
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def _maxabs(a) -> float:
+    a = _f64(a)
+    return float(np.max(np.abs(a))) if a.size else 0.0
+
+
+def _valid_or_random(model, ids, kind, n_random=None):
+    """The tests' neuron ids where they exist in this model, else seeded random ones of the kind."""
+    from analysis_lib import circuits
+
+    try:
+        for x in ids:
+            NeuronId.parse(x).validate(model)
+        return list(ids)
+    except Exception:
+        return circuits.random_neurons(model, kind, n_random or len(ids), 0)
+
+
+def check_circuits(model, ref, report) -> dict:
+    from analysis_lib import circuits
+
+    ffn = _valid_or_random(model, CIRCUIT_FFN, "ffn_value")
+    attn = _valid_or_random(model, CIRCUIT_ATTN, "attn_value")
+    res: dict = {"ffn": ffn, "attn": attn}
+    ok = True
+    # the engine's top-30 attention neurons per prompt (the input of the query scores), on the device
+    full = [at.attribute(model, p, t, top_k=30, kinds=at.KINDS) for p, t in zip(CIRCUIT_PROMPTS, CIRCUIT_TARGETS)]
+    attn_top = [list(r.top("attn_value").id) for r in full]
+
+    def scores(m, neurons=None, prompts=CIRCUIT_PROMPTS, targets=CIRCUIT_TARGETS, words=CIRCUIT_WORDS, top=attn_top):
+        return circuits.neuron_scores(m, prompts, targets, neurons or {"ffn_value": ffn, "attn_value": attn, "ffn_query": ffn},
+                                      words=words, attn_top=top, contrasts=circuits.other_gender(targets))
+
+    sd = scores(model)
+    # on the device, neuron_scores agrees with the engine's exact scores of its own top-5 (ffn_value, ffn_query)
+    eng = []
+    for i, r in enumerate(full):
+        for kind in ("ffn_value", "ffn_query"):
+            top = r.top(kind, 5)
+            one = scores(model, {kind: list(top.id)}, [CIRCUIT_PROMPTS[i]], [CIRCUIT_TARGETS[i]], [CIRCUIT_WORDS[i]],
+                         [attn_top[i]])
+            eng.append(_maxdiff(one.total(kind)[0], top.score.to_numpy()) / max(1.0, _maxabs(top.score)))
+    res["device_neuron_scores_vs_engine_top5_max_err"] = max(eng)  # absolute, relative above 1
+    ok &= max(eng) <= TOL_ABS
+    if ref is not None:
+        sc = scores(ref)
+        bp = {k: _maxdiff(sd.by_position[k], sc.by_position[k]) for k in sd.by_position}
+        lo = {k: _maxdiff(sd.logodds[k], sc.logodds[k]) for k in sd.logodds}
+        lp = {k: _maxdiff(sd.logodds_prompt[k], sc.logodds_prompt[k]) for k in sd.logodds_prompt}
+        res["neuron_scores_device_vs_cpu_max_abs"] = bp
+        res["neuron_scores_max_abs_value"] = {k: _maxabs(v) for k, v in sd.by_position.items()}
+        res["logodds_all_units_device_vs_cpu_max_abs"] = lo
+        res["logodds_per_prompt_device_vs_cpu_max_abs"] = lp
+        ok &= max(bp.values()) <= TOL_XDEV and max(lo.values()) <= 2 * TOL_XDEV and max(lp.values()) <= TOL_XDEV
+        cpu_top = [list(at.attribute(ref, p, t, top_k=30, kinds=("attn_value",)).top("attn_value").id)
+                   for p, t in zip(CIRCUIT_PROMPTS, CIRCUIT_TARGETS)]
+        res["attn_top30_lists_identical_device_vs_cpu"] = cpu_top == attn_top
+    # one prompt's circuit path (Figure 1 of chapter 3)
+    path_d = circuits.circuit_path(model, "The nurse is a", " woman", word="nurse", n_edges=1000)
+    res["path_nodes"] = len(path_d.nodes)
+    res["path_edges"] = len(path_d.edges)
+    # with every edge kept, a query neuron's edges add up to its query score (tests/test_circuits.py)
+    sums = path_d.edges.groupby("source").weight.sum()
+    q = path_d.result.top("ffn_query", 8)
+    res["device_path_edge_sums_vs_query_scores_max_rel"] = max(
+        abs(sums.get(r.id, 0.0) - r.score) / max(abs(r.score), 1e-3) for r in q.itertuples())
+    ok &= len(path_d.nodes) > 0 and len(path_d.edges) > 0 and res["device_path_edge_sums_vs_query_scores_max_rel"] <= 1e-5
+    if ref is not None:
+        path_c = circuits.circuit_path(ref, "The nurse is a", " woman", word="nurse", n_edges=1000)
+        same_nodes = path_d.nodes[["stage", "id", "position"]].equals(path_c.nodes[["stage", "id", "position"]])
+        res["path_nodes_identical"] = bool(same_nodes)
+        if same_nodes:
+            res["path_node_score_max_abs_diff"] = _maxdiff(path_d.nodes.score, path_c.nodes.score)
+        ed = path_d.edges.set_index(["source", "target"]).weight
+        ec = path_c.edges.set_index(["source", "target"]).weight
+        common = ed.index.intersection(ec.index)
+        res["path_edges_identical_sets"] = bool(set(ed.index) == set(ec.index))
+        res["path_edge_overlap"] = len(common) / max(1, len(ec))
+        res["path_edge_weight_max_abs_diff"] = _maxdiff(ed.loc[common], ec.loc[common])
+        res["path_edge_weight_max_abs"] = _maxabs(ec)
+        ok &= same_nodes and res["path_node_score_max_abs_diff"] <= TOL_XDEV and res["path_edge_overlap"] >= 0.95 \
+            and res["path_edge_weight_max_abs_diff"] <= TOL_XDEV * max(1.0, res["path_edge_weight_max_abs"])
+    # weight-only tables and start activations
+    st_d = circuits.static_gender_neurons(model, 3)
+    pj_d = circuits.projection_table(model, ffn + attn, k=6)
+    sa_d = circuits.start_activations(model, ffn, CIRCUIT_PROMPTS)
+    res["static_gender_neurons"] = list(st_d.id)
+    if ref is not None:
+        st_c = circuits.static_gender_neurons(ref, 3)
+        pj_c = circuits.projection_table(ref, ffn + attn, k=6)
+        sa_c = circuits.start_activations(ref, ffn, CIRCUIT_PROMPTS)
+        res["static_gender_ids_identical"] = list(st_d.id) == list(st_c.id)
+        res["static_gender_z_max_abs_diff"] = _maxdiff(st_d.gender_z, st_c.gender_z)
+        res["projection_tokens_identical"] = bool(pj_d.top_tokens.tolist() == pj_c.top_tokens.tolist()
+                                                  and pj_d.last_tokens.tolist() == pj_c.last_tokens.tolist())
+        res["start_activations_max_abs_diff"] = max(_maxdiff(sa_d[c], sa_c[c]) for c in ("start_coef", "other_abs"))
+        res["start_activations_max_abs"] = _maxabs(sa_c.start_coef)
+        ok &= res["static_gender_ids_identical"] and res["static_gender_z_max_abs_diff"] <= 1e-3 \
+            and res["start_activations_max_abs_diff"] <= 1e-4 * max(1.0, res["start_activations_max_abs"])
+    res["passed"] = bool(ok)
+    return res
+
+
+def check_general(model, ref, report) -> dict:
+    from analysis_lib import general
+    from analysis_lib.commonwords import load_commonwords, to_frame
+    from analysis_lib import neuron_editing as ne
+
+    prompts = GENERAL_PROMPTS.copy()
+    prompts["target_id"] = [models.single_token_id(model, t) for t in prompts.target]
+    res: dict = {}
+    scan_d = general.query_scan(model, prompts)
+    one = general.prompt_query_positions(model, prompts.prompt[1], " man", word="engineer")
+    res["device_scan_vs_single_prompt_max_abs"] = _maxdiff(scan_d.q_start[1], one["q_start"])
+    ok = res["device_scan_vs_single_prompt_max_abs"] <= 1e-5 * max(1.0, _maxabs(one["q_start"]))
+    rk_d = general.rank_general(scan_d, top=10)
+    gen2 = list(rk_d[rk_d.general].id[:2])
+    res["general_top2_device"] = gen2
+    ok &= len(gen2) == 2
+    # CNA: importance with the clean run's scale; exact against the engine when unmasked
+    clean = at.forward_data(model, "3+5=", None)[0]
+    r = at.attribute(model, "3+5=", clean.target_id, top_k=3, kinds=("ffn_value",))
+    res["device_ffn_importance_vs_engine_max_abs"] = _maxdiff(general.ffn_importance(model, clean, r.neurons("ffn_value")),
+                                                               r.top("ffn_value").score.to_numpy())
+    ok &= res["device_ffn_importance_vs_engine_max_abs"] <= TOL_ABS
+    masked = gen2[:1]
+    cna_d = general.cna_table(model, "3+5=", masked, n_top=5, n_shortlist=3)
+    ap_d = general.activation_profile(model, {"general": gen2}, list(prompts.prompt[:2]))[1]
+    words = to_frame(load_commonwords(0))
+    cw = ne.subset_words(words[words.split == "test"], 5, 0)
+    sizes = {"arithmetic_1digit": 8}
+    conds = {"original": [], "general": gen2}
+    tab_d, _ = general.run_conditions(model, conds, sizes, 0, commonwords=cw)
+    res["run_conditions_device"] = tab_d[["condition", "task", "value"]].to_dict("records")
+    if ref is not None:
+        scan_c = general.query_scan(ref, prompts)
+        for name in ("q_start", "q_word", "q_total", "m_start"):
+            a, b = getattr(scan_d, name), getattr(scan_c, name)
+            res[f"scan_{name}_device_vs_cpu_max_abs"] = _maxdiff(a, b)
+            res[f"scan_{name}_max_abs"] = _maxabs(b)
+            ok &= res[f"scan_{name}_device_vs_cpu_max_abs"] <= 1e-4 * max(1.0, res[f"scan_{name}_max_abs"])
+        rk_c = general.rank_general(scan_c, top=10)
+        res["rank_general_top10_identical"] = list(rk_d.id) == list(rk_c.id)
+        res["rank_general_top2_identical"] = list(rk_c[rk_c.general].id[:2]) == gen2
+        res["rank_general_start_score_max_abs_diff"] = _maxdiff(rk_d.start_score, rk_c.start_score) \
+            if res["rank_general_top10_identical"] else None
+        gd_d = general.rank_gender(scan_d, exclude=gen2, top=10)
+        gd_c = general.rank_gender(scan_c, exclude=gen2, top=10)
+        res["rank_gender_top10_identical"] = list(gd_d.id) == list(gd_c.id)
+        ok &= res["rank_general_top2_identical"]
+        cna_c = general.cna_table(ref, "3+5=", masked, n_top=5, n_shortlist=3)
+        res["cna_ids_identical"] = list(cna_d.id) == list(cna_c.id)
+        if res["cna_ids_identical"]:
+            for c in ("imp_orig", "imp_masked", "coef_orig", "coef_masked", "p_target_orig", "p_target_masked"):
+                res[f"cna_{c}_max_abs_diff"] = _maxdiff(cna_d[c], cna_c[c])
+            res["cna_sign_flips_identical"] = bool((cna_d.sign_flip == cna_c.sign_flip).all())
+            ok &= max(res[f"cna_{c}_max_abs_diff"] for c in ("imp_orig", "imp_masked", "p_target_orig", "p_target_masked")) <= TOL_XDEV
+        else:
+            ok = False
+        ap_c = general.activation_profile(ref, {"general": gen2}, list(prompts.prompt[:2]))[1]
+        res["activation_profile_max_abs_diff"] = max(_maxdiff(ap_d[c], ap_c[c]) for c in ("m_start", "mean_abs_other", "max_abs_other"))
+        res["activation_profile_m_start"] = ap_d.m_start.tolist()
+        ok &= res["activation_profile_max_abs_diff"] <= 1e-3 * max(1.0, _maxabs(ap_c.m_start))
+        tab_c, _ = general.run_conditions(ref, conds, sizes, 0, commonwords=cw)
+        res["run_conditions_cpu"] = tab_c[["condition", "task", "value"]].to_dict("records")
+        acc = (tab_d.metric == "accuracy").to_numpy()
+        res["run_conditions_accuracy_identical"] = bool((tab_d.value.to_numpy()[acc] == tab_c.value.to_numpy()[acc]).all())
+        res["run_conditions_mean_abs_b_max_abs_diff"] = _maxdiff(tab_d.value.to_numpy()[~acc], tab_c.value.to_numpy()[~acc])
+        ok &= res["run_conditions_accuracy_identical"] and res["run_conditions_mean_abs_b_max_abs_diff"] <= TOL_XDEV
+    res["passed"] = bool(ok)
+    return res
+
+
+def check_neuron_editing(model, ref, report) -> dict:
+    from analysis_lib import neuron_editing as ne
+    from analysis_lib.capability import neutral_texts
+    from analysis_lib.commonwords import load_commonwords, to_frame
+
+    words = to_frame(load_commonwords(0))
+    train = ne.subset_words(words[words.split == "train"], 5, 0)
+    test = ne.subset_words(words[words.split == "test"], 5, 0)
+    guard = neutral_texts()[-1:]
+    eval_texts = ne.guard_and_eval_texts(1, 1)[1]
+    res: dict = {}
+
+    def pipeline(m):
+        out = {}
+        prompts = train.prompt.tolist()[:3]
+        targets = ne.biased_targets(m, prompts)
+        da = at.dataset_attribution(m, prompts, targets, top_k=8, words=train.word.tolist()[:3], progress=False)
+        out["candidates"] = ne.candidates(da, 8)
+        kept = ne.drop_start(out["candidates"])[0].head(4)
+        out["table"], out["info"] = ne.causal_select(m, kept, train.prompt.tolist()[:4], guard, k_max=2)
+        out["joint"] = ne.cumulative_guard(m, out["table"], guard, k_max=4, guard_tol=0.002)
+        out["targets"] = targets
+        return out
+
+    pd_ = pipeline(model)
+    # the fast paths must be the ones taken on the device (they fall back silently to full passes)
+    prompts4 = train.prompt.tolist()[:4]
+    cache = ne._LayerCache(model, prompts4)
+    base = ne.mean_abs_bias(model, prompts4)[0]
+    fast_err = []
+    for nid in pd_["table"].neuron:
+        with mask_neurons(model, [nid]):
+            fast_err.append(abs(float(np.abs(cache.bias(NeuronId.parse(nid).layer)).mean()) - ne.mean_abs_bias(model, prompts4)[0]))
+    res["device_layer_cache_vs_full_pass_max_abs"] = max(fast_err)
+    gfn = ne._guard_ppl_fn(model, guard)
+    res["device_guard_uses_layer_skipping"] = gfn.__name__ == "fast"
+    gc = ne._GuardCache(model, guard)
+    res["device_guard_cache_ppl0_rel_err"] = abs(gc.ppl(0) / ne._pooled_ppl(model, guard) - 1)
+    probe = list(pd_["table"].neuron[:2])
+    with mask_neurons(model, probe):
+        full = ne._pooled_ppl(model, guard)
+    res["device_guard_masked_rel_err"] = abs(gfn(probe) / full - 1)
+    res["mean_abs_b_device"] = pd_["info"]["mean_abs_b"]
+    res["guard_ppl_device"] = pd_["info"]["guard_ppl"]
+    res["selected_device"] = ne.selected_neurons(pd_["table"], 2)
+    res["joint_selected_device"] = ne.selected_neurons(pd_["joint"], 4, column="joint_selected")
+    ok = res["device_layer_cache_vs_full_pass_max_abs"] <= 1e-5 and res["device_guard_uses_layer_skipping"] \
+        and res["device_guard_cache_ppl0_rel_err"] < 1e-6 and res["device_guard_masked_rel_err"] < 1e-6 \
+        and abs(base - pd_["info"]["mean_abs_b"]) <= 1e-5
+    conds = {"original": [], "masked": res["selected_device"] or list(pd_["table"].neuron[:2])}
+    ev_d, it_d = ne.evaluate_conditions(model, conds, test, eval_texts, n_boot=50)
+    res["evaluate_device"] = ev_d[["condition", "mean_abs_b", "d_mean_abs_b", "ppl", "d_ppl_pct"]].to_dict("records")
+    if ref is not None:
+        pc = pipeline(ref)
+        res["targets_identical"] = pd_["targets"] == pc["targets"]
+        res["candidates_identical"] = list(pd_["candidates"].neuron) == list(pc["candidates"].neuron)
+        res["candidate_overlap"] = len(set(pd_["candidates"].neuron) & set(pc["candidates"].neuron)) / max(1, len(pc["candidates"]))
+        same_tab = list(pd_["table"].neuron) == list(pc["table"].neuron)
+        res["causal_table_order_identical"] = same_tab
+        if same_tab:
+            res["causal_effect_max_abs_diff"] = _maxdiff(pd_["table"].effect, pc["table"].effect)
+            r1, r2 = pd_["table"].ppl_ratio.to_numpy(float), pc["table"].ppl_ratio.to_numpy(float)
+            res["causal_ppl_ratio_nan_pattern_identical"] = bool((np.isnan(r1) == np.isnan(r2)).all())
+            res["causal_ppl_ratio_max_abs_diff"] = _maxdiff(np.nan_to_num(r1), np.nan_to_num(r2))
+            j1, j2 = pd_["joint"].joint_ppl_ratio.to_numpy(float), pc["joint"].joint_ppl_ratio.to_numpy(float)
+            res["joint_ppl_ratio_max_abs_diff"] = _maxdiff(np.nan_to_num(j1), np.nan_to_num(j2))
+        res["selected_cpu"] = ne.selected_neurons(pc["table"], 2)
+        res["joint_selected_cpu"] = ne.selected_neurons(pc["joint"], 4, column="joint_selected")
+        res["mean_abs_b_cpu"] = pc["info"]["mean_abs_b"]
+        res["guard_ppl_cpu"] = pc["info"]["guard_ppl"]
+        res["guard_ppl_rel_diff"] = abs(pd_["info"]["guard_ppl"] / pc["info"]["guard_ppl"] - 1)
+        ev_c, it_c = ne.evaluate_conditions(ref, conds, test, eval_texts, n_boot=50)
+        res["evaluate_cpu"] = ev_c[["condition", "mean_abs_b", "d_mean_abs_b", "ppl", "d_ppl_pct"]].to_dict("records")
+        res["evaluate_b_max_abs_diff"] = max(_maxdiff(it_d[k].b, it_c[k].b) for k in conds)
+        res["evaluate_ppl_rel_diff"] = float(np.max(np.abs(ev_d.ppl.to_numpy() / ev_c.ppl.to_numpy() - 1)))
+        ok &= res["targets_identical"] and res["candidate_overlap"] >= 0.9 and same_tab \
+            and res["causal_effect_max_abs_diff"] <= TOL_XDEV and res["causal_ppl_ratio_nan_pattern_identical"] \
+            and res["causal_ppl_ratio_max_abs_diff"] <= 1e-5 and res["joint_ppl_ratio_max_abs_diff"] <= 1e-5 \
+            and res["selected_cpu"] == res["selected_device"] and res["joint_selected_cpu"] == res["joint_selected_device"] \
+            and abs(res["mean_abs_b_cpu"] - res["mean_abs_b_device"]) <= TOL_XDEV and res["guard_ppl_rel_diff"] <= TOL_XDEV \
+            and res["evaluate_b_max_abs_diff"] <= TOL_XDEV and res["evaluate_ppl_rel_diff"] <= TOL_XDEV
+        # a perplexity's relative difference is the difference of the mean per-token NLL, a log-probability:
+        # bounded like the other log-probability-sized numbers (the logits themselves differ by up to ~6e-5)
+    res["passed"] = bool(ok)
+    return res
+
+
+def check_crispr(model, ref, report) -> dict:
+    from analysis_lib import crispr
+    from analysis_lib.scoring import continuation_logprobs
+
+    plain = pd.DataFrame([CRISPR_PLAIN, {**CRISPR_PLAIN, "example_id": 1, "context": "The doctor in this story is James.",
+                                          "label": 1}])
+    ins = crispr.INSTRUCTIONS[:1]
+    res: dict = {}
+    # the packed option scorer against separate continuations, on the device (tests/test_crispr.py: 1e-4)
+    sc = crispr.score_items(model, plain, ins)
+    prompts, options = crispr._prompt_grid(plain, ins)
+    ctx = [p for p, o in zip(prompts, options) for _ in o]
+    cont = [x for o in options for x in o]
+    want, count = continuation_logprobs(model, ctx, cont)
+    res["device_packed_vs_continuations_max_abs"] = _maxdiff(sc.logprob.reshape(-1), want)
+    res["device_token_counts_match"] = bool((sc.n_tokens.reshape(-1) == count[: sc.n_tokens.size]).all())
+    ok = res["device_packed_vs_continuations_max_abs"] <= 1e-4 and res["device_token_counts_match"]
+    # two real BBQ items (Gender_identity), attribution over FFN and attention units
+    items = crispr.sample_items(crispr.load_items("Gender_identity"), 2, seed=0)
+    res["bbq_example_ids"] = items.example_id.tolist()
+    t0 = time.perf_counter()
+    a_d = crispr.attribute(model, items, ins, units="ffn+attn")
+    res["seconds_attribute_device"] = round(time.perf_counter() - t0, 3)
+    top_d = [str(n) for n in crispr.top_neurons(a_d, 20, units="ffn+attn")]
+    res["top5_device"] = top_d[:5]
+    ev = crispr.evaluate_conditions(model, items, {"original": None, "pruned": top_d[:5]}, ins)
+    again = crispr.evaluate(model, items, ins)
+    res["prune_restored_bit_identical"] = bool(np.array_equal(ev["original"].logprob, again.logprob))
+    res["prune_changes_logprobs"] = bool(not np.array_equal(ev["original"].logprob, ev["pruned"].logprob))
+    ok &= res["prune_restored_bit_identical"] and res["prune_changes_logprobs"]
+    if ref is not None:
+        sc_c = crispr.score_items(ref, plain, ins)
+        res["packed_scores_device_vs_cpu_max_abs"] = _maxdiff(sc.logprob, sc_c.logprob)
+        t0 = time.perf_counter()
+        a_c = crispr.attribute(ref, items, ins, units="ffn+attn")
+        res["seconds_attribute_cpu"] = round(time.perf_counter() - t0, 3)
+        top_c = [str(n) for n in crispr.top_neurons(a_c, 20, units="ffn+attn")]
+        res["top20_identical"] = top_d == top_c
+        res["top20_overlap"] = len(set(top_d) & set(top_c)) / 20
+        for v in crispr.VARIANTS:
+            res[f"scores_{v}_max_abs_diff"] = _maxdiff(a_d.scores[v], a_c.scores[v])
+            res[f"scores_{v}_max_abs"] = _maxabs(a_c.scores[v])
+        cols = ["label", "biased"]
+        res["instances_biased_identical"] = a_d.instances[cols].equals(a_c.instances[cols])
+        res["instances_alpha_max_abs_diff"] = _maxdiff(a_d.instances.alpha, a_c.instances.alpha)
+        ev_c = crispr.evaluate_conditions(ref, items, {"original": None, "pruned": top_d[:5]}, ins)
+        res["evaluate_device_vs_cpu_max_abs"] = max(_maxdiff(ev[k].logprob, ev_c[k].logprob) for k in ev)
+        ok &= res["packed_scores_device_vs_cpu_max_abs"] <= TOL_XDEV and res["top20_overlap"] >= 0.9 \
+            and all(res[f"scores_{v}_max_abs_diff"] <= 1e-3 * max(1e-3, res[f"scores_{v}_max_abs"]) for v in crispr.VARIANTS) \
+            and res["instances_biased_identical"] and res["instances_alpha_max_abs_diff"] <= TOL_XDEV \
+            and res["evaluate_device_vs_cpu_max_abs"] <= TOL_XDEV
+    res["passed"] = bool(ok)
+    return res
+
+
+def check_finetune(model, ref, report) -> dict:
+    from analysis_lib import finetune as ft
+    from analysis_lib import neuron_editing as ne
+    from analysis_lib.commonwords import load_commonwords, to_frame
+    from analysis_lib.neurons import hf_model, weights_version
+    from analysis_lib.scoring import next_token_logprobs
+
+    words = to_frame(load_commonwords(0))
+    prompts = ne.subset_words(words[words.split == "train"], 4, 0).prompt.tolist()
+    kl_texts = ne.guard_and_eval_texts(1, 1)[0]
+    neurons = _valid_or_random(model, FT_NEURONS[:2], "ffn_value") + _valid_or_random(model, FT_NEURONS[2:], "attn_value")
+    steps = 2
+    res: dict = {"steps": steps, "neurons": neurons}
+
+    def run(m):
+        lo = ft.finetune_lora(m, prompts, kl_texts, steps=steps, lr=1e-3, beta=1.0, rank=4, seed=0, progress=False)
+        rs = ft.finetune_neurons(m, neurons, prompts, kl_texts, steps=steps, lr=3e-3, beta=1.0, seed=0, progress=False)
+        return lo, rs
+
+    before = next_token_logprobs(model, FT_PROBE)
+    version = weights_version(model)
+    lo_d, rs_d = run(model)
+    res["original_untouched_bit_identical"] = bool(torch.equal(next_token_logprobs(model, FT_PROBE), before)) \
+        and weights_version(model) == version and all(p.grad is None for p in hf_model(model).parameters())
+    res["tuned_device"] = sorted({str(next(hf_model(r.model).parameters()).device) for r in (lo_d, rs_d)})
+    res["lora_history_device"] = lo_d.history[["step", "loss", "bias_loss", "kl"]].to_dict("records")
+    res["restricted_history_device"] = rs_d.history[["step", "loss", "bias_loss", "kl"]].to_dict("records")
+    h = lo_d.history
+    res["lora_kl_step0"] = float(h.kl.iloc[0])
+    res["lora_bias_loss_step0_vs_objective_rel"] = abs(h.bias_loss.iloc[0] / ft.bias_objective(model, prompts) - 1)
+    ok = res["original_untouched_bit_identical"] and abs(res["lora_kl_step0"]) <= 1e-5 \
+        and res["lora_bias_loss_step0_vs_objective_rel"] <= 1e-4 \
+        and h.bias_loss.iloc[-1] < h.bias_loss.iloc[0] and rs_d.history.bias_loss.iloc[-1] < rs_d.history.bias_loss.iloc[0]
+    # the restricted copy changed only the selected entries (checked inside finetune_neurons too)
+    masks = ft.neuron_masks(model, neurons)
+    allowed = {id(w): m for w, m in masks.values()}
+    outside_changed, changed = 0, 0
+    for (_, p0), (_, p1) in zip(hf_model(model).named_parameters(), hf_model(rs_d.model).named_parameters()):
+        m = allowed.get(id(p0))
+        if m is None:
+            outside_changed += int((p0 != p1).sum())
+        else:
+            outside_changed += int((p0[~m] != p1[~m]).sum())
+            changed += int((p0[m] != p1[m]).sum())
+    res["restricted_entries_changed"] = changed
+    res["restricted_entries_changed_outside_mask"] = outside_changed
+    ok &= changed > 0 and outside_changed == 0
+    if ref is not None:
+        lo_c, rs_c = run(ref)
+        for name, a, b in (("lora", lo_d, lo_c), ("restricted", rs_d, rs_c)):
+            cols = ["loss", "bias_loss", "kl"]
+            res[f"{name}_history_cpu"] = b.history[["step"] + cols].to_dict("records")
+            x, y = a.history[cols].to_numpy(float), b.history[cols].to_numpy(float)
+            res[f"{name}_history_max_abs_diff"] = _maxdiff(x, y)
+            # losses after Adam steps on gradients that differ in the last float32 bits: 1e-3 relative + 1e-5
+            ok &= bool((np.abs(x - y) <= 1e-3 * np.abs(y) + 1e-5).all())
+            res[f"{name}_probe_logprobs_device_vs_cpu_max_abs"] = _maxdiff(next_token_logprobs(a.model, FT_PROBE),
+                                                                           next_token_logprobs(b.model, FT_PROBE))
+            ok &= res[f"{name}_probe_logprobs_device_vs_cpu_max_abs"] <= 1e-3
+        del lo_c, rs_c
+    del lo_d, rs_d
+    res["passed"] = bool(ok)
+    return res
+
+
 def measure_timings(model, ref, repeats: int, cpu_threads: int) -> dict:
     dev = str(model.cfg.device)
     out: dict = {"repeats": repeats, "statistic": "median seconds after one warm-up"}
@@ -598,7 +1037,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
     ap.add_argument("--cpu-threads", type=int, default=os.cpu_count(), help="CPU threads for the CPU side")
     ap.add_argument("--dense-chunk", type=int, default=None, help="rows per dense-reference readout (default 512 on GPU, 128 on CPU)")
-    ap.add_argument("--skip", default="", help="comma-separated checks to skip: logits,attribution,editing,capability,dataset,timings")
+    ap.add_argument("--skip", default="", help="comma-separated checks to skip: logits,attribution,editing,capability,"
+                    "dataset,circuits,general,neuron_editing,crispr,finetune,timings")
     args = ap.parse_args(argv)
 
     out_dir = Path(args.out)
@@ -637,6 +1077,11 @@ def main(argv=None) -> int:
         ("editing", lambda: check_editing(model, report)),
         ("capability", lambda: check_capability(model, ref, report, expect_known)),
         ("dataset", lambda: check_dataset_attribution(model, ref, report)),
+        ("circuits", lambda: check_circuits(model, ref, report)),
+        ("general", lambda: check_general(model, ref, report)),
+        ("neuron_editing", lambda: check_neuron_editing(model, ref, report)),
+        ("crispr", lambda: check_crispr(model, ref, report)),
+        ("finetune", lambda: check_finetune(model, ref, report)),
         ("timings", lambda: measure_timings(model, ref, args.repeats, args.cpu_threads)),
     ]
     for name, fn in plan:
