@@ -62,7 +62,7 @@ golden-section search; a grid is cheaper to explain and to afford on a CPU.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +77,8 @@ from .models import token_ids
 from .neurons import NeuronId
 
 __all__ = [
+    "answer_shift",
+    "general_overlap",
     "INSTRUCTIONS",
     "PROMPT_TEMPLATE",
     "DEFAULT_GRID",
@@ -781,6 +783,73 @@ def instruction_table(results: dict[str, OptionScores]) -> pd.DataFrame:
         for i, (ins, a) in enumerate(zip(sc.instructions, sc.accuracy())):
             rows.append({"condition": name, "instruction": i + 1, "text": ins, "accuracy": float(a)})
     return pd.DataFrame(rows)
+
+
+def answer_shift(before: Mapping[str, Any], after: Mapping[str, Any], d_sdis: Any = None) -> tuple[str, bool]:
+    """How pruning moved the answers, in plain text (glued text is not parsed as Markdown).
+
+    Reports s_DIS and s_AMB before and after (s_DIS is *undefined* when no disambiguated answer
+    names a person: its denominator is zero), the share of "unknown" answers and the accuracy
+    on ambiguous and disambiguated contexts.
+
+    Args:
+        before, after: :func:`summarize` outputs (point values or bootstrap results).
+        d_sdis: the paired change of s_DIS (:func:`paired_change`), or ``None``.
+
+    Returns:
+        ``(text, by_unknown)``: ``by_unknown`` is True when the pruned model answers "unknown"
+        at least half the time more often than before while disambiguated accuracy falls, i.e.
+        an accuracy gain would come from answering "unknown", not from reading the context.
+    """
+    def val(x: Any) -> float:
+        return float(getattr(x, "estimate", x))
+
+    def score(x: Any) -> str:
+        v = val(x)
+        return f"{v:.2f}" if np.isfinite(v) else "undefined"
+
+    sdis0, sdis1 = val(before["s_dis"]), val(after["s_dis"])
+    text = f"The bias scores move from s_DIS = {score(before['s_dis'])} to {score(after['s_dis'])}"
+    if not np.isfinite(sdis1) or not np.isfinite(sdis0):
+        who = "pruned" if not np.isfinite(sdis1) else "original"
+        text += f" (the {who} model names no person in disambiguated contexts, so s_DIS has no denominator)"
+    elif d_sdis is not None and np.isfinite(val(d_sdis)):
+        text += f" (paired change {val(d_sdis):+.2f} [{d_sdis.low:+.2f}, {d_sdis.high:+.2f}])"
+    text += f" and s_AMB = {score(before['s_amb'])} to {score(after['s_amb'])}. "
+    u0, u1 = float(before["share_unknown"]), float(after["share_unknown"])
+    a0, a1 = val(before["accuracy_ambig"]), val(after["accuracy_ambig"])
+    d0, d1 = val(before["accuracy_disambig"]), val(after["accuracy_disambig"])
+    text += (f"Pruning moves the share of \"unknown\" answers from {100 * u0:.0f} % to {100 * u1:.0f} %; accuracy "
+             f"on ambiguous contexts goes from {a0:.2f} to {a1:.2f} and on disambiguated ones from {d0:.2f} "
+             f"to {d1:.2f}.")
+    by_unknown = (u1 - u0) >= 0.5 and d1 < d0
+    if by_unknown:
+        text += (" Whatever accuracy pruning adds comes from answering \"unknown\" nearly always, which is "
+                 "right on ambiguous items and wrong on disambiguated ones, not from reading the context better.")
+    return text, by_unknown
+
+
+def general_overlap(neurons: Sequence[Any], model_name: str) -> tuple[list[str], str]:
+    """Which of chapter 4's general neurons (the start-token neurons whose masking breaks the
+    model) are among ``neurons``, with a plain-text sentence saying so.
+
+    Returns:
+        ``(shared ids, text)``; ``([], text)`` naming the missing results when chapter 4 has
+        not run on ``model_name``.
+    """
+    from .neuron_editing import general_neurons
+
+    try:
+        general, _ = general_neurons(None, model_name=model_name)
+    except StudyError:
+        return [], f"(Chapter 4 has no saved general neurons for {model_name}, so their overlap is not checked.)"
+    chosen = {str(n) for n in neurons}
+    shared = [g for g in general if g in chosen]
+    if shared:
+        return shared, (f"CRISPR's set contains {len(shared)} of chapter 4's {len(general)} general neurons "
+                        f"({', '.join(shared)}): start-token neurons whose masking breaks the model, which paper 1's "
+                        "start filter exists to keep out of an edit. CRISPR's attribution has no such filter.")
+    return [], f"None of chapter 4's general neurons ({', '.join(general)}) is in CRISPR's set."
 
 
 def paired_change(after: OptionScores, before: OptionScores, metric: str = "accuracy", *, n_boot: int = 1000, seed: int = 0):

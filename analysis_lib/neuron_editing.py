@@ -68,6 +68,8 @@ __all__ = [
     "KINDS",
     "PROFILES",
     "headline_numbers",
+    "signed_lean",
+    "lean_text",
     "biased_targets",
     "candidates",
     "drop_start",
@@ -574,7 +576,8 @@ def headline_numbers(r: Any, orig: Any) -> dict[str, tuple[Any, str | None]]:
     Returns:
         ``suffix -> (value, fmt)`` for :meth:`Results.add`: ``mean_abs_b``, ``d``, ``d_ci``,
         ``rel`` (percent of the original mean |b|), ``share`` (percent strongly gendered),
-        ``dppl``, ``dppl_ci`` and ``verdict`` ("reduces" when the paired interval lies below 0).
+        ``dppl``, ``dppl_ci`` and ``verdict``: "reduces" when the paired interval lies below 0,
+        "increases" when it lies above 0, else "does not significantly change".
     """
     return {
         "mean_abs_b": (float(r.mean_abs_b), ".3f"),
@@ -584,8 +587,73 @@ def headline_numbers(r: Any, orig: Any) -> dict[str, tuple[Any, str | None]]:
         "share": (f"{100 * r.share_strong:.0f}", None),
         "dppl": (f"{r.d_ppl_pct:+.2f}", None),
         "dppl_ci": (f"[{r.d_ppl_pct_low:+.2f}, {r.d_ppl_pct_high:+.2f}]", None),
-        "verdict": ("reduces" if r.d_mean_abs_b_high < 0 else "does not significantly reduce", None),
+        "verdict": ("reduces" if r.d_mean_abs_b_high < 0 else
+                    "increases" if r.d_mean_abs_b_low > 0 else "does not significantly change", None),
     }
+
+
+def signed_lean(items: Mapping[str, pd.DataFrame], reference: str = "original") -> pd.DataFrame:
+    """Which way each condition leans: the signed bias, not only its size.
+
+    Mean $|b|$ cannot tell a model that lost its bias from one whose bias flipped to the other
+    gender. With $b = \\log p(\\text{man}) - \\log p(\\text{woman})$ (positive = male lean),
+    this reports per condition the mean signed ``b`` over the reference's words, the share of
+    words with ``b < 0`` and the share whose sign differs from the reference's (a word with
+    ``b == 0`` has sign 0, so it counts as changed against any non-zero reference).
+
+    Args:
+        items: ``condition -> per-word table`` with ``word`` and ``b`` (the second return value
+            of :func:`evaluate_conditions`).
+        reference: the condition to compare signs with.
+
+    Returns:
+        One row per condition: ``condition``, ``mean_b``, ``share_female``, ``share_flipped``.
+    """
+    if reference not in items:
+        raise KeyError(f"No condition {reference!r} among {list(items)}; pass reference= one of them.")
+    ref = items[reference].set_index("word")["b"]
+    rows = []
+    for cond, it in items.items():
+        b = it.set_index("word")["b"].reindex(ref.index)
+        if b.isna().any():
+            raise ValueError(f"Condition {cond!r} lacks words of {reference!r}: {list(ref.index[b.isna()][:5])}")
+        rows.append({"condition": cond, "mean_b": float(b.mean()), "share_female": float((b < 0).mean()),
+                     "share_flipped": float((np.sign(b) != np.sign(ref)).mean())})
+    return pd.DataFrame(rows)
+
+
+def lean_text(lean: pd.DataFrame, condition: str, reference: str = "original") -> tuple[str, str]:
+    """A sentence (and a short form) on how ``condition`` moved the signed lean of ``reference``.
+
+    The verdict: *overshoots* when the mean signed ``b`` changes sign and ends larger in size
+    than it started, *crosses zero* when it changes sign but ends smaller, else *keeps its
+    direction*.
+
+    Returns:
+        ``(sentence, short)``, plain text (glued text is not parsed as Markdown), e.g.
+        ``"mean b +0.571 → -1.264, 72 % of the words change sign"``.
+    """
+    t = lean.set_index("condition")
+    m0, m1 = float(t.loc[reference, "mean_b"]), float(t.loc[condition, "mean_b"])
+    flipped = float(t.loc[condition, "share_flipped"])
+
+    def side(m: float) -> str:
+        return "male" if m > 0 else "female" if m < 0 else "neither"
+
+    # plain text: glued text is not parsed as Markdown, so no $...$ here
+    short = f"mean b {m0:+.3f} → {m1:+.3f}, {100 * flipped:.0f} % of the words change sign"
+    start = (f"On average the test words lean {side(m0)} under the {reference} model (mean signed b {m0:+.3f}; "
+             f"b > 0 is a male lean); {condition} moves them to {m1:+.3f} and changes the sign of b for "
+             f"{100 * flipped:.0f} % of them")
+    if np.sign(m1) != np.sign(m0) and abs(m1) > abs(m0):
+        end = (f": it does not remove the lean, it overshoots into a stronger {side(m1)} one. Each neuron was "
+               "chosen because masking it alone lowered mean |b| on the training words; masked together, "
+               "their pushes in the same direction add up past zero.")
+    elif np.sign(m1) != np.sign(m0):
+        end = f": the average lean crosses zero into a weaker {side(m1)} one."
+    else:
+        end = ": the average lean keeps its direction."
+    return start + end, short
 
 
 def evaluate_conditions(model, conditions: Mapping[str, Any], test: pd.DataFrame, eval_texts: Sequence[str],
@@ -763,10 +831,12 @@ def replicate_text(table: pd.DataFrame) -> str:
     name = str(table["model"].iloc[0])
     orig, ed = t.loc["original"], t[t.group == "edit (ours)"].iloc[0]
     rnd = t[t.group.str.startswith("random")]
-    parts = [f"On `{name}` the original model has a mean |b| of {orig.mean_abs_b:.3f} on the test words. "
+    change = ("a significant reduction" if ed.d_mean_abs_b_high < 0 else
+              "a significant increase" if ed.d_mean_abs_b_low > 0 else "no significant change")
+    parts = [f"On {name} the original model has a mean |b| of {orig.mean_abs_b:.3f} on the test words. "
              f"Its edit ({int(ed.n_neurons)} neurons) changes it by {ed.d_mean_abs_b:+.3f} "
              f"[{ed.d_mean_abs_b_low:+.3f}, {ed.d_mean_abs_b_high:+.3f}] "
-             f"({'a significant reduction' if ed.d_mean_abs_b_high < 0 else 'no significant reduction'}) "
+             f"({change}) "
              f"for {ed.d_ppl_pct:+.2f} % perplexity"]
     if len(rnd):
         parts.append(f"; {len(rnd)} random draws of the same mix change it by {rnd.d_mean_abs_b.min():+.3f} to "

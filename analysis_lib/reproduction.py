@@ -788,6 +788,14 @@ def _crispr_gain(v: ResultsDir) -> Outcome:
     reason = {"reproduced": "the paired interval excludes zero and the gain reaches the paper's smallest",
               "partly": "a detectable gain, smaller than the paper's smallest",
               "not reproduced": "the paired interval includes zero or lies below it: no gain at this scale"}[verdict]
+    if v.values(C6).get("by_unknown") is True:
+        # the pruned model answers "unknown" nearly always: right on every ambiguous item, wrong on
+        # every disambiguated one; an accuracy gain of that kind is not the paper's
+        our += (f"; \"unknown\" answers {100 * v.num(C6, 'orig_unknown'):.0f} % → "
+                f"{100 * v.num(C6, 'crispr_unknown'):.0f} %")
+        reason += "; the pruned model answers \"unknown\" nearly always, so any gain is not from reading the context"
+        if verdict == "reproduced":
+            verdict = "partly"
     return Outcome(our, verdict, f"{reason} (BBQ {v.get(C6, 'category_name')})")
 
 

@@ -85,6 +85,7 @@ from analysis_lib import capability as cap  # noqa: E402
 from analysis_lib import models  # noqa: E402
 from analysis_lib.editing import has_position_hooks, mask_neurons, masked_copy  # noqa: E402
 from analysis_lib.neurons import NeuronId, hf_layer, unwrap  # noqa: E402
+from analysis_lib import reference  # noqa: E402
 from analysis_lib.reference import ffn_log_prob_increase  # noqa: E402
 from analysis_lib.scoring import greedy_generate  # noqa: E402
 
@@ -181,89 +182,6 @@ def edit_ids(model) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- the dense reference
 
 
-def _log_softmax_at(z: torch.Tensor, t: int) -> torch.Tensor:
-    mx = z.amax(-1, keepdim=True)
-    return z[..., t] - (mx[..., 0] + torch.log(torch.exp(z - mx).sum(-1, dtype=torch.float64)))
-
-
-def _lp_increase(z0: torch.Tensor, dz: torch.Tensor, t: int) -> torch.Tensor:
-    return _log_softmax_at(z0 + dz, t) - _log_softmax_at(z0, t)
-
-
-def dense_reference(model, cases, chunk: int = 128) -> list[dict]:
-    """tests/test_attribution.py's dense reference, with every tensor on the model's device."""
-    hf = model.original_model
-    dev = next(hf.parameters()).device
-    W = hf.lm_head.weight.detach()
-    b = hf.lm_head.bias
-    b = torch.zeros(W.shape[0], device=dev) if b is None else b.detach()
-    g = hf.model.norm.weight.detach()
-    L = model.cfg.n_layers
-    n_heads, n_kv = model.cfg.n_heads, model.cfg.n_key_value_heads
-    dh, dm = model.cfg.d_head, model.cfg.d_mlp
-    runs = []
-    with torch.inference_mode():
-        for prompt, target in cases:
-            enc = models.encode(model, prompt)
-            _, cache = model.run_with_cache(enc.tokens)
-            runs.append(dict(
-                t=models.single_token_id(model, target),
-                cache={k: v[0] for k, v in cache.items() if any(s in k for s in (
-                    "resid_pre", "resid_mid", "mlp.hook_post", "hook_pattern", "attn.hook_v", "ln_final.hook_scale"))},
-                T=enc.tokens.shape[1],
-            ))
-        out = [dict(ffn=torch.zeros(L, dm, device=dev), attn=torch.zeros(L, n_heads, dh, r["T"], device=dev)) for r in runs]
-        for l in range(L):
-            layer = hf.model.layers[l]
-            down = layer.mlp.down_proj.weight.detach()
-            o = layer.self_attn.o_proj.weight.detach()
-            P_ffn = (down.T * g) @ W.T
-            P_attn = (o.T * g) @ W.T
-            for r, res in zip(runs, out):
-                c, t = r["cache"], r["t"]
-                scale = c["ln_final.hook_scale"][-1, 0]
-                z0 = (g * c[f"blocks.{l}.hook_resid_mid"][-1] / scale) @ W.T + b
-                m = c[f"blocks.{l}.mlp.hook_post"][-1]
-                for s in range(0, dm, chunk):
-                    dz = m[s : s + chunk, None] * P_ffn[s : s + chunk] / scale
-                    res["ffn"][l, s : s + chunk] = _lp_increase(z0, dz, t)
-                z0 = (g * c[f"blocks.{l}.hook_resid_pre"][-1] / scale) @ W.T + b
-                alpha = c[f"blocks.{l}.attn.hook_pattern"][:, -1, :]
-                v = c[f"blocks.{l}.attn.hook_v"]
-                T = r["T"]
-                for h in range(n_heads):
-                    kv = h // (n_heads // n_kv)
-                    coef = alpha[h][None, :] * v[:, kv, :].T
-                    rows = P_attn[h * dh : (h + 1) * dh]
-                    dz = (coef[:, :, None] * rows[:, None, :] / scale).reshape(dh * T, -1)
-                    for s in range(0, dh * T, chunk):
-                        res["attn"][l, h].view(-1)[s : s + chunk] = _lp_increase(z0, dz[s : s + chunk], t)
-        for r, res in zip(runs, out):
-            c = r["cache"]
-            flat = res["attn"].flatten()
-            top = torch.topk(flat, N_QUERY).indices
-            Q = torch.zeros(L, dm, dtype=torch.float64, device=dev)
-            for ix in top.tolist():
-                La, h, j, p = np.unravel_index(ix, res["attn"].shape)
-                kv = h // (n_heads // n_kv)
-                layer = hf.model.layers[int(La)]
-                key = layer.self_attn.v_proj.weight.detach()[kv * dh + j] * layer.input_layernorm.weight.detach()
-                D = c[f"blocks.{La}.hook_resid_pre"][p] @ key
-                for l in range(int(La)):
-                    down = hf.model.layers[l].mlp.down_proj.weight.detach()
-                    ci = c[f"blocks.{l}.mlp.hook_post"][p] * (key @ down) / D
-                    Q[l] += ci.double() * float(flat[ix])
-            res["query"] = Q
-            res["t"] = r["t"]
-    return [{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in res.items()} for res in out]
-
-
-def id_to_flat(n: NeuronId, shape) -> int:
-    if n.kind == "ffn":
-        return int(np.ravel_multi_index((n.layer, n.index), shape))
-    return int(np.ravel_multi_index((n.layer, n.head, n.dim, n.position), shape))
-
-
 def compare_to_dense(table, ref_scores, id_of, side) -> dict:
     """tests/test_attribution.py::_check as numbers: max |error|, top-K recall, order."""
     rows = table[table.side == side]
@@ -271,7 +189,7 @@ def compare_to_dense(table, ref_scores, id_of, side) -> dict:
     order = torch.sort(flat, descending=(side == "top")).indices
     ref_ids = [id_of(int(i)) for i in order[: K + 5]]
     ref_vals = flat[order[: K + 5]]
-    errs = [abs(float(flat[id_to_flat(n, ref_scores.shape)]) - s) for n, s in zip(rows.neuron, rows.score)]
+    errs = [abs(float(flat[reference.flat_index(n, ref_scores.shape)]) - s) for n, s in zip(rows.neuron, rows.score)]
     kth = float(ref_vals[K - 1])
     reported = set(str(n) for n in rows.neuron)
     need = [nid for nid, val in zip(ref_ids[:K], ref_vals[:K].tolist()) if abs(val - kth) > TOL_ABS]
@@ -326,7 +244,7 @@ def check_attribution(model, ref, report, dense_chunk: int) -> dict:
     t_fast = time.perf_counter() - t0
     sync(str(model.cfg.device))
     t0 = time.perf_counter()
-    dense = dense_reference(model, CASES, chunk=dense_chunk)
+    dense = reference.dense_attribution(model, CASES, chunk=dense_chunk, n_query=N_QUERY)
     sync(str(model.cfg.device))
     t_dense = time.perf_counter() - t0
     per_case = []

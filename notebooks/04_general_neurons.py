@@ -548,7 +548,7 @@ for r in sens.itertuples():
         results.add(f"start_{key}_ref_ranks", r.ref_ranks)
 alt = sens[sens.start_token != str(lm.start_token)]
 start_text = " ".join(
-    f"With {'no start token' if r.start_token.lower() == 'none' else '`' + r.start_token + '` at position 0'} the top "
+    f"With {'no start token' if r.start_token.lower() == 'none' else r.start_token + ' at position 0'} the top "
     f"general neurons are {r.top} (the default's top {n_general} rank {r.ref_ranks} there; top-10 overlap "
     f"{r.overlap_topk:.0%})." for r in alt.itertuples())
 start_text += (" The general neurons belong to position 0, not to one particular token." if alt.same_top.all() else

@@ -354,10 +354,15 @@ results.add("logit_dppl", f"{lo.d_ppl_pct:+.2f}")
 results.add("random_d", f"{rnd.d_mean_abs_b.min():+.3f} to {rnd.d_mean_abs_b.max():+.3f}")
 results.add("general_d", row.loc["general neurons"].d_mean_abs_b, fmt="+.3f")
 results.add("general_dppl", f"{row.loc['general neurons'].d_ppl_pct:+.1f}")
+lean = ne.signed_lean(items)
+results.table("lean", lean)
+edit_lean_text, edit_lean_short = ne.lean_text(lean, main)
+glue("edit_lean_text", edit_lean_text, display=False)
+results.add("edit_lean", edit_lean_short)
 ft_name = f"edit K={k_main}, fine-tuned"
 if ft_name in row.index:
     fn = row.loc[ft_name]
-    ft_neur_eval = (f"Fine-tuning the same {len(sel['edit'])} neurons instead of zeroing them changes mean $|b|$ "
+    ft_neur_eval = (f"Fine-tuning the same {len(sel['edit'])} neurons instead of zeroing them changes mean |b| "
                     f"by {fn.d_mean_abs_b:+.3f} [{fn.d_mean_abs_b_low:+.3f}, {fn.d_mean_abs_b_high:+.3f}] "
                     f"({100 * fn.d_mean_abs_b / orig.mean_abs_b:+.0f} %, {100 * fn.share_strong:.0f} % strongly "
                     f"gendered words) for {fn.d_ppl_pct:+.2f} % [{fn.d_ppl_pct_low:+.2f}, {fn.d_ppl_pct_high:+.2f}] "
@@ -377,7 +382,9 @@ glue("ft_neur_eval", ft_neur_eval, display=False)
 # {glue:text}`edit_mean_abs_b`, a paired difference of {glue:text}`edit_d`
 # {glue:text}`edit_d_ci` ({glue:text}`edit_rel` %), with {glue:text}`edit_share` % strongly
 # gendered words. The price in neutral-text perplexity is {glue:text}`edit_dppl` %
-# {glue:text}`edit_dppl_ci`.
+# {glue:text}`edit_dppl_ci`. Mean $|b|$ measures the size of the bias, not its direction, so the
+# chapter also records the signed lean of every condition (table `lean` in `results/`).
+# {glue:text}`edit_lean_text`
 #
 # The baselines: the logit-only top-{glue:text}`k_main` (no start filter, no causal step;
 # {glue:text}`logit_only_n_start` of its neurons are start-position neurons) changes mean $|b|$
@@ -483,9 +490,11 @@ if suite_conditions:
         results.add("ent_ft_lora", ent2, fmt=".3f")
         suite_text += (f"The LoRA fine-tuning baseline, trained on the CommonWords template only, gives ICAT "
                        f"{icat2:.1f} and entropy difference {ent2:.3f}. ")
+    sizes = {k: "all" if n is None else n for k, n in suite_capability.items()}
     suite_text += ("The table below lists every metric with its direction; the suites ran on subsets "
-                   f"(bias: the quick preset of `analysis_lib.benchmarks.SUITE_PROFILES` with {suite_bias or 'no changes'}; "
-                   f"capability: {suite_capability}).")
+                   "(bias: the quick preset of analysis_lib.benchmarks.SUITE_PROFILES, "
+                   + (", ".join(f"{k} = {n}" for k, n in suite_bias.items()) if suite_bias else "unchanged")
+                   + "; capability items per task: " + ", ".join(f"{k} {n}" for k, n in sizes.items()) + ").")
 else:
     piv = pd.DataFrame({"note": ["the bias and capability suites were not run in this profile"]})
     suite_text = ("The bias suite (StereoSet, WinoGender, BBQ, WinoBias) and the capability suite (arithmetic, "
@@ -526,7 +535,7 @@ if rep_table is not None:
     results.table("replicate", rep_table)
     rep_text = " ".join(ne.replicate_text(t) for t in rep_tables)
 else:
-    rep_text = ("No second model was run in this profile (the parameter `replicate_models` is empty); the full "
+    rep_text = ("No second model was run in this profile (the parameter replicate_models is empty); the full "
                 "profile repeats the recipe on Gemma 3 270M.")
 glue("rep_text", rep_text, display=False)
 
@@ -555,12 +564,15 @@ results.add("chapter_minutes", total / 60, fmt=".1f")
 # * **Direction.** Paper 1 reports that the edit reduces bias and keeps common tasks. Here the
 #   selected edit {glue:text}`edit_verdict` held-out CommonWords bias ({glue:text}`edit_d`
 #   {glue:text}`edit_d_ci` in mean $|b|$, against {glue:text}`random_d` for random neurons of
-#   the same mix) for {glue:text}`edit_dppl` % perplexity. Two things limit it at this scale.
+#   the same mix) for {glue:text}`edit_dppl` % perplexity. Three things limit it at this scale.
 #   First, the single-neuron effects measured on the training words are small and do not all
 #   transfer to new words. Second, the guard checks each neuron *alone*: the combined edit can
 #   cost more perplexity than the {glue:text}`guard_pct` % each neuron was allowed. The
 #   cumulative guard bounds the edit as a whole: its edit costs {glue:text}`joint_dppl` %
-#   perplexity on the held-out paragraphs and changes bias by {glue:text}`joint_d`.
+#   perplexity on the held-out paragraphs and changes bias by {glue:text}`joint_d`. Third, the
+#   causal step also scores each neuron alone, by how much it lowers mean $|b|$; nothing stops
+#   the selected neurons from pushing the same way and, together, past zero. Whether they do is
+#   read off the signed lean ({glue:text}`edit_lean`; see the held-out section).
 # * **What the start filter buys.** The logit-only top-K keeps start-position neurons and
 #   changes mean $|b|$ by {glue:text}`logit_d` with {glue:text}`logit_dppl` % perplexity;
 #   the two general neurons alone change it by {glue:text}`general_d` with

@@ -238,6 +238,16 @@ results.add("delta_acc", d_acc, fmt="+.3f")
 results.add("delta_sdis", d_sdis, fmt="+.2f")
 glue("delta_acc_verdict", "an interval that excludes zero" if d_acc.excludes_zero()
      else "an interval that includes zero, i.e. no detectable change", display=False)
+shift_text, by_unknown = crispr.answer_shift(summ["original"], summ["CRISPR"], d_sdis)
+glue("shift_text", shift_text, display=False)
+results.add("by_unknown", by_unknown)
+glue("length_text", (
+    "this rules out most \"unknown\" answers on length alone for the original model, so its ambiguous items "
+    "are nearly always wrong. The pruned model answers \"unknown\" almost everywhere instead (see above), "
+    "which fixes the ambiguous items and breaks the disambiguated ones." if by_unknown else
+    "this rules out most \"unknown\" answers on length alone, so ambiguous items are nearly always wrong, "
+    f"and pruning leaves that largely in place ({100 * summ['CRISPR']['share_unknown']:.0f} % \"unknown\" "
+    "answers after pruning)."), display=False)
 
 # %% [markdown]
 # {numref}`fig-crispr-main` shows how n was chosen and the accuracy under each instruction.
@@ -249,9 +259,7 @@ glue("delta_acc_verdict", "an interval that excludes zero" if d_acc.excludes_zer
 # {glue:text}`orig_accuracy_ambig` of the time and picks "unknown" in
 # {glue:text}`orig_unknown` of all answers: sequence log-probabilities penalise the longer
 # "unknown" answers (`Can't be determined` is five tokens, a person two), which the
-# length-normalised column shows. The bias scores move from s_DIS = {glue:text}`orig_s_dis`
-# to {glue:text}`crispr_s_dis` (paired change {glue:text}`delta_sdis` {glue:text}`delta_sdis_ci`)
-# and s_AMB = {glue:text}`orig_s_amb` to {glue:text}`crispr_s_amb`.
+# length-normalised column shows. {glue:text}`shift_text`
 
 # %% tags=["remove-cell"]
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
@@ -336,10 +344,13 @@ worst = cap[cap["metric"] == "accuracy"]["diff"].min() if (cap["metric"] == "acc
 results.add("cap_worst_acc_change", float(worst) * 100, fmt="+.1f")
 ppl = cap[cap["metric"] == "perplexity"]
 results.add("cap_ppl_change", float(ppl["diff"].iloc[0]) if len(ppl) else float("nan"), fmt="+.2f")
+glue("cap_ppl_text", (f"perplexity on neutral text goes from {ppl.original.iloc[0]:.2f} to {ppl.pruned.iloc[0]:.2f} "
+                      f"({100 * ppl['diff'].iloc[0] / ppl.original.iloc[0]:+.0f} %)") if len(ppl) else
+     "perplexity was not measured in this profile", display=False)
 
 # %% [markdown]
-# The largest drop in a capability accuracy is {glue:text}`cap_worst_acc_change` points and
-# perplexity changes by {glue:text}`cap_ppl_change`.
+# The largest drop in a capability accuracy is {glue:text}`cap_worst_acc_change` points
+# (intervals in the table) and {glue:text}`cap_ppl_text`.
 #
 # ## Transfer to other BBQ categories
 #
@@ -393,7 +404,7 @@ plt.close(fig)
 #
 # ## Head to head with the gender-neuron edit of chapter 5
 #
-# {glue:text}`h2h_status`
+# {glue:text}`h2h_status` {glue:text}`general_text`
 
 # %%
 edit_path = results_dir() / f"edit_{model}.json"
@@ -413,6 +424,7 @@ if edit_path.is_file():
 
 # %% tags=["remove-cell"]
 if h2h is None:
+    glue("general_text", "", display=False)
     glue("h2h_status", f"Chapter 5 has not saved its edit for {model} yet (results/edit_{model}.json), so this "
          "comparison appears once chapter 5 has run: the same BBQ items, the bias suite and the capability "
          "tasks on both edits, with the overlap of the two neuron sets.", display=False)
@@ -434,6 +446,9 @@ else:
            "(the full profile runs it).")), display=False)
     results.add("h2h_available", True)
     results.add("h2h_overlap", {k: v for k, v in ov.items()})
+    shared_general, general_text = crispr.general_overlap(neurons, model)
+    results.add("crispr_general", shared_general)
+    glue("general_text", general_text, display=False)
     results.table("h2h_bbq", h2h["bbq"])
     if h2h["bias"] is not None:
         results.table("h2h_bias", h2h["bias"])
@@ -476,6 +491,8 @@ glue("verdict", (
                          "a null result at this scale.",
        "reproduced": "The gain is detectable, so the direction of the paper's result reproduces here.",
        "opposite": "Pruning hurts here, the opposite of the paper's result."}[gain_verdict]
+    + (" Whatever the pruning adds comes from answering \"unknown\" nearly always (above), not from using the "
+       "context, so it is not the kind of gain the paper reports." if by_unknown and gain > 0 else "")
 ), display=False)
 results.time("total", time.perf_counter() - t_start)
 results.add("seconds_total", time.perf_counter() - t_start, fmt=".0f")
@@ -488,8 +505,7 @@ results.add("seconds_total", time.perf_counter() - t_start, fmt=".0f")
 # context under these prompts (its original accuracy is close to what a model that always names
 # a person would get). CRISPR can only remove what biases a decision the model actually makes
 # from the context. Second, we score by sequence log-probability, as the official code's scoring
-# mode does; this rules out most "unknown" answers on length alone, so ambiguous items are
-# nearly always wrong and no pruning of a few neurons changes that. Third, the subsets are
+# mode does; {glue:text}`length_text` Third, the subsets are
 # small, so the intervals are wide: the chosen n itself is uncertain. The chapter's
 # machinery (the attribution is checked against finite differences in `tests/test_crispr.py`)
 # runs unchanged on larger models with `-p model=...`.

@@ -1,7 +1,7 @@
 """Neuron attribution: exactness of the fast path against a plain dense reference, decomposition
 identities, and neuron ids. Real model, no mocks.
 
-The dense reference (``dense_reference`` below) is written independently of
+The dense reference (``analysis_lib.reference.dense_attribution``) is written independently of
 ``analysis_lib.attribution``: it reads the bridge's cache and the Hugging Face weights, reads
 *every* neuron out through the full vocabulary in chunks (as the authors' notebook does) and
 ranks by the exact log-probability increase. The fast path must agree with it to 1e-5 with
@@ -12,7 +12,6 @@ shared across the prompts to keep the reference within a minute on two CPU cores
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -34,8 +33,9 @@ from analysis_lib.attribution import (
     vocab_projection,
 )
 from analysis_lib.errors import NeuronIdError
-from analysis_lib.models import encode, single_token_id
+from analysis_lib.models import encode
 from analysis_lib.neurons import NeuronId, final_norm_gain
+from analysis_lib.reference import dense_attribution, flat_index
 
 # five prompts of different lengths (2..9 tokens with the start token), with targets
 CASES = [
@@ -50,114 +50,13 @@ N_QUERY = 30
 TOL_ABS = 1e-5
 
 
-# ----------------------------------------------------------------------------- the dense reference
-
-
-def _log_softmax_at(z: torch.Tensor, t: int) -> torch.Tensor:
-    """log_softmax(z)[..., t] over the full vocabulary (max-shifted, float64 sum).
-
-    Works in place on ``z`` (the caller's scratch rows): torch's own log_softmax and
-    out-of-place temporaries of 16 x 49152 rows cost several times more on CPU.
-    """
-    mx = z.amax(-1, keepdim=True)
-    zt = z[..., t] - mx[..., 0]
-    return zt - torch.log(z.sub_(mx).exp_().sum(-1, dtype=torch.float64))
-
-
-def _lp_increase(z0: torch.Tensor, dz: torch.Tensor, t: int) -> torch.Tensor:
-    """LP_t(z0 + dz) - LP_t(z0) for rows of dz, the authors' way (full log-softmax of z0 + dz).
-
-    ``dz`` is overwritten.
-    """
-    return _log_softmax_at(dz.add_(z0), t) - _log_softmax_at(z0.clone(), t)
-
-
-def dense_reference(model, cases, chunk: int = 16) -> list[dict]:
-    """Every FFN value and attention value neuron of every prompt, scored densely.
-
-    Returns one dict per prompt: ``ffn`` [L, d_mlp], ``attn`` [L, H, d_head, T] exact scores and
-    ``query`` [L, d_mlp] query scores from the dense top-30 attention neurons.
-    """
-    hf = model.original_model
-    W = hf.lm_head.weight.detach()
-    b = hf.lm_head.bias
-    b = torch.zeros(W.shape[0]) if b is None else b.detach()
-    g = hf.model.norm.weight.detach()  # Llama RMSNorm: weight * x / rms (checked in a test)
-    L = model.cfg.n_layers
-    n_heads, n_kv = model.cfg.n_heads, model.cfg.n_key_value_heads
-    dh, dm = model.cfg.d_head, model.cfg.d_mlp
-    runs = []
-    with torch.inference_mode():
-        for prompt, target in cases:
-            enc = encode(model, prompt)
-            _, cache = model.run_with_cache(enc.tokens)
-            runs.append(
-                dict(
-                    t=single_token_id(model, target),
-                    cache={k: v[0] for k, v in cache.items() if any(s in k for s in (
-                        "resid_pre", "resid_mid", "mlp.hook_post", "hook_pattern", "attn.hook_v", "ln_final.hook_scale"))},
-                    T=enc.tokens.shape[1],
-                )
-            )
-        out = [dict(ffn=torch.zeros(L, dm), attn=torch.zeros(L, n_heads, dh, r["T"])) for r in runs]
-        for l in range(L):
-            layer = hf.model.layers[l]
-            down = layer.mlp.down_proj.weight.detach()  # [d_model, d_mlp]
-            o = layer.self_attn.o_proj.weight.detach()  # [d_model, H*dh]
-            P_ffn = (down.T * g) @ W.T  # [d_mlp, V]: each FFN neuron's output vector, read out
-            P_attn = (o.T * g) @ W.T  # [H*dh, V]
-            for r, res in zip(runs, out):
-                c, t = r["cache"], r["t"]
-                scale = c["ln_final.hook_scale"][-1, 0]
-                # FFN value neurons: subvalue m_i * w_i on top of resid_mid[l]
-                z0 = (g * c[f"blocks.{l}.hook_resid_mid"][-1] / scale) @ W.T + b
-                m = c[f"blocks.{l}.mlp.hook_post"][-1]
-                for s in range(0, dm, chunk):
-                    dz = m[s : s + chunk, None] * P_ffn[s : s + chunk] / scale
-                    res["ffn"][l, s : s + chunk] = _lp_increase(z0, dz, t)
-                # attention value neurons: alpha[h, -1, p] * v[p, h // group, j] * W_O row (h, j)
-                z0 = (g * c[f"blocks.{l}.hook_resid_pre"][-1] / scale) @ W.T + b
-                alpha = c[f"blocks.{l}.attn.hook_pattern"][:, -1, :]  # [H, T]
-                v = c[f"blocks.{l}.attn.hook_v"]  # [T, n_kv, dh]
-                T = r["T"]
-                for h in range(n_heads):
-                    kv = h // (n_heads // n_kv)
-                    coef = alpha[h][None, :] * v[:, kv, :].T  # [dh, T]
-                    rows = P_attn[h * dh : (h + 1) * dh]  # [dh, V]
-                    flat_coef = coef.reshape(-1) / scale  # row-major (j, p)
-                    for s in range(0, dh * T, chunk):
-                        e = min(s + chunk, dh * T)
-                        j = torch.arange(s, e) // T
-                        dz = flat_coef[s:e, None] * rows[j]
-                        res["attn"][l, h].view(-1)[s:e] = _lp_increase(z0, dz, t)
-        # query FFN neurons from the dense top-30 attention neurons (method_spec §1.1)
-        for r, res in zip(runs, out):
-            c = r["cache"]
-            flat = res["attn"].flatten()
-            top = torch.topk(flat, N_QUERY).indices
-            Q = torch.zeros(L, dm, dtype=torch.float64)
-            for ix in top.tolist():
-                La, h, j, p = np.unravel_index(ix, res["attn"].shape)
-                kv = h // (n_heads // n_kv)
-                layer = hf.model.layers[int(La)]
-                key = layer.self_attn.v_proj.weight.detach()[kv * dh + j] * layer.input_layernorm.weight.detach()
-                D = c[f"blocks.{La}.hook_resid_pre"][p] @ key
-                for l in range(int(La)):
-                    down = hf.model.layers[l].mlp.down_proj.weight.detach()
-                    ci = c[f"blocks.{l}.mlp.hook_post"][p] * (key @ down) / D
-                    Q[l] += ci.double() * float(flat[ix])
-            res["query"] = Q
-            res["t"] = r["t"]
-    return out
-
-
 # ----------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
 def dense(model):
     t0 = time.perf_counter()
-    ref = dense_reference(model, CASES)
+    ref = dense_attribution(model, CASES, n_query=N_QUERY)
     print(f"\ndense reference: {time.perf_counter() - t0:.1f}s for {len(CASES)} prompts")
     return ref
 
@@ -180,7 +79,7 @@ def _check(kind, table, ref_scores, id_of, side):
     ref_vals = flat[order[: K + 5]]
     # 1) every reported score equals the dense score of that neuron
     for n, s in zip(rows.neuron, rows.score):
-        ix = id_to_flat(n, ref_scores.shape)
+        ix = flat_index(n, ref_scores.shape)
         assert abs(float(flat[ix]) - s) <= TOL_ABS, (kind, side, str(n), float(flat[ix]), s)
     # 2) recall: every dense top-K neuron is reported (neurons tied with the K-th within 1e-5 excepted)
     kth = float(ref_vals[K - 1])
@@ -191,12 +90,6 @@ def _check(kind, table, ref_scores, id_of, side):
     # 3) order: reported scores are sorted
     sc = rows.score.to_numpy()
     assert np.all(np.diff(sc) <= 1e-12) if side == "top" else np.all(np.diff(sc) >= -1e-12)
-
-
-def id_to_flat(n: NeuronId, shape) -> int:
-    if n.kind == "ffn":
-        return int(np.ravel_multi_index((n.layer, n.index), shape))
-    return int(np.ravel_multi_index((n.layer, n.head, n.dim, n.position), shape))
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))

@@ -58,6 +58,13 @@ def test_every_chapter_page_rendered(quick_book):
         text = page.read_text()
         assert "Traceback (most recent call last)" not in text
         assert "injected-parameters" not in text  # papermill's cell is hidden
+        # glued text is not parsed as Markdown: TeX or code marks in it would show raw
+        soup = _soup(page)
+        for tag in soup(["pre", "code", "script", "style"]):
+            tag.decompose()
+        visible = soup.get_text()
+        assert not re.findall(r"\$[^$\s][^$]{0,80}\$", visible), c
+        assert not re.findall(r"`[^`\n]{1,80}`", visible), c
     status = (html / "book" / "execution_status.html").read_text()
     for c in pipeline.chapters():
         assert c in status

@@ -194,3 +194,39 @@ def test_pruning_is_restored(model, plain_items):
     assert not np.array_equal(before.logprob, pruned.logprob)
     ov = crispr.overlap(["ffnL5N10", "ffnL20N300"], ["ffnL5N10", "attnL3H4D17"])
     assert ov["n_shared"] == 1 and ov["jaccard"] == pytest.approx(1 / 3) and ov["shared_layers"] == [5]
+
+
+def test_answer_shift_hand_made():
+    from types import SimpleNamespace
+
+    before = {"s_dis": -0.04, "s_amb": 0.34, "share_unknown": 0.04, "accuracy_ambig": 0.01, "accuracy_disambig": 0.5}
+    # the pruned model answers "unknown" to everything: s_DIS has no denominator
+    after = {"s_dis": float("nan"), "s_amb": 0.09, "share_unknown": 0.95, "accuracy_ambig": 0.91,
+             "accuracy_disambig": 0.0}
+    text, by_unknown = crispr.answer_shift(before, after, SimpleNamespace(estimate=float("nan"), low=0, high=0))
+    assert by_unknown
+    assert "s_DIS = -0.04 to undefined (the pruned model names no person" in text
+    assert "from 4 % to 95 %" in text and "from 0.50 to 0.00" in text and "nan" not in text
+    # a modest shift: a defined paired change is reported, no "unknown" verdict
+    after2 = {**before, "s_dis": 0.10, "share_unknown": 0.30, "accuracy_disambig": 0.45}
+    d = SimpleNamespace(estimate=0.14, low=-0.02, high=0.31)
+    text2, by_unknown2 = crispr.answer_shift(before, after2, d)
+    assert not by_unknown2
+    assert "(paired change +0.14 [-0.02, +0.31])" in text2 and "nearly always" not in text2
+
+
+def test_general_overlap_reads_chapter_four(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("GENDER_NEURONS_RESULTS", str(tmp_path))
+    shared, text = crispr.general_overlap(["ffnL3N5"], "smollm2-135m-instruct")
+    assert shared == [] and "no saved general neurons" in text
+    (tmp_path / "04_general_neurons.json").write_text(json.dumps({
+        "parameters": {"model": "smollm2-135m-instruct"},
+        "results": {"general_ids": ["ffnL11N1229", "ffnL11N1487"]}}))
+    shared, text = crispr.general_overlap(["ffnL29N342", "ffnL11N1229"], "smollm2-135m-instruct")
+    assert shared == ["ffnL11N1229"] and "1 of chapter 4's 2 general neurons (ffnL11N1229)" in text
+    shared, text = crispr.general_overlap(["ffnL29N342"], "smollm2-135m-instruct")
+    assert shared == [] and text.startswith("None of chapter 4's general neurons (ffnL11N1229, ffnL11N1487)")
+    # another model's chapter 4 results are not used
+    assert crispr.general_overlap(["ffnL11N1229"], "gemma3-270m")[0] == []

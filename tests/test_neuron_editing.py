@@ -215,7 +215,40 @@ def test_headline_numbers_hand_computed():
     assert h["d"] == (-0.2, "+.3f") and h["d_ci"] == ("[-0.310, -0.050]", None)
     assert h["dppl"] == ("+1.23", None) and h["verdict"][0] == "reduces"
     r.d_mean_abs_b_high = 0.01
-    assert headline_numbers(r, orig)["verdict"][0] == "does not significantly reduce"
+    assert headline_numbers(r, orig)["verdict"][0] == "does not significantly change"
+    r.d_mean_abs_b_low, r.d_mean_abs_b_high = 0.02, 0.3
+    assert headline_numbers(r, orig)["verdict"][0] == "increases"
+    r.d_mean_abs_b_low = 0.0  # an interval touching zero is not significant
+    assert headline_numbers(r, orig)["verdict"][0] == "does not significantly change"
+
+
+def test_signed_lean_and_its_text_hand_computed():
+    from analysis_lib.neuron_editing import lean_text, signed_lean
+
+    words = ["nurse", "pilot", "tree", "soup"]
+    items = {
+        "original": pd.DataFrame({"word": words, "b": [-0.5, 1.5, 0.5, 0.5]}),     # mean +0.5
+        "overshoot": pd.DataFrame({"word": words[::-1], "b": [-1.0, -1.0, 0.5, -1.5]}),  # soup, tree, pilot, nurse
+        "crosses": pd.DataFrame({"word": words, "b": [-0.5, 0.5, -0.2, -0.2]}),
+        "keeps": pd.DataFrame({"word": words, "b": [0.0, 1.0, 0.5, 0.5]}),
+    }
+    lean = signed_lean(items).set_index("condition")
+    assert lean.loc["original", "mean_b"] == pytest.approx(0.5)
+    assert lean.loc["overshoot", "mean_b"] == pytest.approx(-0.75)
+    # by word: nurse -1.5 (same sign as -0.5), pilot +0.5 (same), tree -1.0 (flipped), soup -1.0 (flipped)
+    assert lean.loc["overshoot", "share_flipped"] == pytest.approx(0.5)
+    assert lean.loc["overshoot", "share_female"] == pytest.approx(0.75)
+    assert lean.loc["keeps", "share_flipped"] == pytest.approx(0.25)  # b = 0 counts as a change of sign
+    assert lean.loc["original", "share_flipped"] == 0.0
+    text, short = lean_text(lean.reset_index(), "overshoot")
+    assert short == "mean b +0.500 → -0.750, 50 % of the words change sign"
+    assert "overshoots into a stronger female one" in text and "$" not in text
+    assert "crosses zero into a weaker female one" in lean_text(lean.reset_index(), "crosses")[0]
+    assert "keeps its direction" in lean_text(lean.reset_index(), "keeps")[0]
+    with pytest.raises(ValueError, match="lacks words"):
+        signed_lean({"original": items["original"], "short": items["original"].head(2)})
+    with pytest.raises(KeyError, match="reference="):
+        signed_lean(items, reference="edited")
 
 
 def test_cumulative_guard_equals_slow_joint_loop(model, train_words, small_attribution):

@@ -141,6 +141,16 @@ def test_paper_values_are_the_summaries_numbers(results):
     assert max(rp.P2_GAINS) == pytest.approx(76.13 - 53.26)
 
 
+def test_crispr_gain_by_answering_unknown_is_only_partly(results):
+    # the same significant gain, but the pruned model answers "unknown" nearly always
+    _write(results, "06_crispr", {**CH6, "by_unknown": True, "orig_unknown": 0.04, "crispr_unknown": 0.95},
+           transfer_categories=["Age"])
+    row = _rows(rp.compare(results)).loc["p2-gain"]
+    assert row["verdict"] == "partly"
+    assert row["our_value"].endswith('; "unknown" answers 4 % → 95 %')
+    assert "not from reading the context" in row["reason"]
+
+
 def test_missing_chapters_and_keys_are_not_tested(results):
     t = _rows(rp.compare(results))
     # chapters 0 and 1 did not run
