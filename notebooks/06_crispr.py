@@ -423,8 +423,10 @@ if edit_path.is_file():
     display(h2h["capability"].pivot_table(index=["task", "metric"], columns="condition", values="value").round(3))
 
 # %% tags=["remove-cell"]
+shared_general, general_text = crispr.general_overlap(neurons, model)
+results.add("crispr_general", shared_general)
+glue("general_text", general_text, display=False)
 if h2h is None:
-    glue("general_text", "", display=False)
     glue("h2h_status", f"Chapter 5 has not saved its edit for {model} yet (results/edit_{model}.json), so this "
          "comparison appears once chapter 5 has run: the same BBQ items, the bias suite and the capability "
          "tasks on both edits, with the overlap of the two neuron sets.", display=False)
@@ -446,9 +448,6 @@ else:
            "(the full profile runs it).")), display=False)
     results.add("h2h_available", True)
     results.add("h2h_overlap", {k: v for k, v in ov.items()})
-    shared_general, general_text = crispr.general_overlap(neurons, model)
-    results.add("crispr_general", shared_general)
-    glue("general_text", general_text, display=False)
     results.table("h2h_bbq", h2h["bbq"])
     if h2h["bias"] is not None:
         results.table("h2h_bias", h2h["bias"])

@@ -307,7 +307,12 @@ def test_replicate_runs_the_recipe_on_a_named_model(model, train_words):
     ed, _ = ne.evaluate_conditions(model, {"original": [], "edit": rep["edit"]}, test, texts[:1])
     assert t.set_index("condition").loc["edit K=2"].d_mean_abs_b == pytest.approx(ed.d_mean_abs_b.iloc[1], abs=1e-6)
     text = ne.replicate_text(t)
-    assert "`smollm2-135m-instruct`" in text and f"{row.mean_abs_b:.3f}" in text
+    assert text.startswith("On smollm2-135m-instruct the original model") and f"{row.mean_abs_b:.3f}" in text
+    assert "`" not in text and "$" not in text  # glued as plain text
+    edit_row = t.set_index("condition").loc["edit K=2"]
+    change = ("a significant reduction" if edit_row.d_mean_abs_b_high < 0 else
+              "a significant increase" if edit_row.d_mean_abs_b_low > 0 else "no significant change")
+    assert f"({change})" in text
 
 
 def test_layer_skipping_guard_perplexity_equals_full_pass(model):
