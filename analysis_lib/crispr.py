@@ -78,6 +78,7 @@ from .neurons import NeuronId
 
 __all__ = [
     "answer_shift",
+    "score_text",
     "general_overlap",
     "INSTRUCTIONS",
     "PROMPT_TEMPLATE",
@@ -785,6 +786,13 @@ def instruction_table(results: dict[str, OptionScores]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def score_text(x: Any) -> str:
+    """A BBQ score (a number or a bootstrap result) as text: ``"0.27"``, or ``"undefined"`` when it
+    is NaN (s_DIS and s_AMB are undefined when no answer names a person)."""
+    v = float(getattr(x, "estimate", x))
+    return f"{v:.2f}" if np.isfinite(v) else "undefined"
+
+
 def answer_shift(before: Mapping[str, Any], after: Mapping[str, Any], d_sdis: Any = None) -> tuple[str, bool]:
     """How pruning moved the answers, in plain text (glued text is not parsed as Markdown).
 
@@ -804,9 +812,7 @@ def answer_shift(before: Mapping[str, Any], after: Mapping[str, Any], d_sdis: An
     def val(x: Any) -> float:
         return float(getattr(x, "estimate", x))
 
-    def score(x: Any) -> str:
-        v = val(x)
-        return f"{v:.2f}" if np.isfinite(v) else "undefined"
+    score = score_text
 
     sdis0, sdis1 = val(before["s_dis"]), val(after["s_dis"])
     text = f"The bias scores move from s_DIS = {score(before['s_dis'])} to {score(after['s_dis'])}"

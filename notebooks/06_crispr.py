@@ -441,7 +441,8 @@ else:
         f"accuracy is {100 * b.loc['original', 'mean_accuracy']:.1f} % for the original model, "
         f"{100 * b.loc['CRISPR', 'mean_accuracy']:.1f} % with CRISPR's pruning and "
         f"{100 * b.loc['chapter 5', 'mean_accuracy']:.1f} % with chapter 5's edit; s_DIS is "
-        f"{b.loc['original', 's_dis']:.2f}, {b.loc['CRISPR', 's_dis']:.2f} and {b.loc['chapter 5', 's_dis']:.2f}. "
+        f"{', '.join(crispr.score_text(b.loc[c, 's_dis']) for c in ('original', 'CRISPR'))} and "
+        f"{crispr.score_text(b.loc['chapter 5', 's_dis'])}. "
         + ("The tables below give the study's bias suite (chapter 2) and the capability tasks for all three."
            if h2h["bias"] is not None else
            "The tables below give the capability tasks for all three; this profile skips the bias suite "

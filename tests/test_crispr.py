@@ -205,6 +205,7 @@ def test_answer_shift_hand_made():
              "accuracy_disambig": 0.0}
     text, by_unknown = crispr.answer_shift(before, after, SimpleNamespace(estimate=float("nan"), low=0, high=0))
     assert by_unknown
+    assert crispr.score_text(float("nan")) == "undefined" and crispr.score_text(0.274) == "0.27"
     assert "s_DIS = -0.04 to undefined (the pruned model names no person" in text
     assert "from 4 % to 95 %" in text and "from 0.50 to 0.00" in text and "nan" not in text
     # a modest shift: a defined paired change is reported, no "unknown" verdict
