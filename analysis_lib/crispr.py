@@ -805,23 +805,21 @@ def answer_shift(before: Mapping[str, Any], after: Mapping[str, Any], d_sdis: An
         d_sdis: the paired change of s_DIS (:func:`paired_change`), or ``None``.
 
     Returns:
-        ``(text, by_unknown)``: ``by_unknown`` is True when the pruned model answers "unknown"
-        at least half the time more often than before while disambiguated accuracy falls, i.e.
-        an accuracy gain would come from answering "unknown", not from reading the context.
+        ``(text, by_unknown)``: ``by_unknown`` is True when the share of "unknown" answers rises
+        by at least 50 percentage points while disambiguated accuracy falls, i.e. an accuracy
+        gain would come from answering "unknown", not from reading the context.
     """
     def val(x: Any) -> float:
         return float(getattr(x, "estimate", x))
 
-    score = score_text
-
     sdis0, sdis1 = val(before["s_dis"]), val(after["s_dis"])
-    text = f"The bias scores move from s_DIS = {score(before['s_dis'])} to {score(after['s_dis'])}"
+    text = f"The bias scores move from s_DIS = {score_text(before['s_dis'])} to {score_text(after['s_dis'])}"
     if not np.isfinite(sdis1) or not np.isfinite(sdis0):
         who = "pruned" if not np.isfinite(sdis1) else "original"
         text += f" (the {who} model names no person in disambiguated contexts, so s_DIS has no denominator)"
     elif d_sdis is not None and np.isfinite(val(d_sdis)):
         text += f" (paired change {val(d_sdis):+.2f} [{d_sdis.low:+.2f}, {d_sdis.high:+.2f}])"
-    text += f" and s_AMB = {score(before['s_amb'])} to {score(after['s_amb'])}. "
+    text += f" and s_AMB = {score_text(before['s_amb'])} to {score_text(after['s_amb'])}. "
     u0, u1 = float(before["share_unknown"]), float(after["share_unknown"])
     a0, a1 = val(before["accuracy_ambig"]), val(after["accuracy_ambig"])
     d0, d1 = val(before["accuracy_disambig"]), val(after["accuracy_disambig"])
