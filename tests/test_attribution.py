@@ -6,8 +6,8 @@ The dense reference (``analysis_lib.reference.dense_attribution``) is written in
 *every* neuron out through the full vocabulary in chunks (as the authors' notebook does) and
 ranks by the exact log-probability increase. The fast path must agree with it to 1e-5 with
 100% top-50 recall, for FFN value, attention value and FFN query neurons, top and bottom, on
-five prompts of different lengths. The per-layer projections ``(w * g_final) @ W_U.T`` are
-shared across the prompts to keep the reference within a minute on two CPU cores.
+four prompts of different lengths. The per-layer projections ``(w * g_final) @ W_U.T`` are
+shared across the prompts; the reference still takes about two minutes on two CPU cores.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from analysis_lib.models import encode
 from analysis_lib.neurons import NeuronId, final_norm_gain
 from analysis_lib.reference import dense_attribution, flat_index
 
-# five prompts of different lengths (2..9 tokens with the start token), with targets
+# four prompts of different lengths (2 to 10 tokens with the start token), with targets; the
+# dense reference's cost grows with the total length (a fifth prompt of 8 tokens cost ~35 s)
 CASES = [
     ("Hello", " world"),
     ("The nurse is a", " woman"),
     ("The capital of France is", " Paris"),
-    ("She went to the market and bought", " a"),
     ("After a long day, the surgeon said that", " he"),
 ]
 K = 50
