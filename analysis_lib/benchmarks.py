@@ -89,13 +89,20 @@ __all__ = [
 ]
 
 #: Subset sizes of :func:`bias_suite` per profile (``None`` = every item). ``quick`` is what
-#: the tests run; ``full`` is what the book reports (BBQ and WinoBias are subsampled even
-#: there so that three models fit in minutes on a laptop CPU; see the chapter's appendix).
+#: the tests run; ``full`` is what the book reports. ``stereoset_n`` sizes the intrasentence
+#: items (the papers' StereoSet measure), ``stereoset_inter_n`` the intersentence ones (our
+#: extra check). Even ``full`` subsamples intersentence StereoSet, BBQ and WinoBias: chapter 2
+#: runs the suite on three models and must fit in 10 minutes on two CPU cores, and scoring is
+#: compute-bound (every item took 156 s on the default model alone; with 100 StereoSet items
+#: of each kind, 120 BBQ items and 70 WinoBias pairs the chapter took 8.7 minutes for the
+#: three models; ``bench/README.md``, "Chapter 2"). Subsets of one seed are nested, so the
+#: full items include the quick ones.
 SUITE_PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "commonwords_split": "test",
         "stereoset_kinds": ("intrasentence",),
         "stereoset_n": 50,
+        "stereoset_inter_n": 50,
         "winogender_n": None,
         "bbq_n": 150,
         "winobias_n": 50,
@@ -105,9 +112,10 @@ SUITE_PROFILES: dict[str, dict[str, Any]] = {
         "commonwords_split": "test",
         "stereoset_kinds": ("intrasentence", "intersentence"),
         "stereoset_n": None,
+        "stereoset_inter_n": 50,
         "winogender_n": None,
-        "bbq_n": 300,
-        "winobias_n": 150,
+        "bbq_n": 100,
+        "winobias_n": 60,
         "n_boot": 1000,
     },
 }
@@ -138,7 +146,9 @@ def option_logprobs(
     does for one (context, continuation) pair. Here the context is run once per item: the
     options follow it in the same row, each with the positions it would have right after
     the context and an attention mask that lets it see the context and its own earlier
-    tokens only.
+    tokens only. Leading tokens that all options of an item share are read out once and
+    their log-probability is added to each option (StereoSet's intrasentence sentences
+    differ only from the blank on).
 
     Args:
         model: a loaded bridge.
@@ -163,7 +173,13 @@ def option_logprobs(
     if len(contexts) == 0:
         raise StudyError("Nothing to score: no contexts were given.")
     prefix = [model.start_token_id] if model.start_token_id is not None else []
-    rows: list[tuple[list[int], list[list[int]]]] = []
+    # (context, options, shared): the options' leading tokens that all of them share are moved
+    # into the context and scored once (their log-probability is added to every option);
+    # ``shared`` is where they start. Every scored token is a full-vocabulary readout, so
+    # whole sentences with a common start cost less (StereoSet's intrasentence triples: 14 %
+    # less time on Gemma 3, whose vocabulary has 262,144 tokens).
+    rows: list[tuple[list[int], list[list[int]], int]] = []
+    counts = []
     for ctx, opts in zip(contexts, options):
         c = prefix + (token_ids(model, ctx) if ctx else [])
         if not c:
@@ -174,11 +190,12 @@ def option_logprobs(
         for x, ids in zip(opts, o):
             if not ids:
                 raise StudyError(f"Option {x!r} has no tokens.")
-        rows.append((c, o))
-    lengths = np.array([len(c) + sum(len(x) for x in o) for c, o in rows])
+        counts.append(np.array([len(x) for x in o]))
+        k = _shared_prefix_len(o) if len(o) > 1 else 0
+        rows.append((c + o[0][:k], [x[k:] for x in o], len(c)))
+    lengths = np.array([len(c) + sum(len(x) for x in o) for c, o, _ in rows])
     order = np.argsort(-lengths, kind="stable")
-    sums = [np.zeros(len(o)) for _, o in rows]
-    counts = [np.array([len(x) for x in o]) for _, o in rows]
+    sums = [np.zeros(len(o)) for _, o, _ in rows]
     pad = int(model.tokenizer.pad_token_id or 0)
     device = model.cfg.device or "cpu"
     hf = model.original_model
@@ -194,11 +211,17 @@ def option_logprobs(
             # prediction sites: (row in batch, position read, target id, item, option)
             sb, sp, st, si, so = [], [], [], [], []
             for b, i in enumerate(idx):
-                c, opts = rows[i]
+                c, opts, shared = rows[i]
                 lc = len(c)
                 toks[b, :lc] = torch.tensor(c)
                 pos[b, :lc] = torch.arange(lc)
                 seg[b, :lc] = 0
+                n = lc - shared  # the options' shared leading tokens (option -1: added to all)
+                sb += [b] * n
+                sp += list(range(shared - 1, lc - 1))
+                st += c[shared:]
+                si += [int(i)] * n
+                so += [-1] * n
                 start = lc
                 for j, ids in enumerate(opts):
                     n = len(ids)
@@ -225,8 +248,20 @@ def option_logprobs(
             lp = _unembed(model, h).float().log_softmax(-1)
             got = lp.gather(-1, torch.as_tensor(st, device=device)[:, None])[:, 0].double().cpu().numpy()
             for k in range(len(got)):
-                sums[si[k]][so[k]] += got[k]
+                if so[k] < 0:
+                    sums[si[k]] += got[k]
+                else:
+                    sums[si[k]][so[k]] += got[k]
     return sums, counts
+
+
+def _shared_prefix_len(opts: Sequence[Sequence[int]]) -> int:
+    """Number of leading tokens that every option shares, leaving each at least one token."""
+    k = 0
+    limit = min(len(x) for x in opts) - 1
+    while k < limit and all(x[k] == opts[0][k] for x in opts[1:]):
+        k += 1
+    return k
 
 
 def _subsample(n_total: int, n: int | None, seed: int) -> np.ndarray:
@@ -819,7 +854,8 @@ def bias_suite(
         items[f"commonwords_{kind}"] = it
         tables.append(score_table(name, "commonwords", kind, commonwords_summary(it, n_boot=nb, seed=seed)))
     for kind in s["stereoset_kinds"]:
-        it, sc = timed(f"stereoset/{kind}", lambda: stereoset_eval(model, kind, s["stereoset_n"], seed, n_boot=nb,
+        n_ss = s["stereoset_n"] if kind == "intrasentence" else s["stereoset_inter_n"]
+        it, sc = timed(f"stereoset/{kind}", lambda: stereoset_eval(model, kind, n_ss, seed, n_boot=nb,
                                                                     progress=progress))
         items[f"stereoset_{kind}"] = it
         tables.append(score_table(name, "stereoset", kind, sc))

@@ -447,7 +447,8 @@ plt.close(g.figure)
 # ICAT {glue:text}`ss_inter_icat` {glue:text}`ss_inter_icat_ci`. The intrasentence SS by
 # model is {glue:text}`ss_models_intra_ss` and the intrasentence ICAT is
 # {glue:text}`ss_models_intra_icat`. StereoSet's gender domain is small: the intervals
-# resample about 40 target terms and are several points wide.
+# resample about 40 target terms, so they are wide, and wider still on the intersentence
+# subset.
 #
 # **WinoGender.** The entropy difference of the default model is {glue:text}`wg_ed`
 # {glue:text}`wg_ed_ci`. The model is far from certain about the pronoun on most sentences:
@@ -490,7 +491,12 @@ plt.close(g.figure)
 # ## Appendix: cost of the evaluation
 #
 # Wall-clock times of this run. The time of each benchmark includes tokenization, scoring
-# and the bootstrap. The last cell times `commonwords_bias` on the
+# and the bootstrap. Scoring is compute-bound, so the full profile (three models) has to
+# choose its subsets to fit in 10 minutes on two CPU cores. It scores every intrasentence
+# StereoSet item (the measure of both papers) and seeded subsets of the intersentence
+# items, BBQ and WinoBias (the settings table below). Every item is a `suite_overrides`
+# parameter away (`{stereoset_inter_n: null, bbq_n: null, winobias_n: null}`), but BBQ's
+# gender category alone has 5,672 items: hours on a CPU, minutes on a GPU. The last cell times `commonwords_bias` on the
 # {glue:text}`time_cw_n` test-split noun prompts against the bare decoder passes over the
 # same prompts in the same batches (`benchmarks.commonwords_timing`, medians of three runs).
 

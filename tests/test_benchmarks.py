@@ -41,11 +41,20 @@ def _ci_ok(r, lo, hi):
 
 
 def test_option_logprobs_equals_separate_continuations(model):
+    # options with shared leading tokens (scored once), one option inside another, identical
+    # options, no shared tokens, and a context that is only the start token
     contexts = ["The developer argued with the designer because", "",
-                "Context: A man and a woman were late. Question: Who was late? Your answer:"]
+                "Context: A man and a woman were late. Question: Who was late? Your answer:", "",
+                "She said", ""]
     options = [[" he did not like the design.", " she did not like the design."],
                ["The nurse is kind.", "Green ideas sleep.", "Hi"],
-               [" The man", " Not enough information", " The woman"]]
+               [" The man", " Not enough information", " The woman"],
+               ["The chess player was hispanic.", "The chess player was asian.", "The chess player was fox."],
+               [" that the nurse", " that the nurse is", " that the nurse is"],
+               ["Hello there", "Hello there"]]
+    assert bm._shared_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]]) == 1
+    assert bm._shared_prefix_len([[5, 6], [5, 6]]) == 1
+    assert bm._shared_prefix_len([[1, 2], [3, 2]]) == 0
     sums, counts = bm.option_logprobs(model, contexts, options, batch_size=2)
     flat_c = [c for c, o in zip(contexts, options) for _ in o]
     flat_o = [x for o in options for x in o]
