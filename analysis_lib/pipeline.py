@@ -83,6 +83,29 @@ def source_notebook(chapter: str):
     return jupytext.read(notebooks_dir() / f"{chapter}.py")
 
 
+class _UnknownParameterFilter:
+    """Drops papermill's "Passed unknown parameter" warning (see :func:`_quiet_papermill`)."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("Passed unknown parameter")
+
+
+def _quiet_papermill() -> None:
+    """Silence papermill's two misleading parameter warnings.
+
+    papermill's own line-based parameter parser misreads literals containing "=" (e.g.
+    ``sums = ["3+5="]``): it warns about them and calls such a parameter unknown. The
+    parameters are read with ``ast`` and checked here (:func:`declared_parameters`,
+    :func:`validate_parameters`) before papermill sees them, so both warnings are dropped.
+    """
+    import logging
+
+    logging.getLogger("papermill.translators").setLevel(logging.ERROR)
+    pm_log = logging.getLogger("papermill")
+    if not any(isinstance(f, _UnknownParameterFilter) for f in pm_log.filters):
+        pm_log.addFilter(_UnknownParameterFilter())
+
+
 def declared_parameters(nb) -> dict[str, Any]:
     """Names and default values of the literal-only cell tagged ``parameters``."""
     import ast
@@ -220,13 +243,9 @@ def run_chapter(
         ChapterError: a cell failed; names the chapter, the cell and the error. The partial
             notebook is kept under ``build/failed/`` for inspection, never in ``book/``.
     """
-    import logging
-
     import papermill as pm
 
-    # papermill's own line-based parameter parser warns on literals containing "=" (e.g.
-    # sums = ["3+5="]); the parameters are read with ``ast`` here (declared_parameters).
-    logging.getLogger("papermill.translators").setLevel(logging.ERROR)
+    _quiet_papermill()
     t0 = time.perf_counter()
     chapter = resolve_chapter(chapter)
     nb = source_notebook(chapter)

@@ -138,7 +138,8 @@ plt.close(fig)
 # Share of the female token in the gendered pair after "The {profession} is a" (left) and
 # "The {profession} said that" (right). Bars above the dashed line favour the female token.
 # Stereotypically female professions (nurse, secretary, teacher) lean female more than
-# stereotypically male ones, though the instruct-tuned models lean female overall.
+# stereotypically male ones. The overall level differs by model and by template, because the
+# two target pairs have different base rates ({ref}`ch-measuring`).
 # ```
 #
 # {numref}`fig-start-probe` previews the question of the next chapters: where inside the

@@ -102,3 +102,18 @@ def test_failing_chapter_names_the_cell_and_leaves_no_output(tmp_path, monkeypat
     assert not (out / "07_broken.ipynb").exists()
     proc = _cli("run", "07", env={pipeline.NOTEBOOKS_ENV: str(src)})
     assert proc.returncode == 2 and "deliberate failure" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_papermill_parameter_warnings_are_silenced_once_validated(caplog):
+    # a literal with "=" (chapter 4's sums = ["3+5="]) makes papermill's own parser call the
+    # parameter unknown; run_chapter validates with ast first and drops that warning only
+    import logging
+
+    pipeline._quiet_papermill()
+    pipeline._quiet_papermill()  # idempotent: one filter
+    log = logging.getLogger("papermill")
+    assert sum(isinstance(f, pipeline._UnknownParameterFilter) for f in log.filters) == 1
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        log.warning("Passed unknown parameter: sums")
+        log.warning("Input notebook does not contain a cell with tag 'parameters'")
+    assert [r.getMessage() for r in caplog.records] == ["Input notebook does not contain a cell with tag 'parameters'"]
