@@ -71,6 +71,7 @@ __all__ = [
     "query_scan",
     "random_same_layer",
     "replicate",
+    "replicate_text",
     "rank_gender",
     "rank_general",
     "run_conditions",
@@ -849,16 +850,56 @@ def replicate(
             "verdict": collapse_verdict(vs), "summary": summary}
 
 
+def _coefficient_text(x: float) -> str:
+    """3064.8 -> "3,064.8"; -0.0123456 -> "-0.0123" (never "-0")."""
+    return f"{x:,.1f}" if abs(x) >= 1 else f"{x:.3g}"
+
+
+def replicate_text(summary: Mapping[str, Any]) -> str:
+    """The chapter's paragraph on a second model, from :func:`replicate`'s ``summary``.
+
+    Plain text (it is glued into Markdown, which does not parse it): the general neurons,
+    their share of query score at the start token and coefficient there (a tiny coefficient
+    keeps three significant digits instead of printing as "-0"), whether they are the model's
+    largest start-token activations, and every task as is → masked beside the random draws.
+    """
+    s = summary
+
+    def tasks(suffix: str) -> str:
+        return "; ".join(f"{k.split(':')[0]} {v}" for k, v in s.items() if k.endswith(suffix))
+
+    text = (f"In {s['model']} ({s['layers']} layers) the top general neurons are {s['general']} (layers "
+            f"{s['general_layers']}); {s['share_start']:.0%} of the first one's query score sits at the start token, "
+            f"where its coefficient is {_coefficient_text(s['m_start'])}. ")
+    text += ("They are also the model's largest start-token activations. " if s["are_massive"] else
+             f"The model's largest start-token activation belongs to {s['top_massive']} instead. ")
+    text += f"Masking them: {tasks('as is → masked')} (random draws of two same-layer neurons: {tasks('random draws')})."
+    if any(k.endswith("largest start activations masked") for k in s):
+        text += (f" Masking the two largest start-token activations instead ({s['top_massive']}): "
+                 f"{tasks('largest start activations masked')}.")
+    return text
+
+
 # ----------------------------------------------------------------------------- verdicts
 
 
-def collapse_verdict(vs_random: pd.DataFrame, *, full: float = 0.6, partial: float = 0.25) -> dict[str, Any]:
+def collapse_verdict(vs_random: pd.DataFrame, main: pd.DataFrame | None = None, *, condition: str = "general",
+                     full: float = 0.6, partial: float = 0.25) -> dict[str, Any]:
     """Verdict on "masking the general neurons collapses arithmetic and RACE".
 
     The effect on each task is the share of the model's headroom that is lost:
     ``(original - masked) / (original - chance)`` (one-digit arithmetic: chance 0; RACE:
     25 %). A task counts only when its change is more extreme than that of every random draw
     (``frac_random_as_extreme == 1 / (n_random + 1)``).
+
+    Args:
+        vs_random: :func:`general_vs_random` (the control-size subsets, where the random
+            draws ran): decides whether a task's change is beyond every random draw.
+        main: the main conditions' table (columns ``task``, ``condition``, ``value``), on
+            larger subsets than the control; when given, the headroom lost is computed from
+            its ``"original"`` and ``condition`` rows, so that it matches the accuracies a
+            chapter quotes. Without it, from ``vs_random``.
+        condition: the masked condition's name in ``main``.
 
     Returns:
         ``{"verdict", "arith_drop", "race_drop", "arith_p", "race_p"}``: "reproduced" when both
@@ -874,8 +915,14 @@ def collapse_verdict(vs_random: pd.DataFrame, *, full: float = 0.6, partial: flo
             out[f"{key}_drop"], out[f"{key}_p"] = float("nan"), float("nan")
             continue
         r = r.iloc[0]
-        head = r.original - chance
-        drop = (r.original - r.target) / head if head > 0 else float("nan")
+        before, after = float(r.original), float(r.target)
+        if main is not None:
+            m = main[main.task == task].set_index("condition")["value"]
+            if "original" not in m.index or condition not in m.index:
+                raise StudyError(f"The main table has no 'original' and {condition!r} rows for {task}.")
+            before, after = float(m["original"]), float(m[condition])
+        head = before - chance
+        drop = (before - after) / head if head > 0 else float("nan")
         out[f"{key}_drop"], out[f"{key}_p"] = float(drop), float(r.frac_random_as_extreme)
         out[f"{key}_beyond_random"] = bool(r.frac_random_as_extreme <= 1 / (r.n_random + 1) + 1e-9)
     eff = [out[f"{k}_drop"] if (np.isfinite(out[f"{k}_drop"]) and out.get(f"{k}_beyond_random")) else 0.0

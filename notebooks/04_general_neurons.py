@@ -587,7 +587,7 @@ if reps:
     results.add("replicate_general_layers", s0["general_layers"])
     results.add("replicate_layers", s0["layers"])
     results.add("replicate_share_start", s0["share_start"], fmt=".2f")
-    results.add("replicate_m_start", s0["m_start"], fmt=".0f")
+    results.add("replicate_m_start", s0["m_start"], fmt=".3g")
     results.add("replicate_are_massive", s0["are_massive"])
     for r in r0["vs_random"].itertuples():
         f = 100 if r.metric == "accuracy" else 1
@@ -596,19 +596,7 @@ if reps:
         results.add(f"replicate_{r.task}_random", f"{f * r.random_min:.{1 if f == 100 else 2}f}–{f * r.random_max:.{1 if f == 100 else 2}f}")
     results.add("replicate_arith_drop", r0["verdict"]["arith_drop"], fmt=".0%")
     results.add("verdict_replicate", r0["verdict"]["verdict"])
-    glue("rep_text", (
-        f"In {name0} ({s0['layers']} layers) the top general neurons are {s0['general']} (layers "
-        f"{s0['general_layers']}); {s0['share_start']:.0%} of the first one's query score sits at the start token, where its "
-        f"coefficient is {s0['m_start']:.0f}. "
-        + ("They are also the model's largest start-token activations. " if s0["are_massive"] else
-           f"The model's largest start-token activation belongs to {s0['top_massive']} instead. ")
-        + "Masking them: " + "; ".join(f"{k.split(':')[0]} {v}" for k, v in s0.items() if k.endswith("as is → masked"))
-        + f" (random draws of two same-layer neurons: "
-        + "; ".join(f"{k.split(':')[0]} {v}" for k, v in s0.items() if k.endswith("random draws")) + ")."
-        + ((" Masking the two largest start-token activations instead ("
-            + s0["top_massive"] + "): "
-            + "; ".join(f"{k.split(':')[0]} {v}" for k, v in s0.items() if k.endswith("largest start activations masked"))
-            + ".") if any(k.endswith("largest start activations masked") for k in s0) else "")), display=False)
+    glue("rep_text", general.replicate_text(s0), display=False)
 else:
     replicate = pd.DataFrame({"note": ["No second model in this profile (replicate_models is empty); run the full profile."]})
     results.add("verdict_replicate", "not tested")
@@ -622,7 +610,7 @@ replicate.T if "model" in replicate else replicate
 
 # %% tags=["remove-cell"]
 n_layers = len(lm.original_model.model.layers)
-cv = general.collapse_verdict(vs_random)
+cv = general.collapse_verdict(vs_random, main_table)
 v_exist = "reproduced" if (len(general_ids) == n_general and float(gen_rank.share_start.iloc[0]) > 0.9) else "partly reproduced"
 v_layer = "reproduced" if max(int(x) for x in gen_rank.layer.head(n_general)) <= max(2, n_layers // 8) else "not reproduced"
 v_mech = general.verdict(results.values["cna_flip_share"] - (flip_ctrl if np.isfinite(flip_ctrl) else 0.0), 0.25, 0.05)
@@ -665,7 +653,7 @@ results.time("total", time.perf_counter() - T0)
 #   86 %) and RACE from {glue:text}`original_race` % to {glue:text}`general_race` % (chance
 #   {glue:text}`chance_race` %; {glue:text}`race_drop_share_above_chance` of the accuracy above
 #   chance lost; the paper: 63.5 → 31.5 %). A task counts only if its drop exceeds every
-#   random draw. Beyond the paper's tasks, perplexity grows {glue:text}`ppl_ratio_general`-fold,
+#   random draw (on the smaller control subsets, where the random draws ran). Beyond the paper's tasks, perplexity grows {glue:text}`ppl_ratio_general`-fold,
 #   while PIQA goes from {glue:text}`original_piqa` % to {glue:text}`general_piqa` %.
 # * **Masking them flips the coefficients of deeper arithmetic neurons:
 #   {glue:text}`verdict_mechanism`.** {glue:text}`cna_flip_share` of the top arithmetic

@@ -18,6 +18,7 @@ import torch
 from analysis_lib import general
 from analysis_lib.attribution import attribute, forward_data
 from analysis_lib.editing import mask_neurons
+from analysis_lib.errors import StudyError
 from analysis_lib.models import encode, single_token_id
 from analysis_lib.neurons import NeuronId
 
@@ -222,3 +223,50 @@ def test_cna_table_columns(model):
     same = general.cna_table(model, "3+5=", [], n_top=5, n_shortlist=0)
     np.testing.assert_allclose(same.imp_orig, same.imp_masked, atol=1e-9)
     assert not same.sign_flip.any()
+
+
+def test_collapse_verdict_hand_computed():
+    # control subsets: 20 random draws; the general condition beyond all of them on both tasks
+    rows = [("arithmetic_1digit", "original", "base", 0.325), ("arithmetic_1digit", "general", "general", 0.025),
+            ("race", "original", "base", 0.30), ("race", "general", "general", 0.20)]
+    rows += [(t, f"random {i}", "random", v) for i in range(20) for t, v in (("arithmetic_1digit", 0.33), ("race", 0.30))]
+    control = pd.DataFrame(rows, columns=["task", "condition", "kind", "value"]).assign(metric="accuracy")
+    vs = general.general_vs_random(control, "general")
+    assert vs.set_index("task").frac_random_as_extreme.tolist() == pytest.approx([1 / 21, 1 / 21])
+    # from the control subsets: arithmetic loses 0.3/0.325 = 92 %; RACE (chance 1/4) 0.1/0.05 = 200 %
+    cv = general.collapse_verdict(vs)
+    assert cv["arith_drop"] == pytest.approx(0.3 / 0.325) and cv["race_drop"] == pytest.approx(2.0)
+    assert cv["verdict"] == "reproduced"
+    # from the main subsets the chapter quotes: 28 % -> 8 % loses 20/28 = 71 %; RACE 38.1 -> 28.6 %
+    # loses (0.381 - 0.286) / (0.381 - 0.25) = 72.5 %
+    main = pd.DataFrame([("arithmetic_1digit", "original", 0.28), ("arithmetic_1digit", "general", 0.08),
+                         ("race", "original", 0.381), ("race", "general", 0.286)], columns=["task", "condition", "value"])
+    cv = general.collapse_verdict(vs, main)
+    assert cv["arith_drop"] == pytest.approx(20 / 28) and cv["race_drop"] == pytest.approx(0.095 / 0.131)
+    assert cv["verdict"] == "reproduced"
+    # a RACE drop of 20 % of the headroom and arithmetic at 71 %: partly
+    main.loc[3, "value"] = 0.381 - 0.2 * 0.131
+    assert general.collapse_verdict(vs, main)["verdict"] == "partly reproduced"
+    # a drop that some random draw matches does not count, however large
+    control.loc[control.condition == "random 3", "value"] = 0.0
+    assert general.collapse_verdict(general.general_vs_random(control, "general"), main)["verdict"] == "not reproduced"
+    with pytest.raises(StudyError, match="no 'original' and 'masked'"):
+        general.collapse_verdict(vs, main, condition="masked")
+
+
+def test_replicate_text_reads_the_summary():
+    s = {"model": "gemma3-270m", "layers": 18, "general": "ffnL10N1386, ffnL7N1455", "general_layers": "10, 7",
+         "share_start": 0.9996, "m_start": -0.0123456, "are_massive": False, "top_massive": "ffnL0N1405, ffnL0N1702",
+         "race: as is → masked": "20.0 → 20.0", "race: random draws": "20.0–20.0",
+         "race: largest start activations masked": "30.0"}
+    text = general.replicate_text(s)
+    assert text == ("In gemma3-270m (18 layers) the top general neurons are ffnL10N1386, ffnL7N1455 (layers 10, 7); "
+                    "100% of the first one's query score sits at the start token, where its coefficient is -0.0123. "
+                    "The model's largest start-token activation belongs to ffnL0N1405, ffnL0N1702 instead. "
+                    "Masking them: race 20.0 → 20.0 (random draws of two same-layer neurons: race 20.0–20.0). "
+                    "Masking the two largest start-token activations instead (ffnL0N1405, ffnL0N1702): race 30.0.")
+    s.update(are_massive=True, m_start=3064.8)
+    del s["race: largest start activations masked"]
+    text = general.replicate_text(s)
+    assert "coefficient is 3,064.8." in text and "They are also the model's largest" in text
+    assert "instead" not in text and "`" not in text and "$" not in text
