@@ -93,10 +93,10 @@ __all__ = [
 #: items (the papers' StereoSet measure), ``stereoset_inter_n`` the intersentence ones (our
 #: extra check). Even ``full`` subsamples intersentence StereoSet, BBQ and WinoBias: chapter 2
 #: runs the suite on three models and must fit in 10 minutes on two CPU cores, and scoring is
-#: compute-bound (every item took 156 s on the default model alone; with 100 StereoSet items
-#: of each kind, 120 BBQ items and 70 WinoBias pairs the chapter took 8.7 minutes for the
-#: three models; ``bench/README.md``, "Chapter 2"). Subsets of one seed are nested, so the
-#: full items include the quick ones.
+#: compute-bound (every StereoSet item, 300 BBQ items and 150 WinoBias pairs took 156 s on the
+#: default model alone, about 13 minutes for the chapter; with these sizes it takes about 8;
+#: ``bench/README.md``, "Chapter 2"). Subsets of one seed are nested, so the full items
+#: include the quick ones.
 SUITE_PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "commonwords_split": "test",
