@@ -304,6 +304,8 @@ for r in vs_random.itertuples():
     results.add(f"p_random_{r.task}", float(r.frac_random_as_extreme), fmt=".2f")
     scale = 100 if r.metric == "accuracy" else 1
     results.add(f"random_range_{r.task}", f"{scale * r.random_min:.{1 if scale == 100 else 2}f}–{scale * r.random_max:.{1 if scale == 100 else 2}f}")
+    results.add(f"control_original_{r.task}", scale * r.original, fmt=".1f" if scale == 100 else ".2f")
+    results.add(f"control_general_{r.task}", scale * r.target, fmt=".1f" if scale == 100 else ".2f")
 for r in deltas.itertuples():
     scale = 100 if r.metric == "accuracy" else 1
     results.add(f"delta_{r.condition}_{r.task}", scale * float(r.diff), fmt="+.1f" if scale == 100 else "+.2f")
@@ -362,8 +364,12 @@ plt.close(fig)
 # {glue:text}`general_race` % (chance {glue:text}`chance_race` %), PIQA from
 # {glue:text}`original_piqa` % to {glue:text}`general_piqa` % (chance {glue:text}`chance_piqa` %)
 # and perplexity from {glue:text}`original_neutral` to {glue:text}`general_neutral`. The random
-# draws stay within {glue:text}`random_range_arithmetic_1digit` % on one-digit addition and
-# {glue:text}`random_range_neutral` in perplexity. Masking the two gender neurons changes
+# draws ran on the smaller control subsets (the grey dots), where the model as is scores
+# {glue:text}`control_original_arithmetic_1digit` % on one-digit addition and has perplexity
+# {glue:text}`control_original_neutral`. There the general neurons take these to
+# {glue:text}`control_general_arithmetic_1digit` % and {glue:text}`control_general_neutral`,
+# while the random draws stay within {glue:text}`random_range_arithmetic_1digit` % and
+# {glue:text}`random_range_neutral`. Masking the two gender neurons changes
 # one-digit addition by {glue:text}`delta_gender_arithmetic_1digit` points
 # {glue:text}`delta_gender_arithmetic_1digit_ci` and perplexity by
 # {glue:text}`delta_gender_neutral` {glue:text}`delta_gender_neutral_ci`.
