@@ -766,10 +766,12 @@ def _edit_second_arch(v: ResultsDir) -> Outcome:
 
 
 def _edit_config(v: ResultsDir) -> Outcome:
-    n_cand, n_sel = int(v.num(C5, "n_candidates_max")), int(v.num(C5, "n_selected"))
+    # n_selected: candidates that pass the causal test and the guard; the edit is their top K
+    n_cand, n_sel, k = int(v.num(C5, "n_candidates_max")), int(v.num(C5, "n_selected")), int(v.num(C5, "k_main"))
+    n_edit = min(k, n_sel)
     our = (f"{n_cand} candidates → {int(v.num(C5, 'n_dropped_start'))} start-position dropped, "
-           f"{int(v.num(C5, 'n_guard_failed'))} refused by the guard → {n_sel} edited")
-    if n_cand >= 150 and n_sel == 50:
+           f"{int(v.num(C5, 'n_guard_failed'))} refused by the guard → {n_sel} selected → the top {n_edit} edited")
+    if n_cand >= 150 and n_edit == 50:
         return Outcome(our, "reproduced", "the paper's numbers of candidates and edited neurons")
     return Outcome(our, "partly", f"same pipeline at another size (top_n = {int(v.num(C5, 'top_n'))}, "
                                   f"K = {int(v.num(C5, 'k_main'))})")

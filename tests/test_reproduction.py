@@ -277,3 +277,17 @@ def test_second_architecture_edit_claim(tmp_path):
     # listed as replicated but without its numbers: not tested, never a verdict
     _write(tmp_path, "05_editing_bias", CH5, replicate_models=["gemma3-270m"])
     assert _rows(rp.compare(tmp_path)).loc["p1-edit-second-arch", "verdict"] == "not tested"
+
+
+@pytest.mark.parametrize("n_selected, k_main, verdict, text", [
+    (69, 50, "reproduced", "150 candidates → 9 start-position dropped, 3 refused by the guard → 69 selected → the top 50 edited"),
+    (50, 50, "reproduced", "→ 50 selected → the top 50 edited"),
+    (30, 50, "partly", "→ 30 selected → the top 30 edited"),
+    (69, 10, "partly", "→ 69 selected → the top 10 edited"),
+])
+def test_edit_size_counts_the_edited_neurons_not_the_selected(results, n_selected, k_main, verdict, text):
+    # the causal step selects n_selected neurons; the edit is their top K (chapter 5's saved edit)
+    _write(results, "05_editing_bias", {**CH5, "n_selected": n_selected, "k_main": k_main})
+    row = _rows(rp.compare(results)).loc["p1-edit-size"]
+    assert row.verdict == verdict
+    assert text in row.our_value
