@@ -496,9 +496,10 @@ plt.close(g.figure)
 # StereoSet item (the measure of both papers) and seeded subsets of the intersentence
 # items, BBQ and WinoBias (the settings table below). Every item is a `suite_overrides`
 # parameter away (`{stereoset_inter_n: null, bbq_n: null, winobias_n: null}`), but BBQ's
-# gender category alone has 5,672 items: hours on a CPU, minutes on a GPU. The last cell times `commonwords_bias` on the
-# {glue:text}`time_cw_n` test-split noun prompts against the bare decoder passes over the
-# same prompts in the same batches (`benchmarks.commonwords_timing`, medians of three runs).
+# gender category alone has 5,672 items: hours on a CPU, minutes on a GPU. The last cell
+# times `commonwords_bias` on the {glue:text}`time_cw_n` test-split noun prompts against the
+# bare decoder passes over the same prompts in the same batches
+# (`benchmarks.commonwords_timing`, medians of three runs).
 
 # %%
 pd.Series(seconds, name="seconds").round(1).rename_axis("model / step").to_frame()
