@@ -9,8 +9,8 @@ Per thread count, for each prompt (median of ``--repeats`` runs after a warm-up)
 * ``attribute``: :func:`analysis_lib.attribution.attribute` with exact top-50 and bottom-50
   FFN value and attention value neurons (certified), split into its own forward pass
   (``fwd``, a filtered cache) and the scoring (``score``);
-* ``dense``: the dense reference of ``tests/test_attribution.py`` (every neuron read out through
-  the full vocabulary, chunked) on the first ``--dense`` prompts.
+* ``dense``: the dense reference the tests use (:func:`analysis_lib.reference.dense_attribution`:
+  every neuron read out through the full vocabulary, chunked) on the first ``--dense`` prompts.
 
 Ratios: ``score / fwd+cache`` (target <= 1.5) and ``dense / attribute`` (target >= 250; the
 dense reference's own forward pass is included on its side, as the fast path's is on its).
@@ -24,13 +24,10 @@ add noise: read medians, and the load average printed with them.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -39,8 +36,8 @@ import torch  # noqa: E402
 
 from analysis_lib import attribution as at  # noqa: E402
 from analysis_lib import models  # noqa: E402
+from analysis_lib.reference import dense_attribution  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [
     ("The nurse is a", " woman"),
     ("The capital of France is", " Paris"),
@@ -49,14 +46,6 @@ PROMPTS = [
     ("The person whose favorite color is pink is a", " woman"),
     ("3+5=", "8"),
 ]
-
-
-def _dense_module():
-    spec = importlib.util.spec_from_file_location("test_attribution", ROOT / "tests" / "test_attribution.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["test_attribution"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _median(fn, repeats: int):
@@ -70,7 +59,7 @@ def _median(fn, repeats: int):
     return out[len(out) // 2]
 
 
-def bench_threads(model, threads: int, repeats: int, n_dense: int, dense_mod) -> list[dict]:
+def bench_threads(model, threads: int, repeats: int, n_dense: int) -> list[dict]:
     rows = []
     with at.torch_threads(threads):
         for i, (prompt, target) in enumerate(PROMPTS):
@@ -94,7 +83,7 @@ def bench_threads(model, threads: int, repeats: int, n_dense: int, dense_mod) ->
             }
             if i < n_dense:
                 t0 = time.perf_counter()
-                dense_mod.dense_reference(model, [(prompt, target)])
+                dense_attribution(model, [(prompt, target)])
                 row["dense"] = time.perf_counter() - t0
             rows.append(row)
             print(f"  [{threads} thr] {prompt!r}: fwd+cache {t_fwd:.3f}s attribute {t_fast:.3f}s"
@@ -129,11 +118,10 @@ def main() -> None:
     ap.add_argument("--dataset", type=int, default=0, help="CommonWords prompts for the dataset-level timing")
     args = ap.parse_args()
     model = models.load_model(args.model)
-    dense_mod = _dense_module()
     at.vocab_extrema(model, progress=True)  # once per model, cached on disk
     rows = []
     for th in [int(x) for x in args.threads.split(",")]:
-        rows += bench_threads(model, th, args.repeats, args.dense, dense_mod)
+        rows += bench_threads(model, th, args.repeats, args.dense)
     print(f"\n{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, model `{args.model}`, "
           f"load average {os.getloadavg()[0]:.1f}\n")
     print("| threads | prompt | T | fwd+cache (s) | attribute: fwd (s) | score (s) | total (s) | score / fwd+cache "
