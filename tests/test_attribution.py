@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from analysis_lib import attribution
 from analysis_lib.attribution import (
     attribute,
     attribution_json,
@@ -115,6 +116,25 @@ def test_fast_path_matches_dense_reference(case, fast, dense):
 
 def test_prompts_have_different_lengths(fast):
     assert len({len(r.tokens) for r in fast}) == len(CASES)
+
+
+@pytest.mark.parametrize("chunk", [None, 2048, 1000])
+def test_chunked_exact_readout_matches_float64(model, monkeypatch, chunk):
+    """The online log-sum-exp over vocabulary chunks (whole vocabulary, the CPU default, and a
+    chunk that does not divide the vocabulary) equals a float64 one-shot readout."""
+    data = forward_data(model, "The person who enjoys knitting is a", " woman")[0]
+    W = model.original_model.lm_head.weight.detach()
+    monkeypatch.setattr(attribution, "VOCAB_CHUNK", chunk or W.shape[0])
+    sc = attribution._Scorer(model, data, need_lower=False)
+    for family in ("ffn", "attn"):
+        flat = torch.topk(sc.fam[family]["ub"], 40).indices
+        got = sc.exact(family, flat)
+        layer, unit, base = sc.locate(family, flat)
+        rows = sc.unit_rows(family, layer, unit).double()
+        d = sc.fam[family]["e"][flat][:, None] * (rows @ W.double().T)  # [n, V] logit changes
+        logp = torch.log_softmax(sc.z0[base].double(), -1)
+        want = d[:, sc.t] - torch.logsumexp(logp + d, -1)
+        assert (got - want).abs().max().item() <= 1e-6, (family, chunk)
 
 
 # ----------------------------------------------------------------------------- decomposition identities
