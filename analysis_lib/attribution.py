@@ -535,7 +535,7 @@ class _Scorer:
         # Imp = d_t - log E_p[exp d], with log E_p[exp d] = mx + log sum_v p_v exp(d_v - mx).
         # The readout runs over vocabulary chunks with a running maximum (an online
         # log-sum-exp): each chunk's logit changes stay in cache instead of an [n, V] tensor,
-        # which makes the matrix products ~25 % faster on CPU (bench/README.md, "Attribution").
+        # which makes the matrix products 25-35 % faster on CPU (bench/README.md, "Attribution").
         # Each chunk's terms are a float32 cascade sum (~1e-7 relative), the chunks add in float64.
         W, p = self.W, self.p
         n = e.numel()
