@@ -66,6 +66,7 @@ __all__ = [
     "ffn_importance",
     "general_vs_random",
     "massive_activations",
+    "metric_scale",
     "probe_prompts",
     "prompt_query_positions",
     "query_scan",
@@ -550,15 +551,20 @@ def run_conditions(
     return pd.concat(rows, ignore_index=True), records
 
 
+def metric_scale(metric: str) -> tuple[int, int]:
+    """How a task's metric is shown: ``(scale, decimals)``; accuracy as a percentage with one
+    decimal (0.281 -> 28.1), other metrics (perplexity, mean |b|) as they are with two."""
+    return (100, 1) if metric == "accuracy" else (1, 2)
+
+
 def condition_table(table: pd.DataFrame, conditions: Sequence[str] | None = None) -> pd.DataFrame:
     """A wide display table: one row per condition, ``value [low, high]`` per task, chance row."""
     t = table if conditions is None else table[table.condition.isin(conditions)]
     order = list(dict.fromkeys(t["task"]))
 
     def cell(r):
-        if r["metric"] == "accuracy":
-            return f"{100 * r['value']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
-        return f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        k, dp = metric_scale(r["metric"])
+        return f"{k * r['value']:.{dp}f} [{k * r['ci_low']:.{dp}f}, {k * r['ci_high']:.{dp}f}]"
 
     wide = t.assign(cell=t.apply(cell, axis=1)).pivot(index="condition", columns="task", values="cell")
     wide = wide.reindex(index=list(dict.fromkeys(t["condition"])), columns=order)
@@ -840,8 +846,8 @@ def replicate(
     }
     vm = general_vs_random(table, "massive") if "massive" in conds else None
     for k, r in enumerate(vs.itertuples()):
-        acc = r.metric == "accuracy"
-        f = (lambda v: f"{100 * v:.1f}") if acc else (lambda v: f"{v:.2f}")
+        scale, dp = metric_scale(r.metric)
+        f = lambda v: f"{scale * v:.{dp}f}"  # noqa: E731
         summary[f"{r.task}: as is → masked"] = f"{f(r.original)} → {f(r.target)}"
         summary[f"{r.task}: random draws"] = f"{f(r.random_min)}–{f(r.random_max)}"
         if vm is not None:

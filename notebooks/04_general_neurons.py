@@ -292,25 +292,21 @@ for cond in ("original", "general", "gender"):
     for task in main_table.task.unique():
         r = _val(cond, task)
         key = f"{cond}_{task}"
-        if r.metric == "accuracy":
-            results.add(key, 100 * float(r.value), fmt=".1f")
-            results.add(key + "_ci", f"[{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}]")
-        else:
-            results.add(key, float(r.value), fmt=".2f")
-            results.add(key + "_ci", f"[{r.ci_low:.2f}, {r.ci_high:.2f}]")
+        scale, dp = general.metric_scale(r.metric)
+        results.add(key, scale * float(r.value), fmt=f".{dp}f")
+        results.add(key + "_ci", f"[{scale * r.ci_low:.{dp}f}, {scale * r.ci_high:.{dp}f}]")
 for task in ("race", "piqa"):
     results.add(f"chance_{task}", 100 * CHANCE[task], fmt=".0f")
 for r in vs_random.itertuples():
     results.add(f"p_random_{r.task}", float(r.frac_random_as_extreme), fmt=".2f")
-    scale = 100 if r.metric == "accuracy" else 1
-    results.add(f"random_range_{r.task}", f"{scale * r.random_min:.{1 if scale == 100 else 2}f}–{scale * r.random_max:.{1 if scale == 100 else 2}f}")
-    results.add(f"control_original_{r.task}", scale * r.original, fmt=".1f" if scale == 100 else ".2f")
-    results.add(f"control_general_{r.task}", scale * r.target, fmt=".1f" if scale == 100 else ".2f")
+    scale, dp = general.metric_scale(r.metric)
+    results.add(f"random_range_{r.task}", f"{scale * r.random_min:.{dp}f}–{scale * r.random_max:.{dp}f}")
+    results.add(f"control_original_{r.task}", scale * r.original, fmt=f".{dp}f")
+    results.add(f"control_general_{r.task}", scale * r.target, fmt=f".{dp}f")
 for r in deltas.itertuples():
-    scale = 100 if r.metric == "accuracy" else 1
-    results.add(f"delta_{r.condition}_{r.task}", scale * float(r.diff), fmt="+.1f" if scale == 100 else "+.2f")
-    results.add(f"delta_{r.condition}_{r.task}_ci", f"[{scale * r.ci_low:+.1f}, {scale * r.ci_high:+.1f}]" if scale == 100
-                else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]")
+    scale, dp = general.metric_scale(r.metric)
+    results.add(f"delta_{r.condition}_{r.task}", scale * float(r.diff), fmt=f"+.{dp}f")
+    results.add(f"delta_{r.condition}_{r.task}_ci", f"[{scale * r.ci_low:+.{dp}f}, {scale * r.ci_high:+.{dp}f}]")
 
 # %% [markdown]
 # The main conditions, with 95 % bootstrap intervals (accuracy in %, perplexity, CommonWords
@@ -596,10 +592,10 @@ if reps:
     results.add("replicate_m_start", s0["m_start"], fmt=".3g")
     results.add("replicate_are_massive", s0["are_massive"])
     for r in r0["vs_random"].itertuples():
-        f = 100 if r.metric == "accuracy" else 1
-        results.add(f"replicate_{r.task}_original", f * r.original, fmt=".1f" if f == 100 else ".2f")
-        results.add(f"replicate_{r.task}_general", f * r.target, fmt=".1f" if f == 100 else ".2f")
-        results.add(f"replicate_{r.task}_random", f"{f * r.random_min:.{1 if f == 100 else 2}f}–{f * r.random_max:.{1 if f == 100 else 2}f}")
+        scale, dp = general.metric_scale(r.metric)
+        results.add(f"replicate_{r.task}_original", scale * r.original, fmt=f".{dp}f")
+        results.add(f"replicate_{r.task}_general", scale * r.target, fmt=f".{dp}f")
+        results.add(f"replicate_{r.task}_random", f"{scale * r.random_min:.{dp}f}–{scale * r.random_max:.{dp}f}")
     results.add("replicate_arith_drop", r0["verdict"]["arith_drop"], fmt=".0%")
     results.add("verdict_replicate", r0["verdict"]["verdict"])
     glue("rep_text", general.replicate_text(s0), display=False)

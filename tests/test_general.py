@@ -270,3 +270,18 @@ def test_replicate_text_reads_the_summary():
     text = general.replicate_text(s)
     assert "coefficient is 3,064.8." in text and "They are also the model's largest" in text
     assert "instead" not in text and "`" not in text and "$" not in text
+
+
+def test_metric_scale_and_condition_table_hand_computed():
+    assert general.metric_scale("accuracy") == (100, 1)
+    assert general.metric_scale("perplexity") == (1, 2)
+    table = pd.DataFrame([
+        ("original", "race", "accuracy", 0.381, 0.3, 0.45, 0.25),
+        ("original", "neutral", "perplexity", 28.044, 27.1, 29.0, float("nan")),
+        ("general", "race", "accuracy", 0.286, 0.2125, 0.36, 0.25),
+        ("general", "neutral", "perplexity", 363.0, 300.456, 420.0, float("nan")),
+    ], columns=["condition", "task", "metric", "value", "ci_low", "ci_high", "chance"])
+    wide = general.condition_table(table)
+    assert wide.loc["original", "race"] == "38.1 [30.0, 45.0]"
+    assert wide.loc["general", "neutral"] == "363.00 [300.46, 420.00]"
+    assert wide.loc["chance"].tolist() == ["25", "–"]
