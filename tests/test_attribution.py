@@ -137,6 +137,36 @@ def test_chunked_exact_readout_matches_float64(model, monkeypatch, chunk):
         assert (got - want).abs().max().item() <= 1e-6, (family, chunk)
 
 
+@pytest.mark.parametrize("chunk", [None, 2048, 1000])
+def test_baseline_readout_matches_float64(model, monkeypatch, chunk):
+    """The one-pass baselines (an online softmax over vocabulary chunks) equal float64
+    ``softmax``, ``logsumexp`` and ``p @ W_U`` of the same float32 logits (fails when the
+    running rescale is dropped); a scorer restricted to some layers has the same baselines
+    there and NaN elsewhere."""
+    data = forward_data(model, "After a long day at the hospital, the surgeon said that", " he")[0]
+    W = model.original_model.lm_head.weight.detach()
+    monkeypatch.setattr(attribution, "VOCAB_CHUNK", chunk or W.shape[0])
+    x = torch.cat([data.x_mid, data.x_pre]) * (final_norm_gain(model) / data.scale)
+    # frequent tokens have small ids, so every row's maximum sits in the first chunk; the
+    # reversed vocabulary makes the running maximum grow (the rescaling is then exercised)
+    for Wv in (W.flip(0), W):
+        z0, p, lse0, u = attribution.baseline_readout(x, Wv)
+        assert (z0.double() - x.double() @ Wv.double().T).abs().max().item() <= 1e-4
+        z = z0.double()
+        p64 = torch.softmax(z, -1)
+        assert ((p.double() - p64).abs() / p64).max().item() <= 1e-5
+        assert (lse0.double() - torch.logsumexp(z, -1)).abs().max().item() <= 1e-5
+        u64 = p64 @ Wv.double()
+        assert ((u.double() - u64).norm(dim=-1) / u64.norm(dim=-1)).max().item() <= 1e-5
+    sc = attribution._Scorer(model, data, need_lower=False, layers=[3, 17])
+    L = model.cfg.n_layers
+    for row in range(2 * L):
+        if row % L in (3, 17):
+            assert torch.allclose(sc.p[row], p[row], rtol=1e-5, atol=0) and torch.allclose(sc.u[row], u[row], rtol=1e-5, atol=1e-7)
+        else:
+            assert sc.p[row].isnan().all() and sc.u[row].isnan().all() and sc.lse0[row].isnan()
+
+
 # ----------------------------------------------------------------------------- decomposition identities
 
 
