@@ -290,36 +290,39 @@ def check_relative_reduction(fn: Callable[..., float], tol: float = 1e-9) -> Che
     return _compare_cases("relative_reduction", fn, relative_bias_reduction, cases, tol)
 
 
-def _guarded_reference(table, k: int, guard_tol: float) -> list[str]:
-    out = []
-    for r in table.sort_values("effect", ascending=False, kind="stable").itertuples():
-        if len(out) >= k or r.effect <= 0:
-            break
-        if r.ppl_ratio - 1.0 <= guard_tol:
-            out.append(r.neuron)
-    return out
-
-
-def check_guarded_selection(fn: Callable[..., list], tol: float = 0.01) -> CheckResult:
-    """``fn(table, k, guard_tol)`` must pick chapter 5's causal-masking selection: by decreasing
-    ``effect`` (bias reduction when masked alone), only positive effects, skipping neurons whose
-    ``ppl_ratio`` exceeds ``1 + guard_tol``, at most ``k``, in order."""
-    import pandas as pd
-
-    table = pd.DataFrame({
-        "neuron": ["ffnL3N10", "ffnL9N4", "attnL5H1D7P2", "ffnL1N0", "ffnL7N77", "attnL2H0D3P4", "ffnL8N8"],
-        "effect": [0.020, 0.150, 0.080, -0.010, 0.060, 0.0, 0.110],
-        "ppl_ratio": [1.001, 1.200, 1.004, 0.990, 1.009, 1.000, 1.011],
-    })
-    for k in (1, 3, 10):
-        got, err = _call(fn, table.copy(), k, tol)
+def check_predict_joint(fn: Callable[..., Any], tol: float = 1e-12) -> CheckResult:
+    """``fn(b0, b_a, b_b)`` must return the additive prediction ``b0 + (b_a - b0) + (b_b - b0)``
+    per word (chapter 5's additivity exercise)."""
+    cases = [  # (b0, b_a, b_b) -> b_a + b_b - b0, by hand: [1.0+0.5-2.0, -1.0+0.0-(-0.5)] = [-0.5, -0.5]
+        (np.array([2.0, -0.5]), np.array([1.0, -1.0]), np.array([0.5, 0.0]), np.array([-0.5, -0.5])),
+        (np.array([0.3, 0.3, 0.3]), np.array([0.3, 0.3, 0.3]), np.array([0.1, 0.2, 0.4]), np.array([0.1, 0.2, 0.4])),
+    ]
+    for b0, a, b, want in cases:
+        got, err = _call(fn, b0.copy(), a.copy(), b.copy())
         if err is not None:
-            return _report(False, f"guarded_selection(k={k}) raised {err}.")
-        want = _guarded_reference(table, k, tol)
-        if got is None or list(got) != want:
-            return _report(False, f"guarded_selection(k={k}) returned {list(got) if got is not None else got}, "
-                                  f"expected {want}.")
-    return _report(True, "guarded_selection orders by effect, applies the perplexity guard and stops at k.")
+            return _report(False, f"predict_joint raised {err}.")
+        try:
+            got = np.asarray(got, dtype=float)
+        except (TypeError, ValueError):
+            return _report(False, f"predict_joint returned {got!r}, not an array of numbers.")
+        if got.shape != want.shape or not np.allclose(got, want, atol=tol, rtol=0):
+            return _report(False, f"predict_joint({b0.tolist()}, {a.tolist()}, {b.tolist()}) returned "
+                                  f"{got.tolist()}, expected {want.tolist()} (each neuron's change is b_x - b0).")
+    return _report(True, "predict_joint adds the two single changes to the unedited b.")
+
+
+def check_kv_group(fn: Callable[..., Any]) -> CheckResult:
+    """``fn(head, n_heads, n_kv_heads)`` must return the key/value group ``head // (n_heads // n_kv_heads)``."""
+    # SmolLM2: 9 heads, 3 groups -> heads 0-2 read group 0, 3-5 group 1, 6-8 group 2
+    cases = [(h, 9, 3, h // 3) for h in range(9)] + [(5, 8, 8, 5), (7, 8, 1, 0), (13, 14, 2, 1)]
+    for head, n, kv, want in cases:
+        got, err = _call(fn, head, n, kv)
+        if err is not None:
+            return _report(False, f"kv_group({head}, {n}, {kv}) raised {err}.")
+        if got != want:
+            return _report(False, f"kv_group({head}, {n}, {kv}) returned {got!r}, expected {want} "
+                                  f"({n // kv} query heads share each key/value head).")
+    return _report(True, f"kv_group maps query heads to their key/value group on {len(cases)} cases.")
 
 
 # ----------------------------------------------------------------------------- CRISPR (chapter 6)

@@ -14,27 +14,26 @@ The pipeline, with every choice the paper leaves open stated:
    ``"start"``. FFN value neurons are scored at the last position only (§6 A7), so the filter
    never drops them; a unit that is both value and query is dropped when either reading says
    ``"start"`` (the conservative choice).
-3. **Causal masking** (:func:`causal_select`). Each remaining candidate is zero-masked alone
-   and the training prompts are re-scored; its *effect* is the drop of mean ``|b|`` (``b = log
-   p(man) - log p(woman)``). Candidates are taken in order of effect (largest first; only
-   positive effects qualify) and each must pass a **capability guard**: masking it alone must
-   not raise the pooled perplexity of held-out neutral paragraphs by more than ``guard_tol``
-   (default 1 %). The guard texts (the last paragraphs of ``neutral_text.txt``) are disjoint
-   from the paragraphs the evaluation measures perplexity on (the first ones). The guard is
-   checked lazily, down the ranking, until ``k_max`` candidates passed (same result as
-   checking all of them first). The variant :func:`cumulative_guard` (method_spec §6 A4) keeps
-   a candidate only if masking it together with every neuron kept so far stays within the
-   tolerance, so the tolerance bounds the whole edit.
-4. **The edit** is the zero-ablation of the first ``K`` selected neurons (§6 A5 reading (i)),
-   saved with :func:`analysis_lib.editing.save_edit`. Neuron-restricted fine-tuning (reading
-   (ii)) is :func:`analysis_lib.finetune.finetune_neurons`; the fine-tuning baseline (LoRA,
-   method_spec §4 (2)) is :func:`analysis_lib.finetune.finetune_lora`.
+3. **Causal masking**: the candidates' single-mask effects on mean ``|b|`` (``b = log p(man) -
+   log p(woman)``) rank them; a selection strategy of :mod:`analysis_lib.edit_selection`
+   (one-shot, joint greedy, sign-aware) turns the ranking into an edit under the **joint**
+   perplexity guard (masking the candidate together with the neurons kept so far must not raise
+   the pooled perplexity of held-out neutral paragraphs by more than ``guard_tol``). The guard
+   texts (the last paragraphs of ``neutral_text.txt``) are disjoint from the paragraphs the
+   evaluation measures perplexity on (the first ones). The training words are split first
+   (:func:`split_validation`): selection words for steps 1-3, validation words for choosing the
+   strategy and K (:data:`analysis_lib.edit_selection.CHOICE_RULE`).
+4. **The edit** is the zero-ablation of the chosen neurons (§6 A5 reading (i)), saved with
+   :func:`analysis_lib.editing.save_edit`. Neuron-restricted fine-tuning (reading (ii)) is
+   :func:`analysis_lib.finetune.finetune_neurons`; the fine-tuning baseline (LoRA, method_spec
+   §4 (2)) is :func:`analysis_lib.finetune.finetune_lora`.
 
-Baselines (:func:`baseline_conditions`): the model as is; logit-only top-K (no start filter,
-no causal step: the three kinds' rankings interleaved by rank, first K distinct ids); K random
-neurons with the same FFN/attention mix as the edit, drawn uniformly over all units (seeded
-draws); the two general neurons (chapter 4's if saved, else the top-2 FFN query neurons of
-our attribution whose important position is the start token).
+Baselines: the model as is; logit-only top-K (:func:`logit_only`: no start filter, no causal
+step: the three kinds' rankings interleaved by rank, first K distinct ids); random draws matched
+to each edit in number, kind and layer (:func:`random_controls`,
+:func:`analysis_lib.neurons.sample_matched`); the two general neurons (:func:`general_neurons`:
+chapter 4's if saved, else the top-2 FFN query neurons of our attribution whose important
+position is the start token).
 
 Evaluation (:func:`evaluate_conditions`): a condition is a list of neurons to mask, or an
 already edited model (e.g. a fine-tuned copy; :func:`condition_model`). CommonWords **test**
@@ -57,27 +56,25 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import edit_selection as es
 from . import metrics
 from .attribution import DatasetAttribution, dataset_attribution
-from .editing import load_edit, mask_neurons, resolve_neurons, save_edit, apply_edit
+from .editing import apply_edit, load_edit, mask_neurons, save_edit
 from .errors import ParameterError, StudyError
-from .neurons import NeuronId, arch
+from .neurons import NeuronId, sample_matched
 from .scoring import target_logprobs
 
 __all__ = [
     "KINDS",
-    "PROFILES",
     "headline_numbers",
     "signed_lean",
     "lean_text",
     "biased_targets",
     "candidates",
     "drop_start",
-    "mask_effects",
-    "causal_select",
-    "cumulative_guard",
     "logit_only",
-    "random_neurons",
+    "split_validation",
+    "random_controls",
     "general_neurons",
     "condition_model",
     "evaluate_conditions",
@@ -90,18 +87,6 @@ __all__ = [
 
 KINDS = ("ffn_value", "attn_value", "ffn_query")
 TARGETS = (" man", " woman")
-
-#: Parameters of the chapter per profile (the notebook's parameters cell mirrors these).
-PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {"n_train": 16, "n_causal": 16, "top_n": 10, "ks": [5, 10], "k_main": 10, "n_random": 3,
-              "n_test": 40, "guard_texts": 4, "eval_texts": 8, "guard_tol": 0.01,
-              "ft_steps": 6, "ft_beta": 1.0, "ft_lr": 1e-3, "ft_neuron_lr": 1e-2, "ft_rank": 8, "ft_batch": 16,
-              "ft_kl_batch": 4},
-    "full": {"n_train": 400, "n_causal": 120, "top_n": 50, "ks": [10, 25, 50, 100], "k_main": 50, "n_random": 10,
-             "n_test": None, "guard_texts": 20, "eval_texts": 20, "guard_tol": 0.01,
-             "ft_steps": 30, "ft_beta": 1.0, "ft_lr": 1e-3, "ft_neuron_lr": 1e-2, "ft_rank": 8, "ft_batch": 32,
-             "ft_kl_batch": 4},
-}
 
 
 # ----------------------------------------------------------------------------- data
@@ -199,21 +184,6 @@ def logit_only(da: DatasetAttribution, k: int) -> list[str]:
     return out
 
 
-def random_neurons(model, n_ffn: int, n_attn: int, seed: int) -> list[str]:
-    """``n_ffn`` FFN and ``n_attn`` aggregated attention neurons drawn uniformly (without
-    replacement) over all units of the model, from ``numpy.random.default_rng(seed)``."""
-    a = arch(model)
-    rng = np.random.default_rng(seed)
-    ffn = rng.choice(a.n_layers * a.d_mlp, size=n_ffn, replace=False)
-    att = rng.choice(a.n_layers * a.n_heads * a.d_head, size=n_attn, replace=False)
-    out = [str(NeuronId("ffn", layer=int(i // a.d_mlp), index=int(i % a.d_mlp))) for i in ffn]
-    for i in att:
-        l, rest = divmod(int(i), a.n_heads * a.d_head)
-        h, j = divmod(rest, a.d_head)
-        out.append(str(NeuronId("attn", layer=l, head=h, dim=j)))
-    return out
-
-
 def general_neurons(da: DatasetAttribution | None = None, n: int = 2, *, model_name: str | None = None) -> tuple[list[str], str]:
     """The general neurons: chapter 4's saved ones if its results exist for the same model,
     else the top-``n`` FFN query neurons of ``da`` whose important position is the start token.
@@ -253,271 +223,6 @@ def general_neurons(da: DatasetAttribution | None = None, n: int = 2, *, model_n
     q = da.tables["ffn_query"].sort_values("rank")
     q = q[q["important_position"] == "start"]
     return q["neuron"].astype(str).head(n).tolist(), "top FFN query neurons at the start token (this chapter's attribution)"
-
-
-# ----------------------------------------------------------------------------- causal step
-
-
-def _pooled_ppl(model, texts: Sequence[str]) -> float:
-    from .capability import perplexity_task
-
-    rec = perplexity_task(model, list(texts)).records
-    return float(np.exp(rec["nll"].sum() / rec["n_tokens"].sum()))
-
-
-class _LayerCache:
-    """The residual stream entering every layer for a fixed batch of prompts (unedited model).
-
-    A neuron of layer ``l`` cannot change anything before layer ``l``, so its masked scores
-    only need layers ``l..L-1``: the decoder runs on the cached input of layer ``l`` with the
-    earlier layers taken out of the layer list. Exact (same modules, same positions); right
-    padding keeps every read position unaffected by the pads.
-    """
-
-    def __init__(self, model, prompts: Sequence[str]):
-        from .models import encode, single_token_id
-
-        self.model = model
-        self.inner = model.original_model.model
-        self.enc = encode(model, list(prompts))
-        self.ids = [single_token_id(model, t) for t in TARGETS]
-        store: dict[int, torch.Tensor] = {}
-        handles = []
-        for i, layer in enumerate(self.inner.layers):
-            def grab(mod, args, kwargs, i=i):
-                h = args[0] if args else kwargs["hidden_states"]
-                store[i] = h.detach().clone()
-            handles.append(layer.register_forward_pre_hook(grab, with_kwargs=True))
-        try:
-            with torch.inference_mode():
-                self.inner(input_ids=self.enc.tokens, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
-        self.store = store
-
-    def bias(self, start_layer: int) -> np.ndarray:
-        from .scoring import _unembed
-
-        layers = self.inner.layers
-        try:
-            self.inner.layers = torch.nn.ModuleList(list(layers)[start_layer:])
-            with torch.inference_mode():
-                hid = self.inner(inputs_embeds=self.store[start_layer], use_cache=False).last_hidden_state
-                last = hid[torch.arange(hid.shape[0], device=hid.device), self.enc.last_index]
-                lp = _unembed(self.model, last).float().log_softmax(-1)[:, self.ids].double().cpu().numpy()
-        finally:
-            self.inner.layers = layers
-        return lp[:, 0] - lp[:, 1]
-
-
-class _GuardCache:
-    """Pooled perplexity of fixed texts with a masked neuron, starting at the neuron's layer.
-
-    The same batches as :func:`analysis_lib.capability.perplexity_task` (start token, longest
-    first, right padding, ``batch_size`` 16); the residual stream entering every layer is kept
-    from one unedited pass, so a masked run only executes layers ``l..L-1`` (exact for the same
-    reason as :class:`_LayerCache`). :meth:`ppl` with ``start_layer=0`` equals the full pass.
-    """
-
-    def __init__(self, model, texts: Sequence[str], batch_size: int = 16):
-        from .models import token_ids
-
-        self.model = model
-        self.inner = model.original_model.model
-        prefix = [model.start_token_id] if model.start_token_id is not None else []
-        rows = [prefix + token_ids(model, t) for t in texts]
-        order = np.argsort([-len(r) for r in rows], kind="stable")
-        pad = model.tokenizer.pad_token_id or 0
-        device = model.cfg.device or "cpu"
-        self.batches = []
-        for s0 in range(0, len(order), batch_size):
-            idx = order[s0 : s0 + batch_size]
-            toks = torch.full((len(idx), len(rows[idx[0]])), pad, dtype=torch.long)
-            for b, i in enumerate(idx):
-                toks[b, : len(rows[i])] = torch.tensor(rows[i])
-            toks = toks.to(device)  # the model's device (on CUDA the CPU ids failed and the guard fell back to full passes)
-            store: dict[int, torch.Tensor] = {}
-            handles = []
-            for i, layer in enumerate(self.inner.layers):
-                def grab(mod, args, kwargs, i=i, store=store):
-                    h = args[0] if args else kwargs["hidden_states"]
-                    store[i] = h.detach().clone()
-                handles.append(layer.register_forward_pre_hook(grab, with_kwargs=True))
-            try:
-                with torch.inference_mode():
-                    self.inner(input_ids=toks, use_cache=False)
-            finally:
-                for h in handles:
-                    h.remove()
-            self.batches.append((toks, [len(rows[i]) for i in idx], store))
-        self.n_tokens = float(sum(len(r) - 1 for r in rows))
-
-    def ppl(self, start_layer: int) -> float:
-        from .scoring import _unembed
-
-        layers = self.inner.layers
-        total = 0.0
-        try:
-            self.inner.layers = torch.nn.ModuleList(list(layers)[start_layer:])
-            with torch.inference_mode():
-                for toks, lengths, store in self.batches:
-                    hid = self.inner(inputs_embeds=store[start_layer], use_cache=False).last_hidden_state
-                    for b, n in enumerate(lengths):
-                        lp = _unembed(self.model, hid[b, : n - 1]).float().log_softmax(-1)
-                        total += -lp.gather(-1, toks[b, 1:n, None]).sum().item()
-        finally:
-            self.inner.layers = layers
-        return float(np.exp(total / self.n_tokens))
-
-
-def _guard_ppl_fn(model, texts: Sequence[str]):
-    """``f(neurons) -> pooled guard perplexity with those neurons masked``: layer-skipping
-    (:class:`_GuardCache`) when it reproduces the full pass on the unedited model to 1e-6
-    (relative), otherwise the full :func:`_pooled_ppl` every time."""
-    from .editing import has_position_hooks
-
-    def slow(neurons):
-        with mask_neurons(model, list(neurons)):
-            return _pooled_ppl(model, texts)
-
-    if has_position_hooks(model):
-        return slow
-    try:
-        cache = _GuardCache(model, texts)
-        ok = abs(cache.ppl(0) / _pooled_ppl(model, texts) - 1.0) < 1e-6
-    except Exception:  # an architecture the layer slicing does not fit
-        ok = False
-    if not ok:
-        return slow
-
-    def fast(neurons):
-        neurons = list(neurons)
-        if not neurons:
-            return cache.ppl(0)
-        with mask_neurons(model, neurons):
-            return cache.ppl(min(NeuronId.parse(n).layer for n in neurons))
-
-    return fast
-
-
-def mask_effects(model, neurons: Sequence[str], prompts: Sequence[str], *, batch_size: int = 64,
-                 progress: bool = False, fast: bool = True) -> tuple[float, pd.DataFrame]:
-    """Mask each neuron alone and re-score ``prompts``.
-
-    With ``fast`` (default), each masked run starts at the neuron's layer from the cached
-    residual stream (:class:`_LayerCache`); the first neuron is also scored the slow way (a
-    full :func:`analysis_lib.scoring.target_logprobs` pass) and the fast path is only used if
-    both agree to 1e-4 (otherwise every neuron is scored the slow way).
-
-    Returns:
-        ``(mean |b| of the original model, table)`` with one row per neuron: ``neuron``,
-        ``mean_abs_b`` (masked) and ``effect`` (original minus masked; > 0 = less bias).
-    """
-    from tqdm.auto import tqdm
-
-    from .editing import has_position_hooks
-
-    neurons = [str(n) for n in neurons]
-    base, _ = mean_abs_bias(model, prompts, batch_size=batch_size)
-    cache = None
-    if fast and neurons and not has_position_hooks(model):
-        try:
-            cache = _LayerCache(model, prompts)
-            first = NeuronId.parse(neurons[0])
-            with mask_neurons(model, [first]):
-                ok = abs(float(np.abs(cache.bias(first.layer)).mean()) - mean_abs_bias(model, prompts)[0]) < 1e-4
-            if not ok:
-                cache = None
-        except Exception:  # an architecture the layer slicing does not fit: use the slow path
-            cache = None
-    rows = []
-    for nid in tqdm(neurons, disable=not progress, desc="masking"):
-        with mask_neurons(model, [nid]):
-            if cache is not None:
-                m = float(np.abs(cache.bias(NeuronId.parse(nid).layer)).mean())
-            else:
-                m, _ = mean_abs_bias(model, prompts, batch_size=batch_size)
-        rows.append({"neuron": nid, "mean_abs_b": m, "effect": base - m})
-    return base, pd.DataFrame(rows, columns=["neuron", "mean_abs_b", "effect"])
-
-
-def causal_select(model, cands: pd.DataFrame, prompts: Sequence[str], guard_texts: Sequence[str], k_max: int,
-                  *, guard_tol: float = 0.01, progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The causal-masking step: rank candidates by masking effect and apply the guard.
-
-    Returns:
-        ``(table, info)``: ``cands`` with ``mean_abs_b``, ``effect``, ``ppl_ratio`` (masked /
-        original guard perplexity; NaN where the guard was not needed), ``passed`` and
-        ``selected`` (1-based order of selection, 0 = not selected), sorted by effect; ``info``
-        holds the original ``mean_abs_b`` and guard perplexity.
-    """
-    base, eff = mask_effects(model, cands["neuron"].tolist(), prompts, progress=progress)
-    table = cands.merge(eff, on="neuron").sort_values("effect", ascending=False, kind="stable").reset_index(drop=True)
-    ppl0 = _pooled_ppl(model, guard_texts) if len(guard_texts) else float("nan")
-    guard_ppl = _guard_ppl_fn(model, guard_texts) if len(guard_texts) else None
-    ratio = np.full(len(table), np.nan)
-    passed = np.zeros(len(table), bool)
-    selected = np.zeros(len(table), int)
-    n_sel = 0
-    for i, r in enumerate(table.itertuples()):
-        if n_sel >= k_max or r.effect <= 0:
-            break
-        if guard_ppl is not None:
-            ratio[i] = guard_ppl([r.neuron]) / ppl0
-            passed[i] = ratio[i] - 1.0 <= guard_tol
-        else:
-            passed[i] = True
-        if passed[i]:
-            n_sel += 1
-            selected[i] = n_sel
-    table["ppl_ratio"], table["passed"], table["selected"] = ratio, passed, selected
-    return table, {"mean_abs_b": base, "guard_ppl": ppl0, "guard_tol": guard_tol, "n_selected": n_sel}
-
-
-def selected_neurons(table: pd.DataFrame, k: int, column: str = "selected") -> list[str]:
-    """The first ``k`` neurons chosen by :func:`causal_select` (fewer if fewer passed).
-
-    ``column="joint_selected"`` reads the cumulative guard's choice (:func:`cumulative_guard`).
-    """
-    sel = table[table[column] > 0].sort_values(column)
-    return sel["neuron"].head(k).tolist()
-
-
-def cumulative_guard(model, table: pd.DataFrame, guard_texts: Sequence[str], k_max: int, *,
-                     guard_tol: float = 0.01, progress: bool = False) -> pd.DataFrame:
-    """The cumulative (greedy joint) variant of the guard (method_spec §6 A4).
-
-    Goes through the candidates of a :func:`causal_select` table in the same order (decreasing
-    single-mask effect, stopping at the first non-positive effect or at ``k_max``), but a
-    candidate is kept only if masking it *together with every neuron kept so far* raises the
-    guard perplexity by at most ``guard_tol``: the tolerance then bounds the edit as a whole,
-    not each neuron alone.
-
-    Returns:
-        A copy of ``table`` with ``joint_ppl_ratio`` (guard perplexity with the kept set plus this
-        candidate masked, over the original; NaN where not reached) and ``joint_selected``
-        (1-based order, 0 = not selected).
-    """
-    from tqdm.auto import tqdm
-
-    if not len(guard_texts):
-        raise ParameterError("The cumulative guard needs guard texts (neutral paragraphs) to measure perplexity on.")
-    out = table.copy()
-    ppl0 = _pooled_ppl(model, guard_texts)
-    guard_ppl = _guard_ppl_fn(model, guard_texts)
-    ratio = np.full(len(out), np.nan)
-    selected = np.zeros(len(out), int)
-    kept: list[str] = []
-    for i, r in enumerate(tqdm(list(out.itertuples()), disable=not progress, desc="joint guard")):
-        if len(kept) >= k_max or r.effect <= 0:
-            break
-        ratio[i] = guard_ppl(kept + [r.neuron]) / ppl0
-        if ratio[i] - 1.0 <= guard_tol:
-            kept.append(r.neuron)
-            selected[i] = len(kept)
-    out["joint_ppl_ratio"], out["joint_selected"] = ratio, selected
-    return out
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -656,6 +361,115 @@ def lean_text(lean: pd.DataFrame, condition: str, reference: str = "original") -
     return start + end, short
 
 
+def add_controls(table: pd.DataFrame, controls: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with each condition's matched random draws summarised beside it:
+    ``random_n``, ``random_d_min``, ``random_d_median``, ``random_d_max`` (change of mean |b|)
+    and ``random_dppl_median`` (NaN for conditions without draws)."""
+    if not len(controls):
+        out = table.copy()
+        for c in ("random_n", "random_d_min", "random_d_median", "random_d_max", "random_dppl_median"):
+            out[c] = np.nan
+        return out
+    g = controls.groupby("control_for", sort=False)
+    summary = pd.DataFrame({"random_n": g.size(), "random_d_min": g.d_mean_abs_b.min(),
+                            "random_d_median": g.d_mean_abs_b.median(), "random_d_max": g.d_mean_abs_b.max()})
+    summary["random_dppl_median"] = g.d_ppl_pct.median() if "d_ppl_pct" in controls else np.nan
+    return table.merge(summary, left_on="condition", right_index=True, how="left")
+
+
+def choice_text(choice: Mapping[str, Any], vtable: pd.DataFrame, ks: Sequence[int]) -> str:
+    """The validation rule's outcome in one or two sentences (plain text, for glue)."""
+    base = vtable.attrs.get("val_mean_abs_b_original", float("nan"))
+    if not choice["edit"]:
+        return (f"No edit lowers mean |b| on the validation words below the unedited {base:.3f}, so the rule "
+                "chooses none; the held-out table below reports every edit, and the chapter's 'edit' is the "
+                "unedited model.")
+    text = (f"The rule chooses {choice['edit']} ({choice['k']} neurons, strategy "
+            f"{str(choice['strategy']).replace('_', ' ')}): validation mean |b| {base:.3f} → "
+            f"{choice['val_mean_abs_b']:.3f}.")
+    if choice["at_edge"]:
+        text += (f" K = {choice['k']} is the largest size of the grid, so a larger edit was not tried and "
+                 "the optimum may lie beyond it.")
+    elif choice["strategy"] != "one_shot" and choice["k"] not in set(ks):
+        text += " That is the walk's own stopping point: no further candidate lowered the joint bias and passed the guard."
+    return text
+
+
+def additivity_text(row: Any, k: int, mean_abs_b0: float, mean_b0: float) -> str:
+    """How far the first ``k`` one-shot neurons' single shifts add up (a row of
+    :func:`analysis_lib.edit_selection.additivity`), in plain text for glue."""
+    pred, joint = float(row.predicted_shift), float(row.joint_shift)
+    ratio = joint / pred if pred else float("nan")
+    text = (f"Masked together, the first {k} one-shot neurons move the mean signed b of the selection words by "
+            f"{joint:+.2f}; adding their single shifts predicts {pred:+.2f}")
+    if np.isfinite(ratio) and 0.7 <= ratio <= 1.3:
+        text += f" (the joint shift is {100 * ratio:.0f} % of the sum: the pushes add up nearly linearly)"
+    else:
+        text += " (the pushes do not add up linearly here)"
+    text += f". Mean |b| on the same words goes from {mean_abs_b0:.2f} to {float(row.joint_mean_abs_b):.2f}"
+    if float(row.joint_mean_abs_b) > mean_abs_b0:
+        text += ": the edit chosen for lowering bias raises it on the very words it was chosen on"
+    if np.sign(mean_b0 + joint) != np.sign(mean_b0):
+        text += f", and the mean signed b ({mean_b0:+.2f} unedited) changes sign"
+    return text + "."
+
+
+def held_out_text(table: pd.DataFrame, chosen: str | None, one_shot: str | None, ceiling: float) -> str:
+    """The held-out section's main paragraph: the chosen edit against its matched random draws,
+    its signed lean, and the one-shot reading beside it (plain text, for glue)."""
+    t = table.set_index("condition")
+    orig = t.loc["original"]
+    parts = []
+    if chosen:
+        e = t.loc[chosen]
+        verdict = headline_numbers(e, orig)["verdict"][0]
+        beyond = e.d_mean_abs_b < e.random_d_min
+        parts.append(
+            f"The chosen edit ({chosen}) {verdict} mean |b|: {orig.mean_abs_b:.3f} → {e.mean_abs_b:.3f}, a paired "
+            f"difference of {e.d_mean_abs_b:+.3f} [{e.d_mean_abs_b_low:+.3f}, {e.d_mean_abs_b_high:+.3f}] "
+            f"({100 * e.d_mean_abs_b / orig.mean_abs_b:+.0f} %), for {e.d_ppl_pct:+.2f} % "
+            f"[{e.d_ppl_pct_low:+.2f}, {e.d_ppl_pct_high:+.2f}] perplexity. Its {int(e.random_n)} random draws "
+            f"matched in number, kind and layer change mean |b| by {e.random_d_min:+.3f} to {e.random_d_max:+.3f}, "
+            + ("so the edit goes beyond every one of them." if beyond else "so the edit does not go beyond all of them.")
+            + f" The mean signed b moves from {orig.mean_b:+.3f} to {e.mean_b:+.3f} and "
+            f"{100 * e.share_flipped:.0f} % of the words change sign.")
+        if abs(e.d_mean_abs_b) > ceiling and e.d_mean_abs_b < 0:
+            parts.append(f"A shift that moved every word by the same amount could lower mean |b| by at most "
+                         f"{ceiling:.3f} (the mean distance to the median); the edit goes further, so it does more "
+                         "than push every word one way.")
+        else:
+            parts.append(f"A shift that moved every word by the same amount could lower mean |b| by at most "
+                         f"{ceiling:.3f} (the mean distance to the median).")
+    else:
+        parts.append("The validation rule chose no edit, so the chosen edit is the unedited model.")
+    if one_shot and one_shot != chosen:
+        o = t.loc[one_shot]
+        parts.append(
+            f"The one-shot reading ({one_shot}) changes mean |b| by {o.d_mean_abs_b:+.3f} "
+            f"[{o.d_mean_abs_b_low:+.3f}, {o.d_mean_abs_b_high:+.3f}] for {o.d_ppl_pct:+.1f} % perplexity, with the "
+            f"mean signed b at {o.mean_b:+.3f} and {100 * o.share_flipped:.0f} % of the words flipped"
+            + (": it overshoots into a female lean, as the additivity section predicts." if np.sign(o.mean_b) !=
+               np.sign(orig.mean_b) and abs(o.mean_b) > abs(orig.mean_b) else "."))
+    return " ".join(parts)
+
+
+def paper_comparison_text(values: Mapping[str, Any]) -> str:
+    """The first bullet of 'How this compares with the paper' from the chapter's results."""
+    name = values.get("edit_name", "no edit")
+    if name == "no edit":
+        return ("No strategy produced an edit that lowers mean |b| on the validation words, so the "
+                "paper's claim that editing reduces bias is not reproduced here by any reading of its method.")
+    verdict = values.get("edit_verdict")
+    return (f"Paper 1 reports that the edit reduces bias and keeps common tasks. Read set-wise "
+            f"(the validation rule chose {name}), the edit {verdict} held-out CommonWords bias "
+            f"({values.get('edit_d'):+.3f} in mean |b|; matched random draws {values.get('random_d')}) for "
+            f"{values.get('edit_dppl')} % perplexity. Read one neuron at a time "
+            f"({values.get('one_shot_name', 'one-shot')}), it changes mean |b| by "
+            f"{values.get('one_shot_d', float('nan')):+.3f}: its neurons each push every word towards 'woman', "
+            "and together they overshoot. The failure belongs to that reading, not to the idea of editing "
+            "bias neurons.")
+
+
 def evaluate_conditions(model, conditions: Mapping[str, Any], test: pd.DataFrame, eval_texts: Sequence[str],
                         *, seed: int = 0, n_boot: int = 1000, reference: str = "original",
                         groups: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -746,104 +560,205 @@ def suite_rows(model, conditions: Mapping[str, Any], *, bias_profile: Any = "qui
 # ----------------------------------------------------------------------------- whole pipeline
 
 
-def select_and_save(model, train: pd.DataFrame, *, top_n: int, k_max: int, n_causal: int | None, guard_texts,
-                    guard_tol: float, seed: int, edit_path: str | Path | None, k_edit: int,
-                    progress: bool = False) -> dict[str, Any]:
-    """Steps 1-4 on the training words; returns everything the chapter reports.
+def split_validation(train: pd.DataFrame, n_val: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(selection, validation)``: a seeded, category-stratified ``n_val`` of the training words
+    for choosing the strategy and K, the rest for attribution and the causal step."""
+    if n_val <= 0 or n_val >= len(train):
+        raise ParameterError(f"n_val = {n_val} must be between 1 and the {len(train) - 1} training words "
+                             "it leaves at least one of; lower n_val or raise n_train.")
+    val = subset_words(train, n_val, seed + 1)
+    sel = train[~train["word"].isin(set(val["word"]))].reset_index(drop=True)
+    return sel, val
 
-    Keys: ``attribution`` (:class:`DatasetAttribution`), ``candidates``, ``kept``,
-    ``dropped``, ``causal`` (table of :func:`causal_select`), ``causal_info``, ``edit``
-    (the selected ids), ``seconds`` (per step).
+
+def select_and_save(model, train: pd.DataFrame, *, top_n: int, ks: Sequence[int], n_causal: int | None,
+                    n_val: int, guard_texts, guard_tol: float, seed: int, edit_path: str | Path | None,
+                    strategies: Sequence[str] = es.STRATEGIES, progress: bool = False) -> dict[str, Any]:
+    """Steps 1-4 on the training words, every selection strategy, and the validation choice.
+
+    The training words are split (:func:`split_validation`): attribution and the causal step use
+    the selection words, the choice of strategy and K (:data:`analysis_lib.edit_selection.CHOICE_RULE`)
+    uses the validation words. The chosen edit is saved to ``edit_path`` (if any).
+
+    Returns:
+        A dict: ``attribution``, ``candidates``, ``kept``, ``dropped``, ``causal`` (the kept
+        candidates with their single-mask effects, largest first), ``selections``
+        (strategy -> :class:`~analysis_lib.edit_selection.Selection`), ``edits`` (the candidate
+        edits with their validation numbers), ``choice`` (:func:`~analysis_lib.edit_selection.choose_edit`),
+        ``edit`` (the chosen neurons, ``[]`` if none), ``additivity``, ``kv_groups`` (one-shot
+        attention neurons sharing a key/value group: single and joint guard ratios),
+        ``causal_prompts``, ``selection_words``, ``validation_words``, ``train_mean_abs_b``,
+        ``seconds``.
     """
+    from tqdm.auto import tqdm
+
     secs = {}
     t0 = time.perf_counter()
-    prompts = train["prompt"].tolist()
+    sel_words, val_words = split_validation(train, n_val, seed)
+    prompts = sel_words["prompt"].tolist()
     targets = biased_targets(model, prompts)
-    da = dataset_attribution(model, prompts, targets, top_k=top_n, words=train["word"].tolist(), progress=progress)
+    da = dataset_attribution(model, prompts, targets, top_k=top_n, words=sel_words["word"].tolist(), progress=progress)
     secs["attribution"] = time.perf_counter() - t0
     cands = candidates(da, top_n)
     kept, dropped = drop_start(cands)
     t1 = time.perf_counter()
-    causal_prompts = subset_words(train, n_causal, seed)["prompt"].tolist()
-    table, info = causal_select(model, kept, causal_prompts, guard_texts, k_max, guard_tol=guard_tol, progress=progress)
-    secs["causal"] = time.perf_counter() - t1
-    edit = selected_neurons(table, k_edit)
+    causal_prompts = subset_words(sel_words, n_causal, seed)["prompt"].tolist()
+    scorer = es.SetScorer(model, causal_prompts, guard_texts)
+    singles, singles_b = es.single_effects(scorer, kept["neuron"].tolist())
+    causal = kept.merge(singles, on="neuron").sort_values("effect", ascending=False, kind="stable").reset_index(drop=True)
+    ranking = causal.loc[causal["effect"] > 0, "neuron"].tolist()
+    secs["single_effects"] = time.perf_counter() - t1
+    selections = {}
+    for name in tqdm(list(strategies), disable=not progress, desc="strategies"):
+        t1 = time.perf_counter()
+        selections[name] = es.select(name, scorer, ranking, singles, k_max=max(ks), guard_tol=guard_tol)
+        secs[f"strategy/{name}"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    order = {name: s.neurons for name, s in selections.items()}
+    additivity = pd.concat([es.additivity(scorer, singles_b, singles["neuron"].tolist(), o,
+                                          sorted(set(ks) | ({len(o)} if o else set()))).assign(strategy=n)
+                            for n, o in order.items() if o], ignore_index=True)
+    # one-shot attention neurons reading one value dimension of one key/value group
+    kv = []
+    scorer.commit([])
+    for group in es.shared_value_groups(model, order.get("one_shot", ranking[: max(ks)])):
+        kv.append({"neurons": ", ".join(group), "n": len(group),
+                   "single_ppl_ratio_max": max(scorer.ppl_ratio([n]) for n in group),
+                   "joint_ppl_ratio": scorer.ppl_ratio(group)})
+    secs["diagnostics"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
+    edits = es.candidate_edits(selections, ks)
+    val_scorer = es.SetScorer(model, val_words["prompt"].tolist())
+    vtable = es.validation_table(val_scorer, edits)
+    choice = es.choose_edit(vtable, ks)
+    edit = list(edits.set_index("edit").loc[choice["edit"], "neurons"]) if choice["edit"] else []
+    secs["validation"] = time.perf_counter() - t1
     if edit_path is not None and edit:
         save_edit(edit_path, edit, model=model,
                   selection=(f"Chapter 5: top-{top_n} FFN value / attention value / FFN query neurons by summed "
-                             f"logit importance for the biased token on {len(train)} CommonWords train words; "
-                             f"start-position candidates dropped ({len(dropped)}); the {len(edit)} with the largest "
-                             f"single-mask drop of mean |b| on {len(causal_prompts)} train words whose masking raises "
-                             f"neutral perplexity by <= {100 * guard_tol:g}% ; zero ablation; seed {seed}"),
-                  metadata={"top_n": top_n, "n_train": len(train), "n_causal": len(causal_prompts),
-                            "guard_tol": guard_tol, "seed": seed,
-                            "effects": {r.neuron: float(r.effect) for r in table.itertuples() if r.neuron in edit}})
+                             f"logit importance for the biased token on {len(sel_words)} CommonWords train words; "
+                             f"start-position candidates dropped ({len(dropped)}); strategy {choice['strategy']} "
+                             f"on {len(causal_prompts)} train words with the joint perplexity guard "
+                             f"(<= {100 * guard_tol:g}% on neutral paragraphs); K = {choice['k']} chosen on "
+                             f"{len(val_words)} validation words by the lowest mean |b|; zero ablation; seed {seed}"),
+                  metadata={"top_n": top_n, "n_train": len(train), "n_selection": len(sel_words),
+                            "n_validation": len(val_words), "n_causal": len(causal_prompts), "guard_tol": guard_tol,
+                            "seed": seed, "strategy": choice["strategy"], "k": choice["k"],
+                            "val_mean_abs_b": choice["val_mean_abs_b"], "rule": es.CHOICE_RULE,
+                            "effects": {r.neuron: float(r.effect) for r in causal.itertuples() if r.neuron in edit}})
+    scorer.commit([])
     return {"attribution": da, "targets": targets, "candidates": cands, "kept": kept, "dropped": dropped,
-            "causal": table, "causal_info": info, "edit": edit, "causal_prompts": causal_prompts, "seconds": secs}
+            "causal": causal, "selections": selections, "edits": edits, "validation": vtable, "choice": choice,
+            "edit": edit, "additivity": additivity, "kv_groups": pd.DataFrame(kv, columns=["neurons", "n",
+            "single_ppl_ratio_max", "joint_ppl_ratio"]), "causal_prompts": causal_prompts,
+            "selection_words": sel_words, "validation_words": val_words,
+            "train_mean_abs_b": float(np.abs(scorer.b0).mean()), "seconds": secs}
+
+
+def random_controls(model, edits: Mapping[str, Sequence[str]], test: pd.DataFrame, n_random: int, seed: int,
+                    eval_texts: Sequence[str] = (), ppl_for: Sequence[str] | None = None) -> pd.DataFrame:
+    """``n_random`` draws matched to each edit in number, kind and layer
+    (:func:`analysis_lib.neurons.sample_matched`), scored on the test words (batched).
+
+    Returns:
+        One row per draw: ``control_for`` (the edit's name), ``draw``, ``n_neurons``,
+        ``mean_abs_b``, ``d_mean_abs_b`` (minus the unedited model's), ``mean_b`` and
+        ``share_flipped`` (words whose sign of b differs from the unedited model's), plus
+        ``d_ppl_pct`` on ``eval_texts`` for the edits named in ``ppl_for`` (all if None; NaN
+        for the others: perplexity costs a pass over the paragraphs per draw).
+    """
+    scorer = es.SetScorer(model, test["prompt"].tolist(), eval_texts)
+    b0 = scorer.b0
+    names, draws = [], []
+    for e, (name, neurons) in enumerate(edits.items()):
+        for r in range(n_random):
+            names.append((name, r))
+            draws.append(sample_matched(model, list(neurons), seed=[int(seed), 7, e, r]))
+    B = scorer.bias(draws) if draws else np.empty((0, len(b0)))
+    rows = []
+    for (name, r), d, b in zip(names, draws, B):
+        row = {"control_for": name, "draw": r, "n_neurons": len(d), "mean_abs_b": float(np.abs(b).mean()),
+               "d_mean_abs_b": float(np.abs(b).mean() - np.abs(b0).mean()), "mean_b": float(b.mean()),
+               "share_flipped": float((np.sign(b) != np.sign(b0)).mean())}
+        if len(eval_texts):
+            wanted = ppl_for is None or name in set(ppl_for)
+            row["d_ppl_pct"] = 100.0 * (scorer.ppl_ratio(d) - 1.0) if wanted else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def replicate(name: str, train: pd.DataFrame, test: pd.DataFrame, guard_texts: Sequence[str],
-              eval_texts: Sequence[str], *, top_n: int, k: int, n_causal: int | None, n_random: int,
-              guard_tol: float, seed: int, device: str = "cpu", dtype: str = "float32",
+              eval_texts: Sequence[str], *, top_n: int, ks: Sequence[int], n_val: int, n_causal: int | None,
+              n_random: int, guard_tol: float, seed: int, device: str = "cpu", dtype: str = "float32",
               progress: bool = False) -> dict[str, Any]:
-    """The chapter's recipe and its main comparison on another model, in one call.
+    """The chapter's recipe, the validation rule and the main comparison on another model.
 
-    Loads ``name``, selects the edit on ``train`` (:func:`select_and_save`, nothing saved) and
-    evaluates the original model, the K = ``k`` edit, the logit-only top-``k``, ``n_random``
-    random draws of the edit's FFN/attention mix and that model's own general neurons (the top
-    start-position FFN query neurons of its attribution, or chapter 4's if they were computed on
-    this model) on ``test`` and ``eval_texts`` (:func:`evaluate_conditions`).
+    Loads ``name``, selects on ``train`` (:func:`select_and_save`, nothing saved) and evaluates
+    the original model, the validation-chosen edit, the one-shot edit of the largest K it
+    reached, ``n_random`` draws matched to the chosen edit (kind and layer) and that model's own
+    general neurons (:func:`general_neurons`) on ``test`` and ``eval_texts``.
 
     Returns:
-        ``{"table", "edit", "general", "general_source", "counts", "seconds"}``; ``table`` has a
-        ``model`` column; ``counts`` holds the selection's numbers (candidates, dropped, kept,
-        selected).
+        ``{"table", "edit", "choice", "general", "general_source", "counts", "seconds"}``;
+        ``table`` has a ``model`` column; ``counts`` holds the selection's numbers.
     """
     from .models import load_model
 
     t0 = time.perf_counter()
     m = load_model(name, device=device, dtype=dtype)
     try:
-        sel = select_and_save(m, train, top_n=top_n, k_max=k, n_causal=n_causal, guard_texts=guard_texts,
-                              guard_tol=guard_tol, seed=seed, edit_path=None, k_edit=k, progress=progress)
-        edit, da = sel["edit"], sel["attribution"]
-        n_ffn = sum(x.startswith("ffn") for x in edit)
+        sel = select_and_save(m, train, top_n=top_n, ks=ks, n_causal=n_causal, n_val=n_val,
+                              guard_texts=guard_texts, guard_tol=guard_tol, seed=seed, edit_path=None,
+                              progress=progress)
+        edit, da, choice = sel["edit"], sel["attribution"], sel["choice"]
         gen, gen_source = general_neurons(da, model_name=name)
-        conds: dict[str, Any] = {"original": [], f"edit K={k}": edit, f"logit-only K={k}": logit_only(da, k)}
-        groups = {"original": "original", f"edit K={k}": "edit (ours)", f"logit-only K={k}": "logit-only"}
-        for r in range(n_random):
-            conds[f"random #{r}"] = random_neurons(m, n_ffn, len(edit) - n_ffn, seed * 1000 + r)
-            groups[f"random #{r}"] = f"random ({k})"
+        conds: dict[str, Any] = {"original": []}
+        groups = {"original": "original"}
+        if edit:
+            conds[f"chosen: {choice['edit']}"] = edit
+            groups[f"chosen: {choice['edit']}"] = "edit (chosen)"
+        one = sel["selections"]["one_shot"].neurons
+        if one:
+            conds[f"one_shot K={len(one)}"], groups[f"one_shot K={len(one)}"] = one, "one-shot"
+        for r in range(n_random if edit else 0):
+            conds[f"random #{r}"] = sample_matched(m, edit, seed=[int(seed), 7, 0, r])
+            groups[f"random #{r}"] = f"random ({len(edit)})"
         conds["general neurons"], groups["general neurons"] = gen, "general neurons"
         table, _ = evaluate_conditions(m, conds, test, eval_texts, seed=seed, groups=groups)
     finally:
         del m
-    causal = sel["causal"]
     counts = {"candidates": len(sel["candidates"]), "dropped_start": len(sel["dropped"]), "kept": len(sel["kept"]),
-              "positive": int((causal.effect > 0).sum()), "selected": int((causal.selected > 0).sum())}
-    return {"table": table.assign(model=name), "edit": edit, "general": gen, "general_source": gen_source,
-            "counts": counts, "seconds": {**sel["seconds"], "total": time.perf_counter() - t0}}
+              "positive": int((sel["causal"].effect > 0).sum()),
+              **{f"selected_{k}": len(v.neurons) for k, v in sel["selections"].items()}}
+    return {"table": table.assign(model=name), "edit": edit, "choice": choice, "general": gen,
+            "general_source": gen_source, "counts": counts, "seconds": {**sel["seconds"], "total": time.perf_counter() - t0}}
 
 
 def replicate_text(table: pd.DataFrame) -> str:
     """One paragraph summarising a :func:`replicate` table (for the chapter's text)."""
     t = table.set_index("condition")
     name = str(table["model"].iloc[0])
-    orig, ed = t.loc["original"], t[t.group == "edit (ours)"].iloc[0]
+    orig = t.loc["original"]
+    parts = [f"On {name} the original model has a mean |b| of {orig.mean_abs_b:.3f} on the test words. "]
+    chosen = t[t.group == "edit (chosen)"]
+    if len(chosen):
+        ed = chosen.iloc[0]
+        change = ("a significant reduction" if ed.d_mean_abs_b_high < 0 else
+                  "a significant increase" if ed.d_mean_abs_b_low > 0 else "no significant change")
+        parts.append(f"The validation rule chooses {chosen.index[0].removeprefix('chosen: ')} "
+                     f"({int(ed.n_neurons)} neurons), which changes it by {ed.d_mean_abs_b:+.3f} "
+                     f"[{ed.d_mean_abs_b_low:+.3f}, {ed.d_mean_abs_b_high:+.3f}] ({change}) "
+                     f"for {ed.d_ppl_pct:+.2f} % perplexity")
+    else:
+        parts.append("No edit lowers mean |b| on its validation words, so the rule chooses none")
     rnd = t[t.group.str.startswith("random")]
-    change = ("a significant reduction" if ed.d_mean_abs_b_high < 0 else
-              "a significant increase" if ed.d_mean_abs_b_low > 0 else "no significant change")
-    parts = [f"On {name} the original model has a mean |b| of {orig.mean_abs_b:.3f} on the test words. "
-             f"Its edit ({int(ed.n_neurons)} neurons) changes it by {ed.d_mean_abs_b:+.3f} "
-             f"[{ed.d_mean_abs_b_low:+.3f}, {ed.d_mean_abs_b_high:+.3f}] "
-             f"({change}) "
-             f"for {ed.d_ppl_pct:+.2f} % perplexity"]
     if len(rnd):
-        parts.append(f"; {len(rnd)} random draws of the same mix change it by {rnd.d_mean_abs_b.min():+.3f} to "
-                     f"{rnd.d_mean_abs_b.max():+.3f}")
-    lo = t[t.group == "logit-only"]
-    if len(lo):
-        parts.append(f"; the logit-only top-K by {lo.d_mean_abs_b.iloc[0]:+.3f} ({lo.d_ppl_pct.iloc[0]:+.1f} % perplexity)")
+        parts.append(f"; {len(rnd)} random draws matched in kind and layer change it by "
+                     f"{rnd.d_mean_abs_b.min():+.3f} to {rnd.d_mean_abs_b.max():+.3f}")
+    one = t[t.group == "one-shot"]
+    if len(one):
+        parts.append(f"; the one-shot reading ({int(one.n_neurons.iloc[0])} neurons) by "
+                     f"{one.d_mean_abs_b.iloc[0]:+.3f} ({one.d_ppl_pct.iloc[0]:+.1f} % perplexity)")
     if "general neurons" in t.index:
         g = t.loc["general neurons"]
         parts.append(f"; its own general neurons by {g.d_mean_abs_b:+.3f} ({g.d_ppl_pct:+.1f} % perplexity)")
@@ -917,7 +832,7 @@ def edit_command(model_name: str | None, edit_file: str, tasks_text: str, *, pro
     from .models import load_model
 
     tasks = _parse_tasks(tasks_text)
-    if profile not in PROFILES:
+    if profile not in ("quick", "full"):
         raise ParameterError(f"Unknown profile {profile!r}; use quick or full.")
     spec = load_edit(edit_file)
     model = load_model(model_name or spec.model)

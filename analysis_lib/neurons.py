@@ -446,3 +446,32 @@ def weights_version(model: Any) -> tuple:
     after such edits.
     """
     return tuple((p.data_ptr(), p._version) for p in hf_model(model).parameters())
+
+
+def sample_matched(model: Any, neurons: "list[str | NeuronId]", seed: int) -> list[str]:
+    """A random control set matched to ``neurons`` in number, kind and layer.
+
+    For every layer, as many FFN neurons as ``neurons`` has FFN neurons in that layer (uniform
+    over the layer's ``d_mlp`` units) and as many aggregated attention neurons as it has there
+    (uniform over the layer's ``n_heads x d_head`` units), without replacement and never one of
+    ``neurons``; drawn from ``numpy.random.default_rng(seed)``, layer by layer in increasing
+    order (FFN before attention), so the same seed gives the same set.
+    """
+    import numpy as np
+
+    a = arch(model)
+    ids = [as_neuron(n) for n in neurons]
+    rng = np.random.default_rng(seed)
+    out: list[str] = []
+    for layer in sorted({n.layer for n in ids}):
+        for kind, size in (("ffn", a.d_mlp), ("attn", a.n_heads * a.d_head)):
+            own = [n for n in ids if n.layer == layer and n.kind == kind]
+            if not own:
+                continue
+            taken = {n.index if kind == "ffn" else n.head * a.d_head + n.dim for n in own}
+            pool = np.setdiff1d(np.arange(size), np.fromiter(taken, int))
+            for i in rng.choice(pool, size=len(own), replace=False):
+                i = int(i)
+                out.append(str(NeuronId("ffn", layer=layer, index=i)) if kind == "ffn"
+                           else str(NeuronId("attn", layer=layer, head=i // a.d_head, dim=i % a.d_head)))
+    return out

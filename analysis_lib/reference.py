@@ -161,3 +161,48 @@ def flat_index(neuron, shape: Sequence[int]) -> int:
     if neuron.kind == "ffn":
         return int(np.ravel_multi_index((neuron.layer, neuron.index), shape))
     return int(np.ravel_multi_index((neuron.layer, neuron.head, neuron.dim, neuron.position), shape))
+
+
+# ----------------------------------------------------------------------------- chapter 5 references
+
+
+def _softcapped(model, logits: torch.Tensor) -> torch.Tensor:
+    """Gemma's final logit soft-capping ``cap * tanh(z / cap)`` where the config sets it."""
+    cap = getattr(model.original_model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def masked_bias(model, prompts: Sequence[str], neurons: Sequence[str]) -> np.ndarray:
+    """``b = log p(" man") - log p(" woman")`` per prompt with ``neurons`` zero-masked, one full
+    forward pass per prompt (no batching, no cached layers): the reference for
+    :class:`analysis_lib.edit_selection.SetScorer`."""
+    from .editing import mask_neurons
+
+    ids = [single_token_id(model, t) for t in (" man", " woman")]
+    out = np.empty(len(prompts))
+    with mask_neurons(model, list(neurons)), torch.inference_mode():
+        for i, p in enumerate(prompts):
+            tokens = encode(model, p).tokens
+            hidden = model.original_model.model(input_ids=tokens).last_hidden_state[0, -1]
+            lp = _softcapped(model, model.original_model.lm_head(hidden)).double().log_softmax(-1)
+            out[i] = float(lp[ids[0]] - lp[ids[1]])
+    return out
+
+
+def masked_perplexity(model, texts: Sequence[str], neurons: Sequence[str]) -> float:
+    """Pooled perplexity of ``texts`` (start token prepended) with ``neurons`` zero-masked: the
+    summed next-token negative log-likelihood over all texts divided by their token count, one
+    text per forward pass."""
+    from .editing import mask_neurons
+    from .models import token_ids
+
+    total, count = 0.0, 0
+    prefix = [model.start_token_id] if model.start_token_id is not None else []
+    with mask_neurons(model, list(neurons)), torch.inference_mode():
+        for t in texts:
+            ids = torch.tensor([prefix + token_ids(model, t)])
+            hidden = model.original_model.model(input_ids=ids).last_hidden_state[0, :-1]
+            lp = _softcapped(model, model.original_model.lm_head(hidden)).double().log_softmax(-1)
+            total -= float(lp.gather(-1, ids[0, 1:, None]).sum())
+            count += ids.shape[1] - 1
+    return float(np.exp(total / count))

@@ -677,14 +677,30 @@ def _g_replicate(v: ResultsDir) -> tuple[str, str]:
 # --- chapter 5: the editing method
 
 
+def _one_shot_line(v: ResultsDir) -> str:
+    """Why the one-shot reading fails, in one line (empty when chapter 5 did not record it)."""
+    vals = v.values(C5)
+    if "one_shot_d" not in vals:
+        return ""
+    return (f"; read one neuron at a time ({vals.get('one_shot_name')}) the edit changes mean |b| by "
+            f"{float(vals['one_shot_d']):+.3f} with mean b {vals.get('one_shot_mean_b')}: single pushes towards "
+            "'woman' add up past zero")
+
+
 def _edit_reduces(v: ResultsDir) -> Outcome:
+    name = str(v.values(C5).get("edit_name", "edit"))
+    if name == "no edit":
+        return Outcome("the validation rule chose no edit", "not reproduced",
+                       "no strategy lowers mean |b| on the validation words" + _one_shot_line(v))
     d = v.interval(C5, "edit_d")
     reduces = str(v.get(C5, "edit_verdict")).strip() == "reduces"
-    our = (f"mean |b| {v.num(C5, 'orig_mean_abs_b'):.3f} → {v.num(C5, 'edit_mean_abs_b'):.3f}; change "
+    beyond = v.values(C5).get("edit_beyond_random", True) is True
+    our = (f"{name}: mean |b| {v.num(C5, 'orig_mean_abs_b'):.3f} → {v.num(C5, 'edit_mean_abs_b'):.3f}; change "
            f"{d.text('+.3f')} ({v.get(C5, 'edit_rel')} %)")
-    return Outcome(our, "reproduced" if reduces else "not reproduced",
-                   f"chapter 5's edit_verdict: the edit {v.get(C5, 'edit_verdict')} held-out bias (random neurons "
-                   f"{v.get(C5, 'random_d')})")
+    verdict = "reproduced" if reduces and beyond else ("partly" if reduces else "not reproduced")
+    why = (f"chapter 5's validation-chosen edit {v.get(C5, 'edit_verdict')} held-out bias; matched random draws "
+           f"{v.get(C5, 'random_d')}" + ("" if beyond else ", one of which does as well") + _one_shot_line(v))
+    return Outcome(our, verdict, why)
 
 
 def _edit_capability(v: ResultsDir) -> Outcome:
@@ -752,29 +768,38 @@ def _start_filter(v: ResultsDir) -> Outcome:
 
 
 def _edit_second_arch(v: ResultsDir) -> Outcome:
-    names = v.params(C5).get("replicate_models") or []
+    names = [str(n) for n in (v.params(C5).get("replicate_models") or [])]
     if not names:
         raise Missing(C5, "replicate_models", "ran no second model for")
-    name = str(names[0])
-    d = v.interval(C5, f"replicate_{name}_d")
-    our = f"{name}: change in mean |b| {d.text('+.3f')}"
-    if not d.has_ci:
-        raise Missing(C5, f"replicate_{name}_d interval")
-    if d.high < 0:
-        return Outcome(our, "reproduced", "the paired interval of the second model's edit lies below zero")
-    return Outcome(our, "not reproduced", "the paired interval of the second model's edit includes zero or lies above it")
+    parts, below = [], []
+    for name in names:
+        if str(v.values(C5).get(f"replicate_{name}_choice", "")) == "none":
+            parts.append(f"{name}: no edit chosen")
+            below.append(False)
+            continue
+        d = v.interval(C5, f"replicate_{name}_d")
+        if not d.has_ci:
+            raise Missing(C5, f"replicate_{name}_d interval")
+        parts.append(f"{name}: change in mean |b| {d.text('+.3f')}")
+        below.append(d.high < 0)
+    our = "; ".join(parts)
+    if all(below):
+        return Outcome(our, "reproduced", "on every other model the chosen edit's paired interval lies below zero")
+    if any(below):
+        return Outcome(our, "partly", "the chosen edit's paired interval lies below zero on some other models only")
+    return Outcome(our, "not reproduced", "on no other model does the chosen edit's paired interval lie below zero")
 
 
 def _edit_config(v: ResultsDir) -> Outcome:
-    # n_selected: candidates that pass the causal test and the guard; the edit is their top K
-    n_cand, n_sel, k = int(v.num(C5, "n_candidates_max")), int(v.num(C5, "n_selected")), int(v.num(C5, "k_main"))
-    n_edit = min(k, n_sel)
-    our = (f"{n_cand} candidates → {int(v.num(C5, 'n_dropped_start'))} start-position dropped, "
-           f"{int(v.num(C5, 'n_guard_failed'))} refused by the guard → {n_sel} selected → the top {n_edit} edited")
-    if n_cand >= 150 and n_edit == 50:
+    # n_selected: the size of the validation-chosen edit
+    n_cand, n_sel = int(v.num(C5, "n_candidates_max")), int(v.num(C5, "n_selected"))
+    strategy = str(v.values(C5).get("chosen_strategy", "one shot"))
+    our = (f"{n_cand} candidates → {int(v.num(C5, 'n_dropped_start'))} start-position dropped → {strategy}: "
+           f"{n_sel} edited ({int(v.num(C5, 'n_guard_failed'))} refused by the joint guard)")
+    if n_cand >= 150 and n_sel == 50:
         return Outcome(our, "reproduced", "the paper's numbers of candidates and edited neurons")
-    return Outcome(our, "partly", f"same pipeline at another size (top_n = {int(v.num(C5, 'top_n'))}, "
-                                  f"K = {int(v.num(C5, 'k_main'))})")
+    return Outcome(our, "partly", f"same pipeline from {n_cand} candidates; the validation rule chose "
+                                  f"{n_sel} neurons rather than assuming the paper's 50")
 
 
 # --- chapter 6: CRISPR and the head to head

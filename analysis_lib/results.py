@@ -108,6 +108,13 @@ class Results:
         """Record a timing (kept apart from the reproducible results)."""
         self.timings[key] = round(float(seconds), 3)
 
+    def add_time(self, key: str, seconds: float, *, fmt: str = ".0f") -> float:
+        """Record a timing (timing file only, never the results JSON) and glue it as ``key``."""
+        self.time(key, seconds)
+        if self.glue:
+            _glue_value(key, seconds, fmt)
+        return seconds
+
     def save(self) -> Path:
         """Write ``results/<chapter>.json`` (and the timing file) atomically."""
         payload = {"chapter": self.chapter, "parameters": _plain(self.parameters), "results": self.values}

@@ -179,19 +179,18 @@ def test_relative_reduction_check():
     assert not no_ideal and _one_sentence(no_ideal)
 
 
-def test_guarded_selection_check():
-    def right(table, k, tol):
-        out = []
-        for r in table.sort_values("effect", ascending=False).itertuples():
-            if len(out) == k or r.effect <= 0:
-                break
-            if r.ppl_ratio <= 1 + tol:
-                out.append(r.neuron)
-        return out
+def test_predict_joint_check():
+    assert checks.check_predict_joint(lambda b0, a, b: b0 + (a - b0) + (b - b0))
+    # forgetting to subtract b0 once double-counts the unedited lean
+    wrong = checks.check_predict_joint(lambda b0, a, b: a + b)
+    assert not wrong and "expected" in wrong.message and _one_sentence(wrong)
+    assert not checks.check_predict_joint(lambda b0, a, b: "b")
 
-    assert checks.check_guarded_selection(right)
-    no_guard = checks.check_guarded_selection(lambda t, k, tol: list(t[t.effect > 0].nlargest(k, "effect").neuron))
-    assert not no_guard and "expected" in no_guard.message
+
+def test_kv_group_check():
+    assert checks.check_kv_group(lambda h, n, kv: h // (n // kv))
+    wrong = checks.check_kv_group(lambda h, n, kv: h % kv)  # interleaved instead of blocked
+    assert not wrong and "expected" in wrong.message
 
 
 def test_bbq_bias_scores_check():

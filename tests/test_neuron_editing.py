@@ -15,11 +15,9 @@ import torch
 
 from analysis_lib import neuron_editing as ne
 from analysis_lib.attribution import dataset_attribution
-from analysis_lib.benchmarks import commonwords_bias
 from analysis_lib.commonwords import load_commonwords, to_frame
-from analysis_lib.editing import EditSpec, apply_edit, load_edit, mask_neurons, save_edit
+from analysis_lib.editing import EditSpec, apply_edit, load_edit, save_edit
 from analysis_lib.errors import EditError, NeuronIdError
-from analysis_lib.neurons import NeuronId
 from analysis_lib.scoring import target_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,47 +64,7 @@ def test_start_position_candidates_are_dropped(small_attribution):
     assert (dropped.kinds != "ffn_value").all()
 
 
-def test_causal_selection_equals_slow_loop(model, train_words, small_attribution):
-    cands = ne.drop_start(ne.candidates(small_attribution, 8))[0].head(4)
-    prompts = train_words.prompt.tolist()[:4]
-    table, info = ne.causal_select(model, cands, prompts, [], k_max=2)
-    # slow loop: mask each candidate and rescore with the benchmark code path
-    frame = train_words.head(4)
-    base = np.abs(commonwords_bias(model, frame).b).mean()
-    slow = {}
-    for nid in cands.neuron:
-        with mask_neurons(model, [nid]):
-            slow[nid] = base - np.abs(commonwords_bias(model, frame).b).mean()
-    assert info["mean_abs_b"] == pytest.approx(base, abs=1e-5)
-    for r in table.itertuples():
-        assert r.effect == pytest.approx(slow[r.neuron], abs=1e-5)
-    # the layer-skipping fast path itself (not its slow fallback) matches the full pass
-    cache = ne._LayerCache(model, prompts)
-    for nid in cands.neuron:
-        with mask_neurons(model, [nid]):
-            fast = np.abs(cache.bias(NeuronId.parse(nid).layer)).mean()
-        assert base - fast == pytest.approx(slow[nid], abs=1e-5)
-    order = sorted(slow, key=lambda n: -slow[n])
-    expected = [n for n in order if slow[n] > 0][:2]
-    assert ne.selected_neurons(table, 2) == expected
-
-
-def test_guard_refuses_damaging_neuron(model, small_attribution):
-    # a zero tolerance with a start-position general neuron: any perplexity rise is refused
-    from analysis_lib.capability import neutral_texts
-
-    q = small_attribution.tables["ffn_query"]
-    general = q[q.important_position == "start"].neuron.astype(str).head(1).tolist()
-    cands = pd.DataFrame({"neuron": general, "kinds": "ffn_query"})
-    prompts = ["The nurse is a", "The engineer is a"]
-    table, _ = ne.causal_select(model, cands, prompts, neutral_texts()[-1:], k_max=1, guard_tol=-1.0)
-    assert (table.selected == 0).all()
-
-
 def test_baselines(model, small_attribution):
-    r1 = ne.random_neurons(model, 3, 2, seed=1)
-    assert r1 == ne.random_neurons(model, 3, 2, seed=1) and r1 != ne.random_neurons(model, 3, 2, seed=2)
-    assert sum(n.startswith("ffn") for n in r1) == 3 and len(set(r1)) == 5
     lo = ne.logit_only(small_attribution, 6)
     assert len(lo) == 6 and len(set(lo)) == 6
     firsts = {str(df.sort_values("rank").neuron.iloc[0]) for df in small_attribution.tables.values()}
@@ -251,79 +209,80 @@ def test_signed_lean_and_its_text_hand_computed():
         signed_lean(items, reference="edited")
 
 
-def test_cumulative_guard_equals_slow_joint_loop(model, train_words, small_attribution):
-    from analysis_lib.capability import neutral_texts
-
-    cands = ne.drop_start(ne.candidates(small_attribution, 8))[0].head(5)
-    table, _ = ne.causal_select(model, cands, train_words.prompt.tolist()[:3], [], k_max=5)
-    guard = neutral_texts()[-1:]
-    tol = 0.002
-    out = ne.cumulative_guard(model, table, guard, k_max=5, guard_tol=tol)
-    assert out.neuron.tolist() == table.neuron.tolist()
-    # slow reference: the joint perplexity of kept + candidate, through the capability task
-    ppl0 = ne._pooled_ppl(model, guard)
-    kept = []
-    for r in table.itertuples():
-        if r.effect <= 0:
-            break
-        with mask_neurons(model, kept + [r.neuron]):
-            ratio = ne._pooled_ppl(model, guard) / ppl0
-        got = out.set_index("neuron").joint_ppl_ratio[r.neuron]
-        assert got == pytest.approx(ratio, rel=1e-6)  # layer-skipping guard vs the full pass
-        if ratio - 1 <= tol:
-            kept.append(r.neuron)
-    assert ne.selected_neurons(out, 5, column="joint_selected") == kept
-    # the joint set never costs more than the tolerance; the single-neuron guard may
-    with mask_neurons(model, kept):
-        assert ne._pooled_ppl(model, guard) / ppl0 - 1 <= tol + 1e-12
-    # a negative tolerance refuses everything; no guard texts is a clear error
-    none = ne.cumulative_guard(model, table, guard, k_max=5, guard_tol=-1.0)
-    assert (none.joint_selected == 0).all()
-    with pytest.raises(ne.ParameterError, match="guard texts"):
-        ne.cumulative_guard(model, table, [], k_max=5)
-    # the model is left unedited
-    assert ne._pooled_ppl(model, guard) == ppl0
-
-
-def test_replicate_runs_the_recipe_on_a_named_model(model, train_words):
+def test_replicate_runs_the_recipe_on_a_named_model(model):
     from analysis_lib.capability import neutral_texts
 
     words = to_frame(load_commonwords(0))
+    train = ne.subset_words(words[words.split == "train"], 8, 0)
     test = ne.subset_words(words[words.split == "test"], 5, 0)
     texts = neutral_texts()
-    rep = ne.replicate("smollm2-135m-instruct", train_words.head(3), test, texts[-1:], texts[:1], top_n=4, k=2,
-                       n_causal=3, n_random=1, guard_tol=0.05, seed=0)
-    t = rep["table"]
-    assert t.condition.tolist() == ["original", "edit K=2", "logit-only K=2", "random #0", "general neurons"]
-    assert (t.model == "smollm2-135m-instruct").all()
-    assert len(rep["edit"]) <= 2 and rep["counts"]["selected"] >= len(rep["edit"])
+    rep = ne.replicate("smollm2-135m-instruct", train, test, texts[-1:], texts[:1], top_n=4, ks=[2], n_val=3,
+                       n_causal=5, n_random=1, guard_tol=0.05, seed=0)
+    t = rep["table"].set_index("condition")
+    assert t.index[0] == "original" and t.index[-1] == "general neurons"
+    assert (rep["table"].model == "smollm2-135m-instruct").all()
     assert len(rep["general"]) == 2
     # the original row is the plain evaluation of the same model
     direct, _ = ne.evaluate_conditions(model, {"original": []}, test, texts[:1])
-    row = t.set_index("condition").loc["original"]
+    row = t.loc["original"]
     assert row.mean_abs_b == pytest.approx(direct.mean_abs_b.iloc[0], abs=1e-6)
     assert row.ppl == pytest.approx(direct.ppl.iloc[0], rel=1e-6)
-    # the edit row is the edit's own evaluation
-    ed, _ = ne.evaluate_conditions(model, {"original": [], "edit": rep["edit"]}, test, texts[:1])
-    assert t.set_index("condition").loc["edit K=2"].d_mean_abs_b == pytest.approx(ed.d_mean_abs_b.iloc[1], abs=1e-6)
-    text = ne.replicate_text(t)
+    text = ne.replicate_text(rep["table"])
     assert text.startswith("On smollm2-135m-instruct the original model") and f"{row.mean_abs_b:.3f}" in text
     assert "`" not in text and "$" not in text  # glued as plain text
-    edit_row = t.set_index("condition").loc["edit K=2"]
-    change = ("a significant reduction" if edit_row.d_mean_abs_b_high < 0 else
-              "a significant increase" if edit_row.d_mean_abs_b_low > 0 else "no significant change")
-    assert f"({change})" in text
+    if rep["edit"]:
+        chosen = t[t.group == "edit (chosen)"].iloc[0]
+        ed, _ = ne.evaluate_conditions(model, {"original": [], "edit": rep["edit"]}, test, texts[:1])
+        assert chosen.d_mean_abs_b == pytest.approx(ed.d_mean_abs_b.iloc[1], abs=1e-6)
+        assert len(t[t.group.str.startswith("random")]) == 1
+        change = ("a significant reduction" if chosen.d_mean_abs_b_high < 0 else
+                  "a significant increase" if chosen.d_mean_abs_b_low > 0 else "no significant change")
+        assert f"({change})" in text
+    else:
+        assert "chooses none" in text
 
 
-def test_layer_skipping_guard_perplexity_equals_full_pass(model):
-    from analysis_lib.capability import neutral_texts
+def test_split_validation_is_disjoint_stratified_and_seeded():
+    words = to_frame(load_commonwords(0))
+    train = words[words.split == "train"]
+    sel, val = ne.split_validation(train, 100, 0)
+    assert len(val) == 100 and len(sel) == len(train) - 100
+    assert not set(sel.word) & set(val.word)
+    assert val.category.value_counts().tolist() == [20] * 5  # 100 over 5 categories
+    again = ne.split_validation(train, 100, 0)[1]
+    assert again.word.tolist() == val.word.tolist()
+    with pytest.raises(ne.ParameterError, match="n_val"):
+        ne.split_validation(train, len(train), 0)
 
-    texts = neutral_texts()[-3:]
-    cache = ne._GuardCache(model, texts)
-    assert cache.ppl(0) == pytest.approx(ne._pooled_ppl(model, texts), rel=1e-6)
-    fn = ne._guard_ppl_fn(model, texts)
-    for ids in (["ffnL20N5"], ["attnL12H3D7"], ["ffnL25N9", "ffnL7N100"]):
-        with mask_neurons(model, ids):
-            full = ne._pooled_ppl(model, texts)
-        assert fn(ids) == pytest.approx(full, rel=1e-6)
-        assert fn(ids) != pytest.approx(cache.ppl(0), rel=1e-9)  # the mask did something
+
+def test_add_controls_and_texts_hand_computed():
+    table = pd.DataFrame({"condition": ["original", "e"], "n_neurons": [0, 2], "mean_abs_b": [1.0, 0.6],
+                          "d_mean_abs_b": [0.0, -0.4], "d_mean_abs_b_low": [0.0, -0.5],
+                          "d_mean_abs_b_high": [0.0, -0.3], "d_ppl_pct": [0.0, 0.5], "d_ppl_pct_low": [0.0, 0.1],
+                          "d_ppl_pct_high": [0.0, 0.9], "share_strong": [0.5, 0.2], "mean_b": [0.8, 0.1],
+                          "share_flipped": [0.0, 0.25]})
+    controls = pd.DataFrame({"control_for": ["e", "e", "e"], "draw": [0, 1, 2], "d_mean_abs_b": [0.02, -0.1, 0.0],
+                             "d_ppl_pct": [0.1, 0.3, 0.2]})
+    out = ne.add_controls(table, controls).set_index("condition")
+    assert out.loc["e", "random_n"] == 3 and out.loc["e", "random_d_min"] == -0.1
+    assert out.loc["e", "random_d_max"] == 0.02 and out.loc["e", "random_d_median"] == 0.0
+    assert out.loc["e", "random_dppl_median"] == pytest.approx(0.2)
+    assert np.isnan(out.loc["original", "random_d_min"])
+    # -0.4 < -0.1: beyond every draw; a uniform shift could remove at most 0.3 here
+    text = ne.held_out_text(out.reset_index(), "e", None, 0.3)
+    assert "reduces mean |b|: 1.000 → 0.600" in text and "beyond every one of them" in text
+    assert "mean signed b moves from +0.800 to +0.100" in text and "25 % of the words" in text
+    assert "does more than push every word one way" in text
+
+
+def test_choice_text_names_the_edge():
+    vt = pd.DataFrame({"edit": ["one_shot K=10"], "strategy": ["one_shot"], "k": [10], "val_mean_abs_b": [0.5]})
+    vt.attrs["val_mean_abs_b_original"] = 0.8
+    edge = ne.choice_text({"edit": "one_shot K=10", "strategy": "one_shot", "k": 10, "val_mean_abs_b": 0.5,
+                           "at_edge": True}, vt, [5, 10])
+    assert "0.800 → 0.500" in edge and "largest size of the grid" in edge
+    walk = ne.choice_text({"edit": "joint_greedy K=7", "strategy": "joint_greedy", "k": 7, "val_mean_abs_b": 0.5,
+                           "at_edge": False}, vt, [5, 10])
+    assert "own stopping point" in walk
+    none = ne.choice_text({"edit": None, "strategy": None, "k": 0, "val_mean_abs_b": 0.8, "at_edge": False}, vt, [5])
+    assert "chooses none" in none

@@ -48,6 +48,8 @@ CH5 = {
     "edit_dppl": "+1.50", "edit_dppl_ci": "[+0.50, +2.50]", "general_dppl": "+1200.5", "logit_dppl": "+900.00",
     "logit_only_n_start": 2, "icat_orig": 60.0, "icat_edit": 62.0, "ent_orig": 0.2, "ent_edit": 0.19,
     "n_candidates_max": 150, "n_dropped_start": 9, "n_guard_failed": 3, "n_selected": 50, "top_n": 50, "k_main": 50,
+    "edit_name": "joint_greedy K=50", "edit_beyond_random": True, "chosen_strategy": "joint greedy",
+    "one_shot_name": "one_shot K=50", "one_shot_d": 0.4, "one_shot_mean_b": "-1.200",
 }
 CH6 = {
     "delta_acc": ci(0.08, 0.03, 0.13, 96), "orig_acc": 40.0, "crispr_acc": 48.0, "gain_pp": 8.0,
@@ -117,7 +119,9 @@ def test_verdicts_from_hand_written_results(results):
         "arithmetic 50.0 % [40.0, 60.0] → 5.0 % [0.0, 10.0]; RACE 60.0 % [55.0, 65.0] → 50.0 % [45.0, 55.0]")
     assert t.loc["p1-shared-ffn_value", "our_value"] == "74 % [73, 81]"
     assert t.loc["p2-gain", "our_value"] == "40.0 % → 48.0 % (+8.0 points); paired change +8.0 [+3.0, +13.0] points"
-    assert t.loc["p1-edit-reduces", "our_value"] == "mean |b| 0.800 → 0.600; change -0.200 [-0.300, -0.100] (-25 %)"
+    assert t.loc["p1-edit-reduces", "our_value"] == (
+        "joint_greedy K=50: mean |b| 0.800 → 0.600; change -0.200 [-0.300, -0.100] (-25 %)")
+    assert "(one_shot K=50) the edit changes mean |b| by +0.400" in t.loc["p1-edit-reduces", "reason"]
     assert t.loc["p1-edit-baselines", "our_value"].endswith("fine-tuned (LoRA) -0.100")
     assert t.loc["p1-cw-bias:other-model", "model"] == "other-model"
     assert t.loc["p1-cw-bias", "model"] == "tiny-model"
@@ -277,17 +281,28 @@ def test_second_architecture_edit_claim(tmp_path):
     # listed as replicated but without its numbers: not tested, never a verdict
     _write(tmp_path, "05_editing_bias", CH5, replicate_models=["gemma3-270m"])
     assert _rows(rp.compare(tmp_path)).loc["p1-edit-second-arch", "verdict"] == "not tested"
+    # two models, one without a chosen edit: partly
+    _write(tmp_path, "05_editing_bias", {**CH5, "replicate_gemma3-270m_d": -0.2, "replicate_gemma3-270m_d_ci": [-0.3, -0.05],
+                                         "replicate_q_choice": "none"}, replicate_models=["gemma3-270m", "q"])
+    row = _rows(rp.compare(tmp_path)).loc["p1-edit-second-arch"]
+    assert row.verdict == "partly" and row.our_value.endswith("q: no edit chosen")
 
 
-@pytest.mark.parametrize("n_selected, k_main, verdict, text", [
-    (69, 50, "reproduced", "150 candidates → 9 start-position dropped, 3 refused by the guard → 69 selected → the top 50 edited"),
-    (50, 50, "reproduced", "→ 50 selected → the top 50 edited"),
-    (30, 50, "partly", "→ 30 selected → the top 30 edited"),
-    (69, 10, "partly", "→ 69 selected → the top 10 edited"),
+@pytest.mark.parametrize("n_selected, verdict, text", [
+    (50, "reproduced", "150 candidates → 9 start-position dropped → joint greedy: 50 edited (3 refused by the joint guard)"),
+    (24, "partly", "→ joint greedy: 24 edited"),
 ])
-def test_edit_size_counts_the_edited_neurons_not_the_selected(results, n_selected, k_main, verdict, text):
-    # the causal step selects n_selected neurons; the edit is their top K (chapter 5's saved edit)
-    _write(results, "05_editing_bias", {**CH5, "n_selected": n_selected, "k_main": k_main})
+def test_edit_size_counts_the_chosen_edit(results, n_selected, verdict, text):
+    _write(results, "05_editing_bias", {**CH5, "n_selected": n_selected})
     row = _rows(rp.compare(results)).loc["p1-edit-size"]
     assert row.verdict == verdict
     assert text in row.our_value
+
+
+def test_edit_reduces_needs_to_beat_its_random_draws(results):
+    _write(results, "05_editing_bias", {**CH5, "edit_beyond_random": False})
+    row = _rows(rp.compare(results)).loc["p1-edit-reduces"]
+    assert row.verdict == "partly" and "one of which does as well" in row.reason
+    _write(results, "05_editing_bias", {**CH5, "edit_name": "no edit"})
+    row = _rows(rp.compare(results)).loc["p1-edit-reduces"]
+    assert row.verdict == "not reproduced" and row.our_value == "the validation rule chose no edit"

@@ -1,0 +1,588 @@
+"""Which candidate neurons become the edit: the selection strategies of chapter 5.
+
+Paper 1's third step masks the candidates and keeps "the final 50 neurons" whose masking
+reduces bias without harming other tasks. Read one way, each candidate is judged **alone**
+and the best 50 are then masked **together**; read the other way, the 50 are judged **as a
+set**. The two differ whenever the neurons' effects add up: most CommonWords words lean male,
+so any neuron that shifts every ``b(w)`` towards " woman" lowers mean ``|b|`` on its own, and
+fifty such shifts push the words past zero into a female lean. The strategies, one interface
+(``strategy(scorer, ranking, k_max=..., guard_tol=...) -> Selection``):
+
+* :func:`one_shot` ranks candidates by their single-mask drop of mean ``|b|`` on the training
+  words and keeps them in that order (the reading chapter 5 first published; kept to show how
+  it fails). Its perplexity guard is joint (below), but bias is never measured for the set.
+* :func:`joint_greedy` walks down the same ranking and keeps a candidate only if masking it
+  *together with the neurons kept so far* lowers the training mean ``|b|`` (method_spec §6 A4's
+  "greedy cumulative selection") and passes the joint guard.
+* :func:`sign_aware` first keeps only candidates whose single mask shrinks ``|b|`` on both the
+  male-leaning and the female-leaning training words (neurons that move words towards zero,
+  not every word one way), then walks them like :func:`joint_greedy`, also requiring that
+  neither group's mean ``|b|`` rises.
+
+**Guards are always joint**: a candidate passes when masking it together with the neurons kept
+so far raises the pooled perplexity of the guard paragraphs by at most ``guard_tol`` (relative).
+A one-neuron guard misses neurons that stand in for each other, such as the query heads of one
+key/value group under grouped-query attention reading the same value dimension.
+
+**Speed** (:class:`SetScorer`): the residual stream entering every layer is kept for the
+selection prompts and the guard paragraphs, computed with the neurons kept so far masked (the
+*base*); a candidate set then only runs the layers from its first edited layer, and many sets
+share one forward pass (each set owns a block of batch rows; its neurons are removed by
+multiplying the rows' ``down_proj`` / ``o_proj`` inputs by 0, which equals zeroing the weight
+columns as :func:`analysis_lib.editing.mask_neurons` does). :func:`analysis_lib.reference.masked_bias`
+is the slow reference (one full pass per set).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .editing import has_position_hooks, mask_neurons
+from .errors import ParameterError
+from .models import encode, single_token_id, token_ids
+from .neurons import NeuronId, arch, hf_layer, unwrap
+from .scoring import _unembed
+
+__all__ = [
+    "STRATEGIES",
+    "Selection",
+    "SetScorer",
+    "single_effects",
+    "one_shot",
+    "joint_greedy",
+    "sign_aware",
+    "select",
+    "candidate_edits",
+    "validation_table",
+    "choose_edit",
+    "CHOICE_RULE",
+    "additivity",
+    "shared_value_groups",
+]
+
+#: The strategies in the order the chapter presents them (the paper's one-shot reading first).
+STRATEGIES = ("one_shot", "joint_greedy", "sign_aware")
+
+#: b(w) = log p(" man") - log p(" woman"), as everywhere in the study.
+TARGETS = (" man", " woman")
+
+#: Rows (set x prompt, or set x paragraph) per batched forward pass: big enough to amortise the
+#: per-call overhead on a CPU, small enough that the activations of one pass stay < ~0.5 GB.
+ROWS_PER_PASS = 1024
+
+#: Selection prompts per length bucket, at least: each bucket is one pass per candidate set, and
+#: a pass through the bridge's modules costs ~10 ms of Python per layer whatever its size.
+MIN_BUCKET = 48
+
+#: The batched scorer must reproduce a full masked pass to this (absolute, in b): float32
+#: products summed in another blocking order differ by ~1e-6; a wrong mask moves b by > 1e-3.
+CHECK_TOL = 1e-4
+
+#: The rule that chooses the edit on the validation words, stated before any number is seen.
+CHOICE_RULE = (
+    "Among the edits the strategies produce (each strategy's selection cut at every K of the grid, "
+    "and its whole selection when it stops short of the largest K), choose the one with the lowest mean |b| on the "
+    "validation words; every candidate already satisfies the joint perplexity guard. An edit must "
+    "lower validation mean |b| below the unedited model's to be chosen; equal values go to the "
+    "smaller edit. The test words are used once, for the final table."
+)
+
+
+# ----------------------------------------------------------------------------- batched scoring
+
+
+class _Stream:
+    """Token batches and the residual stream entering each layer under the current base edit."""
+
+    def __init__(self, model, batches: list[tuple[torch.Tensor, list[int]]]):
+        self.model = model
+        self.inner = model.original_model.model
+        self.batches = batches  # (tokens [B, T], lengths)
+        self.store: list[dict[int, torch.Tensor]] = [{} for _ in batches]
+
+    def _run(self, start: int, hidden: torch.Tensor | None, tokens: torch.Tensor | None,
+             capture: dict[int, torch.Tensor] | None) -> torch.Tensor:
+        layers = self.inner.layers
+        handles = []
+        try:
+            sliced = list(layers)[start:]
+            self.inner.layers = torch.nn.ModuleList(sliced)
+            if capture is not None:
+                for i, layer in enumerate(sliced):
+                    def grab(mod, args, kwargs, i=start + i):
+                        h = args[0] if args else kwargs["hidden_states"]
+                        capture[i] = h.detach().clone()
+                    handles.append(layer.register_forward_pre_hook(grab, with_kwargs=True))
+            with torch.inference_mode():
+                if hidden is None:
+                    out = self.inner(input_ids=tokens, use_cache=False)
+                else:
+                    out = self.inner(inputs_embeds=hidden, use_cache=False)
+            return out.last_hidden_state
+        finally:
+            for h in handles:
+                h.remove()
+            self.inner.layers = layers
+
+    def capture(self, start: int = 0) -> None:
+        """Recompute the stored inputs of layers ``start..L-1`` (the model's weights as they are now)."""
+        for b, (toks, _) in enumerate(self.batches):
+            hidden = None if start == 0 else self.store[b][start]
+            new: dict[int, torch.Tensor] = {}
+            self._run(start, hidden, toks if start == 0 else None, new)
+            self.store[b].update(new)
+
+    def forward(self, b: int, start: int, repeat: int) -> torch.Tensor:
+        """Final hidden states of batch ``b`` repeated ``repeat`` times, from layer ``start``."""
+        h = self.store[b][start]
+        if repeat > 1:
+            h = h.repeat(repeat, 1, 1)
+        return self._run(start, h, None, None)
+
+
+@contextlib.contextmanager
+def _row_masks(model, sets: Sequence[Sequence[NeuronId]], rows_per_set: int) -> Iterator[None]:
+    """Remove set ``s``'s neurons from batch rows ``s*rows_per_set .. (s+1)*rows_per_set - 1``.
+
+    Multiplies the input of ``down_proj`` (FFN neuron ``i``: feature ``i``) or ``o_proj``
+    (attention neuron ``(h, j)``: feature ``h*d_head + j``) by 0 in those rows: the same as
+    zeroing the weight column for those rows only.
+    """
+    a = arch(model)
+    n = len(sets) * rows_per_set
+    per_layer: dict[tuple[int, str], list[tuple[int, int]]] = {}
+    for s, neurons in enumerate(sets):
+        for nid in neurons:
+            if nid.kind == "ffn":
+                per_layer.setdefault((nid.layer, "ffn"), []).append((s, nid.index))
+            else:
+                per_layer.setdefault((nid.layer, "attn"), []).append((s, nid.head * a.d_head + nid.dim))
+    handles = []
+    try:
+        for (layer, kind), cells in per_layer.items():
+            lay = hf_layer(model, layer)
+            mod = unwrap(unwrap(lay.mlp).down_proj) if kind == "ffn" else unwrap(unwrap(lay.self_attn).o_proj)
+            width = mod.weight.shape[1]
+            mask = torch.ones((n, 1, width), dtype=mod.weight.dtype, device=mod.weight.device)
+            for s, col in cells:
+                mask[s * rows_per_set : (s + 1) * rows_per_set, 0, col] = 0.0
+
+            def hook(module, args, mask=mask):
+                return (args[0] * mask,) + tuple(args[1:])
+
+            handles.append(mod.register_forward_pre_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class SetScorer:
+    """``b(w)`` on fixed prompts and the guard perplexity, for neuron sets on top of a base edit.
+
+    Args:
+        model: a loaded bridge (never left edited).
+        prompts: the selection prompts (each is scored at its last token).
+        guard_texts: neutral paragraphs for the perplexity guard (may be empty: no guard).
+        check: compare the batched path with one full masked pass on first use and fall back to
+            full passes if they differ by more than :data:`CHECK_TOL` (an architecture the layer
+            slicing does not fit).
+
+    The base (:meth:`commit`) is the set every evaluation starts from, e.g. the neurons a walk
+    has kept; :meth:`bias` and :meth:`ppl_ratio` take the *extra* neurons on top of it.
+    """
+
+    def __init__(self, model, prompts: Sequence[str], guard_texts: Sequence[str] = (), *, check: bool = True):
+        self.model = model
+        self.prompts = list(prompts)
+        self.guard_texts = list(guard_texts)
+        self.ids = [single_token_id(model, t) for t in TARGETS]
+        self.base: list[str] = []
+        self.fast = not has_position_hooks(model)
+        # selection prompts: sorted by token length and cut into buckets of at least
+        # MIN_BUCKET prompts, each right-padded to its longest (few pads, few passes)
+        enc = encode(model, self.prompts)
+        lengths = enc.last_index.cpu().numpy() + 1
+        order = np.argsort(lengths, kind="stable")
+        self._groups = []
+        start = 0
+        for n in sorted(set(lengths.tolist())):
+            end = int(np.searchsorted(lengths[order], n, side="right"))
+            if end - start >= MIN_BUCKET or end == len(order):
+                self._groups.append(order[start:end])
+                start = end
+        if start < len(order):  # a short tail joins the last bucket
+            tail = order[start:]
+            self._groups = self._groups[:-1] + [np.concatenate([self._groups[-1], tail])] if self._groups else [tail]
+        self._bias = _Stream(model, [(enc.tokens[g][:, : int(lengths[g].max())], lengths[g].tolist())
+                                     for g in self._groups])
+        # guard paragraphs: the batches of analysis_lib.capability.perplexity_task (16, longest first)
+        self._guard = None
+        if self.guard_texts:
+            prefix = [model.start_token_id] if model.start_token_id is not None else []
+            rows = [prefix + token_ids(model, t) for t in self.guard_texts]
+            order = np.argsort([-len(r) for r in rows], kind="stable")
+            pad = model.tokenizer.pad_token_id or 0
+            device = model.cfg.device or "cpu"
+            batches = []
+            for s0 in range(0, len(order), 16):
+                idx = order[s0 : s0 + 16]
+                toks = torch.full((len(idx), len(rows[idx[0]])), pad, dtype=torch.long)
+                for r, i in enumerate(idx):
+                    toks[r, : len(rows[i])] = torch.tensor(rows[i])
+                batches.append((toks.to(device), [len(rows[i]) for i in idx]))
+            self._guard = _Stream(model, batches)
+            self.n_guard_tokens = float(sum(len(r) - 1 for r in rows))
+        self._checked = not check
+        self._capture(0)
+        self.b0 = self.bias([[]])[0]
+        self.ppl0 = self._ppl([]) if self._guard is not None else float("nan")
+
+    # -- base
+    def _capture(self, start: int) -> None:
+        if not self.fast:
+            return
+        with mask_neurons(self.model, self.base) if self.base else contextlib.nullcontext():
+            self._bias.capture(start)
+            if self._guard is not None:
+                self._guard.capture(start)
+
+    def commit(self, neurons: Sequence[str]) -> None:
+        """Make ``neurons`` the base edit (the stored residual streams are updated from the first
+        layer where the old and the new base differ)."""
+        new = [str(n) for n in neurons]
+        changed = set(new) ^ set(self.base)
+        self.base = new
+        if changed:
+            self._capture(min(NeuronId.parse(n).layer for n in changed))
+
+    # -- scores
+    def _start(self, extras: Sequence[Sequence[NeuronId]]) -> int:
+        layers = [n.layer for ex in extras for n in ex]
+        return min(layers) if layers else arch(self.model).n_layers - 1
+
+    def bias(self, extras: Sequence[Sequence[str]]) -> np.ndarray:
+        """``b`` per prompt (``[len(extras), n_prompts]``, float64) with base + each extra set masked."""
+        sets = [[NeuronId.parse(str(n)) for n in ex] for ex in extras]
+        if not self.fast:
+            return np.stack([self._slow_bias(s) for s in sets])
+        if not self._checked and any(sets):
+            self._checked = True
+            probe = next(s for s in sets if s)
+            got, want = self._fast_bias([probe])[0], self._slow_bias(probe)
+            if not np.allclose(got, want, atol=CHECK_TOL, rtol=0):
+                self.fast = False
+                return self.bias(extras)
+        return self._fast_bias(sets)
+
+    def _fast_bias(self, sets: list[list[NeuronId]]) -> np.ndarray:
+        out = np.empty((len(sets), len(self.prompts)))
+        # sets that start at the same layer share passes (a pass runs from its shallowest set)
+        by_start: dict[int, list[int]] = {}
+        for i, s in enumerate(sets):
+            by_start.setdefault(self._start([s]), []).append(i)
+        with mask_neurons(self.model, self.base) if self.base else contextlib.nullcontext():
+            for start, members in sorted(by_start.items()):
+                for g, idx in enumerate(self._groups):
+                    per = max(1, ROWS_PER_PASS // max(1, len(idx)))
+                    for s0 in range(0, len(members), per):
+                        rows = members[s0 : s0 + per]
+                        chunk = [sets[i] for i in rows]
+                        with _row_masks(self.model, chunk, len(idx)), torch.inference_mode():
+                            hid = self._bias.forward(g, start, len(chunk))
+                            last = torch.as_tensor(self._bias.batches[g][1], device=hid.device).repeat(len(chunk)) - 1
+                            hid = hid[torch.arange(hid.shape[0], device=hid.device), last]
+                            lp = _unembed(self.model, hid).float().log_softmax(-1)[:, self.ids]
+                        b = (lp[:, 0] - lp[:, 1]).double().cpu().numpy().reshape(len(chunk), len(idx))
+                        out[np.ix_(rows, idx)] = b
+        return out
+
+    def _slow_bias(self, extra: Sequence[NeuronId]) -> np.ndarray:
+        """Full batched passes with the weights edited (the path of analysis_lib.scoring)."""
+        from .scoring import target_logprobs
+
+        with mask_neurons(self.model, self.base + [str(n) for n in extra]):
+            lp = target_logprobs(self.model, self.prompts, list(TARGETS)).double().numpy()
+        return lp[:, 0] - lp[:, 1]
+
+    def _ppl(self, extra: Sequence[NeuronId]) -> float:
+        if self._guard is None:
+            raise ParameterError("This scorer has no guard paragraphs to measure perplexity on.")
+        if not self.fast:
+            from .capability import perplexity_task
+
+            with mask_neurons(self.model, self.base + [str(n) for n in extra]):
+                rec = perplexity_task(self.model, self.guard_texts).records
+            return float(np.exp(rec["nll"].sum() / rec["n_tokens"].sum()))
+        total = 0.0
+        with mask_neurons(self.model, self.base) if self.base else contextlib.nullcontext():
+            for b, (toks, lengths) in enumerate(self._guard.batches):
+                with _row_masks(self.model, [list(extra)], len(lengths)), torch.inference_mode():
+                    hid = self._guard.forward(b, self._start([list(extra)]), 1)
+                    for r, n in enumerate(lengths):
+                        lp = _unembed(self.model, hid[r, : n - 1]).float().log_softmax(-1)
+                        total += -lp.gather(-1, toks[r, 1:n, None]).sum().item()
+        return float(np.exp(total / self.n_guard_tokens))
+
+    def ppl_ratio(self, extra: Sequence[str]) -> float:
+        """Guard perplexity with base + ``extra`` masked, over the unedited model's."""
+        return self._ppl([NeuronId.parse(str(n)) for n in extra]) / self.ppl0
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+class Scorer(Protocol):
+    """What a strategy needs (a :class:`SetScorer`, or a hand-built toy in the tests)."""
+
+    b0: np.ndarray
+
+    def bias(self, extras: Sequence[Sequence[str]]) -> np.ndarray: ...
+
+    def ppl_ratio(self, extra: Sequence[str]) -> float: ...
+
+    def commit(self, neurons: Sequence[str]) -> None: ...
+
+
+@dataclass
+class Selection:
+    """One strategy's result.
+
+    Attributes:
+        strategy: its name (one of :data:`STRATEGIES`).
+        neurons: the kept neurons, in the order they were kept (the edit of size K is the
+            first K).
+        trace: one row per candidate examined: ``neuron``, ``step`` (1-based order examined),
+            ``mean_abs_b`` (training mean |b| with the kept set plus this candidate masked; NaN
+            where not measured), ``ppl_ratio`` (joint guard; NaN where not reached), ``kept``
+            (1-based order kept, 0 = not kept) and ``reason``.
+    """
+
+    strategy: str
+    neurons: list[str]
+    trace: pd.DataFrame = field(repr=False)
+
+
+def single_effects(scorer: Scorer, neurons: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Mask each neuron alone (on an empty base) and re-score the prompts.
+
+    Returns:
+        ``(table, B)``: ``B[i]`` is ``b`` per prompt with neuron ``i`` masked; ``table`` has per
+        neuron ``effect`` (drop of mean |b|; > 0 = less bias), ``effect_male`` and
+        ``effect_female`` (the same drop over the words leaning male, ``b0 > 0``, and female,
+        ``b0 < 0``, only), ``shift`` (change of the mean signed b; < 0 = towards " woman") and
+        ``mean_abs_b`` (masked).
+    """
+    scorer.commit([])
+    neurons = [str(n) for n in neurons]
+    b0 = scorer.b0
+    B = scorer.bias([[n] for n in neurons]) if neurons else np.empty((0, len(b0)))
+    male, female = b0 > 0, b0 < 0
+
+    def drop(mask):
+        if not mask.any():
+            return np.full(len(neurons), np.nan)
+        return np.abs(b0[mask]).mean() - np.abs(B[:, mask]).mean(1)
+
+    table = pd.DataFrame({"neuron": neurons, "mean_abs_b": np.abs(B).mean(1) if len(B) else [],
+                          "effect": np.abs(b0).mean() - np.abs(B).mean(1) if len(B) else [],
+                          "effect_male": drop(male), "effect_female": drop(female),
+                          "shift": B.mean(1) - b0.mean() if len(B) else []})
+    return table, B
+
+
+def _trace(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["neuron", "step", "mean_abs_b", "ppl_ratio", "kept", "reason"])
+
+
+def one_shot(scorer: Scorer, ranking: Sequence[str], *, k_max: int, guard_tol: float) -> Selection:
+    """Keep candidates in ranking order (single-mask effect), each subject to the joint guard.
+
+    Bias is not re-measured for the set: the paper's "causal masking" read as judging each
+    neuron alone. ``ranking`` should hold only candidates with a positive single effect.
+    """
+    scorer.commit([])
+    kept: list[str] = []
+    rows = []
+    for step, c in enumerate(ranking, 1):
+        if len(kept) >= k_max:
+            break
+        r = scorer.ppl_ratio([c]) if guard_tol is not None else float("nan")
+        ok = not (r - 1.0 > guard_tol)
+        if ok:
+            kept.append(c)
+            scorer.commit(kept)
+        rows.append({"neuron": c, "step": step, "mean_abs_b": np.nan, "ppl_ratio": r,
+                     "kept": len(kept) if ok else 0, "reason": "kept" if ok else "guard"})
+    return Selection("one_shot", kept, _trace(rows))
+
+
+def joint_greedy(scorer: Scorer, ranking: Sequence[str], *, k_max: int, guard_tol: float,
+                 by_group: bool = False, chunk: int = 4, strategy: str = "joint_greedy") -> Selection:
+    """Walk down ``ranking``; keep a candidate only if masking it together with the kept set
+    lowers the training mean |b| (with ``by_group``, also without raising the mean |b| of the
+    male-leaning or of the female-leaning words) and passes the joint guard.
+
+    ``chunk`` candidates are scored against the current kept set in one batched pass; a keep
+    changes the set, so the rest of the chunk is scored again.
+    """
+    scorer.commit([])
+    b0 = scorer.b0
+    groups = [b0 > 0, b0 < 0] if by_group else []
+
+    def stats(b):
+        return float(np.abs(b).mean()), [float(np.abs(b[g]).mean()) if g.any() else 0.0 for g in groups]
+
+    cur, cur_g = stats(b0)
+    kept: list[str] = []
+    rows = []
+    i = 0
+    ranking = [str(c) for c in ranking]
+    while i < len(ranking) and len(kept) < k_max:
+        batch = ranking[i : i + chunk]
+        B = scorer.bias([[c] for c in batch])
+        for j, c in enumerate(batch):
+            i += 1
+            new, new_g = stats(B[j])
+            row = {"neuron": c, "step": i, "mean_abs_b": new, "ppl_ratio": np.nan, "kept": 0}
+            rows.append(row)
+            if not (new < cur and all(n <= o for n, o in zip(new_g, cur_g))):
+                row["reason"] = "bias not lower" if not new < cur else "one gender's |b| rises"
+                continue
+            r = scorer.ppl_ratio([c])
+            row["ppl_ratio"] = r
+            if r - 1.0 > guard_tol:
+                row["reason"] = "guard"
+                continue
+            kept.append(c)
+            row["kept"], row["reason"] = len(kept), "kept"
+            cur, cur_g = new, new_g
+            scorer.commit(kept)
+            break  # the rest of the batch was scored against the old set
+    return Selection(strategy, kept, _trace(rows))
+
+
+def sign_aware(scorer: Scorer, ranking: Sequence[str], singles: pd.DataFrame, *, k_max: int,
+               guard_tol: float, chunk: int = 4) -> Selection:
+    """:func:`joint_greedy` over the candidates whose single mask shrinks |b| on both the
+    male-leaning and the female-leaning words (``singles`` from :func:`single_effects`)."""
+    s = singles.set_index("neuron")
+    pool = [c for c in ranking if s.loc[c, "effect_male"] > 0 and s.loc[c, "effect_female"] > 0]
+    sel = joint_greedy(scorer, pool, k_max=k_max, guard_tol=guard_tol, by_group=True, chunk=chunk,
+                       strategy="sign_aware")
+    return sel
+
+
+def select(strategy: str, scorer: Scorer, ranking: Sequence[str], singles: pd.DataFrame, *, k_max: int,
+           guard_tol: float) -> Selection:
+    """Run one of :data:`STRATEGIES` by name."""
+    if strategy == "one_shot":
+        return one_shot(scorer, ranking, k_max=k_max, guard_tol=guard_tol)
+    if strategy == "joint_greedy":
+        return joint_greedy(scorer, ranking, k_max=k_max, guard_tol=guard_tol)
+    if strategy == "sign_aware":
+        return sign_aware(scorer, ranking, singles, k_max=k_max, guard_tol=guard_tol)
+    raise ParameterError(f"Unknown selection strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+
+
+# ----------------------------------------------------------------------------- choosing K and strategy
+
+
+def candidate_edits(selections: Mapping[str, Selection], ks: Sequence[int]) -> pd.DataFrame:
+    """The edits the validation step chooses from: every strategy's selection cut at each K of
+    ``ks`` it reaches, plus its whole selection when that stops short of the largest K.
+
+    Returns:
+        One row per edit: ``edit`` (e.g. ``"one_shot K=50"``), ``strategy``, ``k`` and ``neurons``.
+    """
+    rows = []
+    for name, sel in selections.items():
+        n = len(sel.neurons)
+        sizes = [k for k in sorted(set(ks)) if k <= n]
+        if n and n not in sizes:  # the whole selection, when it stops short of the largest K
+            sizes.append(n)
+        for k in sizes:
+            rows.append({"edit": f"{name} K={k}", "strategy": name, "k": k, "neurons": sel.neurons[:k]})
+    return pd.DataFrame(rows, columns=["edit", "strategy", "k", "neurons"])
+
+
+def validation_table(scorer: Scorer, edits: pd.DataFrame) -> pd.DataFrame:
+    """Each edit's mean |b| and mean signed b on the validation words (``scorer`` holds them)."""
+    scorer.commit([])
+    B = scorer.bias([list(n) for n in edits["neurons"]]) if len(edits) else np.empty((0, len(scorer.b0)))
+    b0 = scorer.b0
+    out = edits.drop(columns="neurons").copy()
+    out["val_mean_abs_b"] = np.abs(B).mean(1) if len(B) else []
+    out["val_d_mean_abs_b"] = out["val_mean_abs_b"] - float(np.abs(b0).mean())
+    out["val_mean_b"] = B.mean(1) if len(B) else []
+    out.attrs["val_mean_abs_b_original"] = float(np.abs(b0).mean())
+    out.attrs["val_mean_b_original"] = float(b0.mean())
+    return out
+
+
+def choose_edit(table: pd.DataFrame, ks: Sequence[int]) -> dict[str, Any]:
+    """Apply :data:`CHOICE_RULE` to a :func:`validation_table`.
+
+    Returns:
+        ``{"edit", "strategy", "k", "val_mean_abs_b", "at_edge"}``; ``edit`` is None when no
+        edit lowers validation mean |b|. ``at_edge`` is True when the chosen K is the largest of
+        the grid (a larger K was not tried).
+    """
+    base = table.attrs.get("val_mean_abs_b_original", np.inf)
+    ok = table[table["val_mean_abs_b"] < base]
+    if not len(ok):
+        return {"edit": None, "strategy": None, "k": 0, "val_mean_abs_b": base, "at_edge": False}
+    best = ok.sort_values(["val_mean_abs_b", "k"], kind="stable").iloc[0]
+    return {"edit": str(best["edit"]), "strategy": str(best["strategy"]), "k": int(best["k"]),
+            "val_mean_abs_b": float(best["val_mean_abs_b"]), "at_edge": int(best["k"]) >= max(ks)}
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+def additivity(scorer: Scorer, singles_b: np.ndarray, neurons: Sequence[str], order: Sequence[str],
+               ks: Sequence[int]) -> pd.DataFrame:
+    """Do single-mask shifts add up? For the first K of ``order`` (K in ``ks``): the mean signed
+    b shift predicted by adding the single shifts, and the one measured with all K masked.
+
+    Args:
+        singles_b: ``B`` of :func:`single_effects` (rows in the order of ``neurons``).
+
+    Returns:
+        Rows ``k``, ``predicted_shift``, ``joint_shift`` (mean signed b, masked minus
+        unedited), ``predicted_mean_abs_b`` (|b0 + summed single changes| averaged) and
+        ``joint_mean_abs_b``.
+    """
+    scorer.commit([])
+    b0 = scorer.b0
+    row = {n: i for i, n in enumerate(neurons)}
+    sizes = [k for k in sorted(set(ks)) if k <= len(order)]
+    if not sizes:
+        return pd.DataFrame(columns=["k", "predicted_shift", "joint_shift", "predicted_mean_abs_b", "joint_mean_abs_b"])
+    J = scorer.bias([list(order[:k]) for k in sizes])
+    rows = []
+    for k, bj in zip(sizes, J):
+        delta = (singles_b[[row[n] for n in order[:k]]] - b0).sum(0)
+        rows.append({"k": k, "predicted_shift": float(delta.mean()), "joint_shift": float(bj.mean() - b0.mean()),
+                     "predicted_mean_abs_b": float(np.abs(b0 + delta).mean()),
+                     "joint_mean_abs_b": float(np.abs(bj).mean())})
+    return pd.DataFrame(rows)
+
+
+def shared_value_groups(model, neurons: Sequence[str]) -> list[list[str]]:
+    """Attention neurons of ``neurons`` that read the same value dimension of one key/value
+    group (same layer, same ``h // group`` and same ``dim``), groups of two or more, in order."""
+    a = arch(model)
+    size = a.n_heads // a.n_kv_heads
+    groups: dict[tuple[int, int, int], list[str]] = {}
+    for n in neurons:
+        nid = NeuronId.parse(str(n))
+        if nid.kind == "attn":
+            groups.setdefault((nid.layer, nid.head // size, nid.dim), []).append(str(nid))
+    return [g for g in groups.values() if len(g) > 1]
