@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .commonwords import TARGETS as COMMONWORDS_TARGETS
 from .editing import has_position_hooks, mask_neurons
 from .errors import ParameterError
 from .models import encode, single_token_id, token_ids
@@ -70,7 +71,7 @@ __all__ = [
 STRATEGIES = ("one_shot", "joint_greedy", "sign_aware")
 
 #: b(w) = log p(" man") - log p(" woman"), as everywhere in the study.
-TARGETS = (" man", " woman")
+TARGETS = tuple(COMMONWORDS_TARGETS["noun"])
 
 #: Rows (set x prompt, or set x paragraph) per batched forward pass: big enough to amortise the
 #: per-call overhead on a CPU, small enough that the activations of one pass stay < ~0.5 GB.

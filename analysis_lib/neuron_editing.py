@@ -86,7 +86,7 @@ __all__ = [
 ]
 
 KINDS = ("ffn_value", "attn_value", "ffn_query")
-TARGETS = (" man", " woman")
+TARGETS = es.TARGETS
 
 
 # ----------------------------------------------------------------------------- data
@@ -423,14 +423,19 @@ def held_out_text(table: pd.DataFrame, chosen: str | None, one_shot: str | None,
     if chosen:
         e = t.loc[chosen]
         verdict = headline_numbers(e, orig)["verdict"][0]
-        beyond = e.d_mean_abs_b < e.random_d_min
+        if pd.notna(e.get("random_n", np.nan)):
+            beyond = e.d_mean_abs_b < e.random_d_min
+            random = (f" Its {int(e.random_n)} random draws matched in number, kind and layer change mean |b| by "
+                      f"{e.random_d_min:+.3f} to {e.random_d_max:+.3f}, "
+                      + ("so the edit goes beyond every one of them." if beyond else
+                         "so the edit does not go beyond all of them."))
+        else:
+            random = " No random draws were made for it."
         parts.append(
             f"The chosen edit ({chosen}) {verdict} mean |b|: {orig.mean_abs_b:.3f} → {e.mean_abs_b:.3f}, a paired "
             f"difference of {e.d_mean_abs_b:+.3f} [{e.d_mean_abs_b_low:+.3f}, {e.d_mean_abs_b_high:+.3f}] "
             f"({100 * e.d_mean_abs_b / orig.mean_abs_b:+.0f} %), for {e.d_ppl_pct:+.2f} % "
-            f"[{e.d_ppl_pct_low:+.2f}, {e.d_ppl_pct_high:+.2f}] perplexity. Its {int(e.random_n)} random draws "
-            f"matched in number, kind and layer change mean |b| by {e.random_d_min:+.3f} to {e.random_d_max:+.3f}, "
-            + ("so the edit goes beyond every one of them." if beyond else "so the edit does not go beyond all of them.")
+            f"[{e.d_ppl_pct_low:+.2f}, {e.d_ppl_pct_high:+.2f}] perplexity." + random
             + f" The mean signed b moves from {orig.mean_b:+.3f} to {e.mean_b:+.3f} and "
             f"{100 * e.share_flipped:.0f} % of the words change sign.")
         if abs(e.d_mean_abs_b) > ceiling and e.d_mean_abs_b < 0:
@@ -454,20 +459,28 @@ def held_out_text(table: pd.DataFrame, chosen: str | None, one_shot: str | None,
 
 
 def paper_comparison_text(values: Mapping[str, Any]) -> str:
-    """The first bullet of 'How this compares with the paper' from the chapter's results."""
+    """The 'Direction' bullet of 'How this compares with the paper', from the chapter's results
+    (plain text, for glue): the chosen edit's verdict, and what the one-shot reading does."""
     name = values.get("edit_name", "no edit")
+    one = values.get("one_shot_name")
+    if one:
+        m0, m1 = float(values["orig_mean_b"]), float(values["one_shot_mean_b"])
+        overshoot = np.sign(m1) != np.sign(m0) and abs(m1) > abs(m0)
+        one_text = (f" Read one neuron at a time ({one}), the edit changes mean |b| by "
+                    f"{float(values['one_shot_d']):+.3f} and moves the mean signed b from {m0:+.3f} to {m1:+.3f}"
+                    + (": its neurons each push every word towards 'woman', and together they overshoot into a "
+                       "female lean. That failure belongs to the one-neuron reading, not to the idea of editing "
+                       "bias neurons." if overshoot else "."))
+    else:
+        one_text = ""
     if name == "no edit":
-        return ("No strategy produced an edit that lowers mean |b| on the validation words, so the "
-                "paper's claim that editing reduces bias is not reproduced here by any reading of its method.")
-    verdict = values.get("edit_verdict")
-    return (f"Paper 1 reports that the edit reduces bias and keeps common tasks. Read set-wise "
-            f"(the validation rule chose {name}), the edit {verdict} held-out CommonWords bias "
-            f"({values.get('edit_d'):+.3f} in mean |b|; matched random draws {values.get('random_d')}) for "
-            f"{values.get('edit_dppl')} % perplexity. Read one neuron at a time "
-            f"({values.get('one_shot_name', 'one-shot')}), it changes mean |b| by "
-            f"{values.get('one_shot_d', float('nan')):+.3f}: its neurons each push every word towards 'woman', "
-            "and together they overshoot. The failure belongs to that reading, not to the idea of editing "
-            "bias neurons.")
+        return ("No strategy produced an edit that lowers mean |b| on the validation words, so the paper's claim "
+                "that editing reduces bias is not reproduced here by any reading of its method." + one_text)
+    strategy = str(values.get("chosen_strategy", ""))
+    return (f"Paper 1 reports that the edit reduces bias and keeps common tasks. The validation rule chose {name} "
+            f"(strategy {strategy}); it {values.get('edit_verdict')} held-out CommonWords bias "
+            f"({float(values.get('edit_d')):+.3f} in mean |b|; matched random draws {values.get('random_d')}) for "
+            f"{values.get('edit_dppl')} % perplexity." + ("" if name == one else one_text))
 
 
 def evaluate_conditions(model, conditions: Mapping[str, Any], test: pd.DataFrame, eval_texts: Sequence[str],
@@ -633,6 +646,8 @@ def select_and_save(model, train: pd.DataFrame, *, top_n: int, ks: Sequence[int]
     choice = es.choose_edit(vtable, ks)
     edit = list(edits.set_index("edit").loc[choice["edit"], "neurons"]) if choice["edit"] else []
     secs["validation"] = time.perf_counter() - t1
+    if edit_path is not None and not edit and Path(edit_path).exists():
+        Path(edit_path).unlink()  # no edit chosen: never leave an earlier run's edit behind
     if edit_path is not None and edit:
         save_edit(edit_path, edit, model=model,
                   selection=(f"Chapter 5: top-{top_n} FFN value / attention value / FFN query neurons by summed "
@@ -757,7 +772,7 @@ def replicate_text(table: pd.DataFrame) -> str:
                      f"{rnd.d_mean_abs_b.min():+.3f} to {rnd.d_mean_abs_b.max():+.3f}")
     one = t[t.group == "one-shot"]
     if len(one):
-        parts.append(f"; the one-shot reading ({int(one.n_neurons.iloc[0])} neurons) by "
+        parts.append(f"; the one-shot reading ({int(one.n_neurons.iloc[0])} neurons) changes it by "
                      f"{one.d_mean_abs_b.iloc[0]:+.3f} ({one.d_ppl_pct.iloc[0]:+.1f} % perplexity)")
     if "general neurons" in t.index:
         g = t.loc["general neurons"]
@@ -847,14 +862,18 @@ def edit_command(model_name: str | None, edit_file: str, tasks_text: str, *, pro
     for r in rows:
         for k in ("value", "low", "high"):
             r.pop(k)
+    chosen = {k: spec.metadata[k] for k in ("strategy", "k", "val_mean_abs_b") if k in spec.metadata}
     return {"model": model.study_name, "edit": str(edit_file), "n_neurons": len(spec.neurons),
-            "selection": spec.selection, "profile": profile, "rows": rows,
+            "selection": spec.selection, "chosen": chosen, "profile": profile, "rows": rows,
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def edit_text(payload: Mapping[str, Any]) -> str:
     """The ``edit`` subcommand's table as text."""
-    lines = [f"model {payload['model']}, edit {payload['edit']} ({payload['n_neurons']} neurons), "
+    chosen = payload.get("chosen") or {}
+    how = (f", chosen on validation words: strategy {chosen['strategy']}, K = {chosen['k']}"
+           if "strategy" in chosen and "k" in chosen else "")
+    lines = [f"model {payload['model']}, edit {payload['edit']} ({payload['n_neurons']} neurons{how}), "
              f"profile {payload['profile']}",
              f"{'task':20s} {'metric':20s} {'before':>10s} {'after':>10s} {'diff':>10s}  better"]
     for r in payload["rows"]:

@@ -682,9 +682,10 @@ def _one_shot_line(v: ResultsDir) -> str:
     vals = v.values(C5)
     if "one_shot_d" not in vals:
         return ""
+    m0, m1 = float(vals.get("orig_mean_b", 0.0)), float(vals.get("one_shot_mean_b", 0.0))
+    why = (": single pushes towards 'woman' add up past zero" if m0 and m1 * m0 < 0 and abs(m1) > abs(m0) else "")
     return (f"; read one neuron at a time ({vals.get('one_shot_name')}) the edit changes mean |b| by "
-            f"{float(vals['one_shot_d']):+.3f} with mean b {vals.get('one_shot_mean_b')}: single pushes towards "
-            "'woman' add up past zero")
+            f"{float(vals['one_shot_d']):+.3f} with mean b {m1:+.3f}" + why)
 
 
 def _edit_reduces(v: ResultsDir) -> Outcome:
@@ -734,6 +735,9 @@ def _finetune_d(v: ResultsDir) -> float | None:
 
 
 def _edit_baselines(v: ResultsDir) -> Outcome:
+    if str(v.values(C5).get("edit_name", "edit")) == "no edit":
+        return Outcome("the validation rule chose no edit", "not reproduced",
+                       "no edit to compare with the baselines" + _one_shot_line(v))
     d = v.num(C5, "edit_d")
     reduces = str(v.get(C5, "edit_verdict")).strip() == "reduces"
     baselines = {"logit-only": v.num(C5, "logit_d"), "every random draw": min(_numbers(v.get(C5, "random_d")))}

@@ -217,9 +217,9 @@ show = causal[["neuron", "kinds", "rank", "important_position", "effect", "effec
  .style.format(precision=4).hide(axis="index"))
 
 # %% [markdown]
-# The columns already show the problem the next section takes apart: the largest drops of mean
-# $|b|$ come with a negative change of the mean signed $b$ (a push of every word towards
-# *woman*) and with a *rise* of $|b|$ on the words that already lean female.
+# Read the columns together: a drop of mean $|b|$ that comes with a negative change of the mean
+# signed $b$ and a *rise* of $|b|$ on the words that already lean female is not a neuron that
+# removes bias, it is a push of every word towards *woman*. The next section counts them.
 
 # %% tags=["remove-cell"]
 pos = causal[causal.effect > 0]
@@ -605,22 +605,17 @@ if suite_conditions:
     suite = ne.suite_rows(lm, wanted, bias_profile=suite_bias, capability_profile=suite_capability, seed=seed)
     results.time("evaluation/suites", time.perf_counter() - t0)
     results.table("suites", suite)
-    piv = (suite.pivot_table(index=["benchmark", "metric"], columns="condition", values="estimate").reset_index()
-           .rename(columns={"benchmark": "benchmark", "metric": "metric"}))
+    piv = suite.pivot_table(index=["benchmark", "metric"], columns="condition", values="estimate").reset_index()
     get = lambda b, m, c: float(suite[(suite.benchmark == b) & (suite.metric == m) & (suite.condition == c)].estimate.iloc[0])
     edited_name = main or "original"
     icat0, icat1 = get("stereoset", "icat", "original"), get("stereoset", "icat", edited_name)
     ent0, ent1 = get("winogender", "entropy_difference", "original"), get("winogender", "entropy_difference", edited_name)
-    results.add("icat_orig", icat0, fmt=".1f")
-    results.add("icat_edit", icat1, fmt=".1f")
-    results.add("ent_orig", ent0, fmt=".3f")
-    results.add("ent_edit", ent1, fmt=".3f")
     ss0, ss1 = get("stereoset", "ss", "original"), get("stereoset", "ss", edited_name)
     lms0, lms1 = get("stereoset", "lms", "original"), get("stereoset", "lms", edited_name)
-    results.add("ss_orig", ss0, fmt=".1f")
-    results.add("ss_edit", ss1, fmt=".1f")
-    results.add("lms_orig", lms0, fmt=".1f")
-    results.add("lms_edit", lms1, fmt=".1f")
+    for key, (before, after, fmt) in {"icat": (icat0, icat1, ".1f"), "ent": (ent0, ent1, ".3f"),
+                                      "ss": (ss0, ss1, ".1f"), "lms": (lms0, lms1, ".1f")}.items():
+        results.add(f"{key}_orig", before, fmt=fmt)
+        results.add(f"{key}_edit", after, fmt=fmt)
     suite_text = (f"On the bias suite, the chosen edit moves StereoSet ICAT from {icat0:.1f} to {icat1:.1f} "
                   f"(paper: 59.1 → 61.6): SS {ss0:.1f} → {ss1:.1f} (50 is unbiased) and LMS {lms0:.1f} → "
                   f"{lms1:.1f}. The WinoGender entropy difference goes from {ent0:.3f} to {ent1:.3f} "
@@ -630,7 +625,7 @@ if suite_conditions:
         results.add("ss_one_shot", ss2, fmt=".1f")
         results.add("icat_one_shot", icat3, fmt=".1f")
         suite_text += (f"ICAT uses min(SS, 100 − SS), so an edit that pushes SS towards or past 50 raises it even "
-                       f"when it turns the lean round: the one-shot {one_name} gives SS {ss2:.1f} and ICAT "
+                       f"when it turns the lean round: the one-shot edit ({one_name}) gives SS {ss2:.1f} and ICAT "
                        f"{icat3:.1f}; read SS and LMS beside ICAT. ")
     cap_rows = suite[suite.metric.isin(["accuracy", "perplexity"]) & suite.benchmark.isin(
         ["arithmetic_1digit", "arithmetic_2digit", "race", "piqa", "neutral"])]

@@ -147,8 +147,12 @@ reproduction.style(table, chapters=["03", "04"])
 # ## Paper 1: the editing method
 #
 # Chapter 5: does the combined logit + causal selection with the start-position filter reduce
-# bias on held-out words, at what cost, and against which baselines? The StereoSet and
-# WinoGender rows need the bias suite, which only the full profile runs.
+# bias on held-out words, at what cost, and against which baselines? The verdicts judge the
+# edit that chapter 5's validation rule chose, the faithful set-wise reading of the causal
+# step; the reason column says in one line why the one-shot reading (each neuron judged alone,
+# fifty masked together) fails: its neurons each push every word towards *woman*, and together
+# they overshoot. The StereoSet and WinoGender rows need the bias suite, which only the full
+# profile runs.
 
 # %% tags=["remove-input"]
 reproduction.style(table, chapters=["05"])

@@ -99,10 +99,13 @@ def _cli(*args):
 
 
 def test_cli_edit_commonwords(model, tmp_path):
-    path = save_edit(tmp_path / "tiny.json", ["ffnL25N9", "ffnL29N561"], model=model, selection="tiny test edit")
+    path = save_edit(tmp_path / "tiny.json", ["ffnL25N9", "ffnL29N561"], model=model, selection="tiny test edit",
+                     metadata={"strategy": "joint_greedy", "k": 2, "val_mean_abs_b": 0.5})
     out = _cli("edit", "--edit", str(path), "--eval", "commonwords", "--json")
     assert out.returncode == 0, out.stderr
     payload = json.loads(out.stdout)
+    assert payload["chosen"] == {"strategy": "joint_greedy", "k": 2, "val_mean_abs_b": 0.5}
+    assert "strategy joint_greedy, K = 2" in ne.edit_text(payload)
     metrics = {r["metric"]: r for r in payload["rows"]}
     assert set(metrics) == {"mean_abs_b", "share_strong"}
     assert metrics["mean_abs_b"]["value_before"] > 0
@@ -286,3 +289,19 @@ def test_choice_text_names_the_edge():
     assert "own stopping point" in walk
     none = ne.choice_text({"edit": None, "strategy": None, "k": 0, "val_mean_abs_b": 0.8, "at_edge": False}, vt, [5])
     assert "chooses none" in none
+
+
+def test_paper_comparison_text_follows_the_numbers():
+    values = {"edit_name": "joint_greedy K=24", "chosen_strategy": "joint greedy", "edit_verdict": "reduces",
+              "edit_d": -0.3, "random_d": "-0.08 to +0.10", "edit_dppl": "+2.50", "one_shot_name": "one_shot K=50",
+              "orig_mean_b": 0.571, "one_shot_mean_b": -1.289, "one_shot_d": 0.565}
+    text = ne.paper_comparison_text(values)
+    assert "chose joint_greedy K=24 (strategy joint greedy); it reduces held-out" in text
+    assert "from +0.571 to -1.289: its neurons each push every word" in text  # |-1.289| > 0.571, other sign
+    # a one-shot edit that keeps the lean's direction is not called an overshoot
+    mild = ne.paper_comparison_text({**values, "one_shot_mean_b": 0.3})
+    assert "overshoot" not in mild and mild.endswith("to +0.300.")
+    # when the one-shot edit is the chosen one it is not described twice
+    same = ne.paper_comparison_text({**values, "edit_name": "one_shot K=50"})
+    assert "Read one neuron at a time" not in same
+    assert "not reproduced" in ne.paper_comparison_text({**values, "edit_name": "no edit"})

@@ -49,7 +49,7 @@ CH5 = {
     "logit_only_n_start": 2, "icat_orig": 60.0, "icat_edit": 62.0, "ent_orig": 0.2, "ent_edit": 0.19,
     "n_candidates_max": 150, "n_dropped_start": 9, "n_guard_failed": 3, "n_selected": 50, "top_n": 50, "k_main": 50,
     "edit_name": "joint_greedy K=50", "edit_beyond_random": True, "chosen_strategy": "joint greedy",
-    "one_shot_name": "one_shot K=50", "one_shot_d": 0.4, "one_shot_mean_b": "-1.200",
+    "one_shot_name": "one_shot K=50", "one_shot_d": 0.4, "one_shot_mean_b": -1.2, "orig_mean_b": 0.6,
 }
 CH6 = {
     "delta_acc": ci(0.08, 0.03, 0.13, 96), "orig_acc": 40.0, "crispr_acc": 48.0, "gain_pp": 8.0,
@@ -121,7 +121,8 @@ def test_verdicts_from_hand_written_results(results):
     assert t.loc["p2-gain", "our_value"] == "40.0 % → 48.0 % (+8.0 points); paired change +8.0 [+3.0, +13.0] points"
     assert t.loc["p1-edit-reduces", "our_value"] == (
         "joint_greedy K=50: mean |b| 0.800 → 0.600; change -0.200 [-0.300, -0.100] (-25 %)")
-    assert "(one_shot K=50) the edit changes mean |b| by +0.400" in t.loc["p1-edit-reduces", "reason"]
+    assert ("(one_shot K=50) the edit changes mean |b| by +0.400 with mean b -1.200: single pushes towards 'woman' "
+            "add up past zero") in t.loc["p1-edit-reduces", "reason"]
     assert t.loc["p1-edit-baselines", "our_value"].endswith("fine-tuned (LoRA) -0.100")
     assert t.loc["p1-cw-bias:other-model", "model"] == "other-model"
     assert t.loc["p1-cw-bias", "model"] == "tiny-model"
@@ -303,6 +304,8 @@ def test_edit_reduces_needs_to_beat_its_random_draws(results):
     _write(results, "05_editing_bias", {**CH5, "edit_beyond_random": False})
     row = _rows(rp.compare(results)).loc["p1-edit-reduces"]
     assert row.verdict == "partly" and "one of which does as well" in row.reason
-    _write(results, "05_editing_bias", {**CH5, "edit_name": "no edit"})
-    row = _rows(rp.compare(results)).loc["p1-edit-reduces"]
-    assert row.verdict == "not reproduced" and row.our_value == "the validation rule chose no edit"
+    _write(results, "05_editing_bias", {**CH5, "edit_name": "no edit", "random_d": "n/a"})
+    rows = _rows(rp.compare(results))
+    for claim in ("p1-edit-reduces", "p1-edit-baselines"):
+        assert rows.loc[claim, "verdict"] == "not reproduced"
+        assert rows.loc[claim, "our_value"] == "the validation rule chose no edit"
