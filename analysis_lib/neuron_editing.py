@@ -387,9 +387,15 @@ def choice_text(choice: Mapping[str, Any], vtable: pd.DataFrame, ks: Sequence[in
     text = (f"The rule chooses {choice['edit']} ({choice['k']} neurons, strategy "
             f"{str(choice['strategy']).replace('_', ' ')}): validation mean |b| {base:.3f} → "
             f"{choice['val_mean_abs_b']:.3f}.")
+    others = vtable[vtable["edit"] != choice["edit"]].sort_values("val_mean_abs_b", kind="stable")
+    if len(others) and float(others["val_mean_abs_b"].iloc[0]) - choice["val_mean_abs_b"] < 0.01:
+        r = others.iloc[0]
+        text += (f" The runner-up, {r['edit']}, is within 0.01 ({float(r['val_mean_abs_b']):.3f}): the validation "
+                 "words do not separate the two.")
     if choice["at_edge"]:
-        text += (f" K = {choice['k']} is the largest size of the grid, so a larger edit was not tried and "
-                 "the optimum may lie beyond it.")
+        more = "larger" if choice["at_edge"] == "largest" else "smaller"
+        text += (f" K = {choice['k']} is the {choice['at_edge']} size of the grid, so a {more} edit was not tried "
+                 "and the optimum may lie beyond it.")
     elif choice["strategy"] != "one_shot" and choice["k"] not in set(ks):
         text += " That is the walk's own stopping point: no further candidate lowered the joint bias and passed the guard."
     return text
@@ -411,6 +417,24 @@ def additivity_text(row: Any, k: int, mean_abs_b0: float, mean_b0: float) -> str
         text += ": the edit chosen for lowering bias raises it on the very words it was chosen on"
     if np.sign(mean_b0 + joint) != np.sign(mean_b0):
         text += f", and the mean signed b ({mean_b0:+.2f} unedited) changes sign"
+    return text + "."
+
+
+def kv_text(kv: pd.DataFrame, guard_tol: float) -> str:
+    """The grouped-query attention finding in plain text (``kv`` from :func:`select_and_save`)."""
+    if not len(kv):
+        return ("No two attention neurons that the one-shot walk examined read the same value dimension of one "
+                "key/value group in this run.")
+    g = kv.sort_values("joint_ppl_ratio").iloc[-1]
+    single, joint = 100 * (g.single_ppl_ratio_max - 1), 100 * (g.joint_ppl_ratio - 1)
+    text = (f"{len(kv)} group(s) of attention neurons that the one-shot walk examined read the same value dimension "
+            f"of one key/value group. The costliest: {g.neurons}. Masked alone, none changes the guard perplexity by "
+            f"more than {single:+.1f} %; masked together they change it by {joint:+.1f} %")
+    if single <= 100 * guard_tol < joint:
+        text += (f": a one-neuron guard of {100 * guard_tol:g} % would pass each of them, the joint guard kept "
+                 f"{int(g.n_kept_one_shot)} of the {int(g.n)}")
+    else:
+        text += f"; the joint guard kept {int(g.n_kept_one_shot)} of the {int(g.n)}"
     return text + "."
 
 
@@ -598,8 +622,9 @@ def select_and_save(model, train: pd.DataFrame, *, top_n: int, ks: Sequence[int]
         candidates with their single-mask effects, largest first), ``selections``
         (strategy -> :class:`~analysis_lib.edit_selection.Selection`), ``edits`` (the candidate
         edits with their validation numbers), ``choice`` (:func:`~analysis_lib.edit_selection.choose_edit`),
-        ``edit`` (the chosen neurons, ``[]`` if none), ``additivity``, ``kv_groups`` (one-shot
-        attention neurons sharing a key/value group: single and joint guard ratios),
+        ``edit`` (the chosen neurons, ``[]`` if none), ``additivity``, ``kv_groups`` (attention
+        neurons the one-shot walk examined that share one value dimension of a key/value group:
+        how many it kept, the largest single guard ratio and the joint one),
         ``causal_prompts``, ``selection_words``, ``validation_words``, ``train_mean_abs_b``,
         ``seconds``.
     """
@@ -632,10 +657,16 @@ def select_and_save(model, train: pd.DataFrame, *, top_n: int, ks: Sequence[int]
                                           sorted(set(ks) | ({len(o)} if o else set()))).assign(strategy=n)
                             for n, o in order.items() if o], ignore_index=True)
     # one-shot attention neurons reading one value dimension of one key/value group
+    # attention neurons the one-shot walk examined (kept or refused) that read one value
+    # dimension of one key/value group: each alone against all of them together
     kv = []
     scorer.commit([])
-    for group in es.shared_value_groups(model, order.get("one_shot", ranking[: max(ks)])):
+    one_trace = selections["one_shot"].trace if "one_shot" in selections else None
+    examined = one_trace["neuron"].tolist() if one_trace is not None else ranking[: max(ks)]
+    kept_one = set(order.get("one_shot", []))
+    for group in es.shared_value_groups(model, examined):
         kv.append({"neurons": ", ".join(group), "n": len(group),
+                   "n_kept_one_shot": sum(n in kept_one for n in group),
                    "single_ppl_ratio_max": max(scorer.ppl_ratio([n]) for n in group),
                    "joint_ppl_ratio": scorer.ppl_ratio(group)})
     secs["diagnostics"] = time.perf_counter() - t1
@@ -665,7 +696,7 @@ def select_and_save(model, train: pd.DataFrame, *, top_n: int, ks: Sequence[int]
     return {"attribution": da, "targets": targets, "candidates": cands, "kept": kept, "dropped": dropped,
             "causal": causal, "selections": selections, "edits": edits, "validation": vtable, "choice": choice,
             "edit": edit, "additivity": additivity, "kv_groups": pd.DataFrame(kv, columns=["neurons", "n",
-            "single_ppl_ratio_max", "joint_ppl_ratio"]), "causal_prompts": causal_prompts,
+            "n_kept_one_shot", "single_ppl_ratio_max", "joint_ppl_ratio"]), "causal_prompts": causal_prompts,
             "selection_words": sel_words, "validation_words": val_words,
             "train_mean_abs_b": float(np.abs(scorer.b0).mean()), "seconds": secs}
 

@@ -193,7 +193,7 @@ results.add("n_selected", len(edit))
 results.add("edit_neurons", edit)
 results.add("edit_n_ffn", sum(n.startswith("ffn") for n in edit))
 results.add("edit_n_attn", sum(n.startswith("attn") for n in edit))
-results.add("chosen_at_edge", bool(choice["at_edge"]))
+results.add("chosen_at_edge", choice["at_edge"] or "no")
 results.add("val_orig_mean_abs_b", vtable.attrs["val_mean_abs_b_original"], fmt=".3f")
 results.add("val_chosen_mean_abs_b", choice["val_mean_abs_b"], fmt=".3f")
 trace_chosen = selections[choice["strategy"]].trace if choice["strategy"] else None
@@ -248,17 +248,7 @@ glue("positions_text", ", ".join(f"{v} at the {k} position" for k, v in pos_coun
 results.add("n_word_position", int(pos_counts.get("word", 0)))
 kv = sel["kv_groups"]
 results.add("n_kv_groups", len(kv))
-if len(kv):
-    worst = kv.sort_values("joint_ppl_ratio").iloc[-1]
-    kv_text = (f"Among the one-shot selection, {len(kv)} group(s) of attention neurons read the same value "
-               f"dimension of one key/value group. The strongest: {worst.neurons}; the worst of them masked alone "
-               f"raises the guard perplexity by {100 * (worst.single_ppl_ratio_max - 1):+.1f} %, all of them "
-               f"together by {100 * (worst.joint_ppl_ratio - 1):+.1f} %. A one-neuron guard passes each; the joint "
-               f"guard sees the group.")
-else:
-    kv_text = ("No two attention neurons of the one-shot selection read the same value dimension of one key/value "
-               "group in this run.")
-glue("kv_text", kv_text, display=False)
+glue("kv_text", ne.kv_text(kv, guard_tol), display=False)
 
 fig, ax = plt.subplots(figsize=(6.4, 3.8))
 names = {"one_shot": "one-shot", "joint_greedy": "joint greedy", "sign_aware": "sign-aware"}
@@ -303,7 +293,7 @@ plt.close(fig)
 # dashed agree, the effects are additive.
 # ```
 #
-# **Grouped-query attention defeats a one-neuron guard.** {glue:text}`kv_text`
+# **Heads that share a value.** {glue:text}`kv_text`
 #
 # **The candidates are template neurons.** Of the {glue:text}`n_candidates` candidates,
 # {glue:text}`positions_text` (the position holding the largest share of each neuron's summed
@@ -838,9 +828,10 @@ checks.check_kv_group(kv_group)
 sel["kv_groups"]
 
 # %% [markdown] tags=["solution"]
-# A set of heads reading the same value dimension can stand in for each other: removing one
-# leaves the others' copies of that information, so each passes a one-neuron guard; removing
-# all of them removes it. A guard must judge the set, as the chapter's does.
+# Heads reading the same value dimension of one key/value group carry copies of the same
+# information, so removing one can cost little while removing all of them costs much more (or,
+# as the table may show, the costs need not add at all). A guard must judge the set, as the
+# chapter's does.
 # ```{solution-end}
 # ```
 

@@ -282,8 +282,8 @@ def test_choice_text_names_the_edge():
     vt = pd.DataFrame({"edit": ["one_shot K=10"], "strategy": ["one_shot"], "k": [10], "val_mean_abs_b": [0.5]})
     vt.attrs["val_mean_abs_b_original"] = 0.8
     edge = ne.choice_text({"edit": "one_shot K=10", "strategy": "one_shot", "k": 10, "val_mean_abs_b": 0.5,
-                           "at_edge": True}, vt, [5, 10])
-    assert "0.800 → 0.500" in edge and "largest size of the grid" in edge
+                           "at_edge": "largest"}, vt, [5, 10])
+    assert "0.800 → 0.500" in edge and "largest size of the grid, so a larger edit was not tried" in edge
     walk = ne.choice_text({"edit": "joint_greedy K=7", "strategy": "joint_greedy", "k": 7, "val_mean_abs_b": 0.5,
                            "at_edge": False}, vt, [5, 10])
     assert "own stopping point" in walk
@@ -305,3 +305,20 @@ def test_paper_comparison_text_follows_the_numbers():
     same = ne.paper_comparison_text({**values, "edit_name": "one_shot K=50"})
     assert "Read one neuron at a time" not in same
     assert "not reproduced" in ne.paper_comparison_text({**values, "edit_name": "no edit"})
+
+
+def test_kv_text_and_runner_up_by_hand():
+    kv = pd.DataFrame({"neurons": ["attnL0H6D51, attnL0H7D51, attnL0H8D51"], "n": [3], "n_kept_one_shot": [2],
+                       "single_ppl_ratio_max": [1.004], "joint_ppl_ratio": [1.42]})
+    text = ne.kv_text(kv, 0.01)
+    assert "none changes the guard perplexity by more than +0.4 %" in text and "together they change it by +42.0 %" in text
+    assert "a one-neuron guard of 1 % would pass each of them, the joint guard kept 2 of the 3" in text
+    cheap = ne.kv_text(kv.assign(single_ppl_ratio_max=0.92, joint_ppl_ratio=0.95), 0.01)
+    assert "would pass each" not in cheap and "kept 2 of the 3" in cheap
+    assert "No two attention neurons" in ne.kv_text(kv.iloc[:0], 0.01)
+    vt = pd.DataFrame({"edit": ["joint_greedy K=10", "joint_greedy K=19", "one_shot K=10"], "strategy": "x",
+                       "k": [10, 19, 10], "val_mean_abs_b": [0.6279, 0.6284, 0.7388]})
+    vt.attrs["val_mean_abs_b_original"] = 0.7799
+    text = ne.choice_text({"edit": "joint_greedy K=10", "strategy": "joint_greedy", "k": 10, "val_mean_abs_b": 0.6279,
+                           "at_edge": False}, vt, [10, 25, 50])
+    assert "The runner-up, joint_greedy K=19, is within 0.01 (0.628)" in text
