@@ -155,10 +155,11 @@ glue("k_max_text", str(max(ks)), display=False)
 #
 # **The rule that chooses the edit**, fixed before any number below was computed: among the
 # edits the strategies produce (each strategy's selection cut at every K of the grid
-# {glue:text}`ks_text`, and each joint strategy's whole selection), take the one with the
-# lowest mean $|b|$ on the validation words; every candidate already satisfies the joint
-# perplexity guard. An edit must lower validation mean $|b|$ below the unedited model's to be
-# chosen, and equal values go to the smaller edit. The paper's K = 50 is not assumed.
+# {glue:text}`ks_text`, and its whole selection when that stops short of the largest K), take
+# the one with the lowest mean $|b|$ on the validation words; every candidate already
+# satisfies the joint perplexity guard. An edit must lower validation mean $|b|$ below the
+# unedited model's to be chosen, and equal values go to the smaller edit. The paper's K = 50
+# is not assumed.
 
 # %% tags=["remove-cell"]
 t0 = time.perf_counter()
