@@ -69,6 +69,10 @@ def test_parameter_parsing_and_validation():
         (["run", "0", "-p", "sed=1"], "did you mean 'seed'"),
         (["run", "0", "-p", "seed=abc"], "must be a int"),
         (["run", "0", "--profile", "fast"], "Unknown profile 'fast'"),
+        (["run", "3", "-p", "shared_ks=[1, 2"], "not a valid YAML literal"),
+        (["run", "3", "-p", "n_prompts=-1"], "'n_prompts' of chapter 03_tracing_gender_circuits must be 0 or more"),
+        (["run", "0", "-p", "device=cuda"], "no usable CUDA GPU"),
+        (["run", "0", "-p", "device=tpu9"], "Unknown device 'tpu9'"),
     ],
 )
 def test_cli_bad_input_is_one_clear_paragraph(args, message):
@@ -81,6 +85,8 @@ def test_cli_bad_input_is_one_clear_paragraph(args, message):
 def test_failing_chapter_names_the_cell_and_leaves_no_output(tmp_path, monkeypatch):
     src = tmp_path / "notebooks"
     src.mkdir()
+    results = tmp_path / "results"
+    monkeypatch.setenv("GENDER_NEURONS_RESULTS", str(results))
     (src / "07_broken.py").write_text(textwrap.dedent('''\
         # %% tags=["parameters"]
         model = "smollm2-135m-instruct"
@@ -90,7 +96,12 @@ def test_failing_chapter_names_the_cell_and_leaves_no_output(tmp_path, monkeypat
         seed = 0
 
         # %%
-        x = 1
+        import pandas as pd
+        from analysis_lib.results import Results
+        r = Results("07_broken", glue=False)
+        r.table("half", pd.DataFrame({"x": [1]}))
+        r.add("x", 1)
+        r.save()
 
         # %%
         raise ValueError("deliberate failure in the third cell")
@@ -100,8 +111,63 @@ def test_failing_chapter_names_the_cell_and_leaves_no_output(tmp_path, monkeypat
     with pytest.raises(ChapterError, match=r"07_broken failed in code cell 3 \(`raise ValueError.*\(ValueError: deliberate failure"):
         pipeline.run_chapter("07", output_dir=out)
     assert not (out / "07_broken.ipynb").exists()
-    proc = _cli("run", "07", env={pipeline.NOTEBOOKS_ENV: str(src)})
+    assert [p.name for p in results.iterdir() if not p.name.endswith(".lock")] == []  # nothing half-published
+    proc = _cli("run", "07", env={pipeline.NOTEBOOKS_ENV: str(src), pipeline.BOOK_ENV: str(out)})
     assert proc.returncode == 2 and "deliberate failure" in proc.stderr and "Traceback" not in proc.stderr
+    assert "fix the cell" in proc.stderr
+
+
+TINY_CHAPTER = '''\
+    # %% tags=["parameters"]
+    model = "smollm2-135m-instruct"
+    device = "cpu"
+    dtype = "float32"
+    profile = "quick"
+    seed = 0
+
+    # %%
+    import os
+    import pandas as pd
+    from analysis_lib.results import Results, STAGE_ENV
+    r = Results("08_tiny", {"seed": seed}, glue=False)
+    r.add("seed", seed)
+    r.add_time("seconds_total", 1.0)
+    r.table("t", pd.DataFrame({"seed": [seed]}))
+    r.save()
+    assert os.environ[STAGE_ENV]
+    '''
+
+
+def test_a_chapter_publishes_its_results_in_one_step(tmp_path, monkeypatch):
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    (src / "08_tiny.py").write_text(textwrap.dedent(TINY_CHAPTER))
+    results = tmp_path / "results"
+    monkeypatch.setenv(pipeline.NOTEBOOKS_ENV, str(src))
+    monkeypatch.setenv("GENDER_NEURONS_RESULTS", str(results))
+    monkeypatch.setenv(pipeline.BOOK_ENV, str(tmp_path / "book"))
+    (results / ".run-08_tiny-leftover").mkdir(parents=True)  # from an interrupted run
+    path = pipeline.run_chapter("08")
+    assert path == tmp_path / "book" / "08_tiny.ipynb" and path.is_file()  # GENDER_NEURONS_BOOK honoured
+    assert sorted(p.name for p in results.iterdir()) == [
+        ".08_tiny.lock", "08_tiny.json", "08_tiny.timing.json", "08_tiny__t.parquet"]
+    # a second run of the same chapter into the same results folder is refused while one runs
+    with pipeline._chapter_lock(results, "08_tiny"):
+        with pytest.raises(StudyError, match=r"Chapter 08_tiny is already running .*process \d+"):
+            pipeline.run_chapter("08")
+
+
+def test_environment_errors_are_one_paragraph(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _cli("run", "0", env={pipeline.NOTEBOOKS_ENV: str(empty)})
+    assert proc.returncode == 2 and f"GENDER_NEURONS_NOTEBOOKS={empty} holds no chapters" in proc.stderr
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    proc = _cli("run", "0", env={"GENDER_NEURONS_RESULTS": str(not_a_dir)})
+    assert proc.returncode == 2 and "is not a directory; point GENDER_NEURONS_RESULTS" in proc.stderr
+    for p in (proc,):
+        assert "Traceback" not in p.stderr and p.stderr.count("\n") <= 2
 
 
 def test_papermill_parameter_warnings_are_silenced_once_validated(caplog):
