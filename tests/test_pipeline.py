@@ -183,3 +183,30 @@ def test_papermill_parameter_warnings_are_silenced_once_validated(caplog):
         log.warning("Passed unknown parameter: sums")
         log.warning("Input notebook does not contain a cell with tag 'parameters'")
     assert [r.getMessage() for r in caplog.records] == ["Input notebook does not contain a cell with tag 'parameters'"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["attribute", "--prompt", "The nurse", "--target", " she", "--top-k", "1000000000"],
+         "--top-k 1000000000 is out of range"),
+        (["attribute", "--prompt", "The nurse", "--target", " she", "--bottom-k", "-1"], "--bottom-k -1 is out of range"),
+        (["attribute", "--model", "smollm-135m", "--prompt", "x", "--target", " she"], "Unknown model 'smollm-135m'"),
+        (["neuron", "attnL3H2"], "Expected ffnL{layer}N{index}"),
+    ],
+)
+def test_cli_flags_are_checked_before_the_model_loads(args, message):
+    import time
+
+    t0 = time.perf_counter()
+    proc = _cli(*args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") <= 2
+    assert time.perf_counter() - t0 < 20  # no model load (the import of torch alone is a few seconds)
+
+
+def test_cli_edit_with_zero_neurons_is_refused(tmp_path):
+    edit = tmp_path / "empty.json"
+    edit.write_text('{"format": 1, "neurons": [], "model": "smollm2-135m-instruct", "start_token": "<|im_start|>"}')
+    proc = _cli("edit", "--edit", str(edit))
+    assert proc.returncode == 2 and "lists no neurons" in proc.stderr and "Traceback" not in proc.stderr
