@@ -255,3 +255,17 @@ def test_prompt_longer_than_the_context_is_refused(model):
     assert limit == 8192
     with pytest.raises(TokenizationError, match=rf"has \d+ tokens, more than the {limit}-token context"):
         models.encode(model, ["short", "word " * (limit + 10)])
+
+
+def test_partial_caches_of_interrupted_builds_are_cleaned(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
+    old = tmp_path / "models" / ".smollm2-135m-instruct-b179c9523d0e6a0f.tmp-abc123"
+    new = tmp_path / "models" / ".smollm2-135m-instruct-b179c9523d0e6a0f.tmp-def456"
+    for d in (old, new):
+        (d / "model").mkdir(parents=True)
+        (d / "model" / "model.safetensors").write_bytes(b"partial")
+    os.utime(old, (0, 0))  # an interrupted build long ago; `new` may be a build running now
+    assert models.clean_partial_caches() == [old]
+    assert not old.exists() and new.exists()

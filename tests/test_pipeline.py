@@ -166,8 +166,19 @@ def test_environment_errors_are_one_paragraph(tmp_path):
     not_a_dir.write_text("x")
     proc = _cli("run", "0", env={"GENDER_NEURONS_RESULTS": str(not_a_dir)})
     assert proc.returncode == 2 and "is not a directory; point GENDER_NEURONS_RESULTS" in proc.stderr
-    for p in (proc,):
-        assert "Traceback" not in p.stderr and p.stderr.count("\n") <= 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") <= 2
+    proc = _cli("run", "0", env={"GENDER_NEURONS_RESULTS": "/proc/gender-neurons-results"})  # unwritable, even as root
+    assert proc.returncode == 2 and "Cannot create the results folder" in proc.stderr
+    assert "point GENDER_NEURONS_RESULTS at a writable folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_failure_advice_blames_the_cause():
+    params = {"model": "smollm2-135m-instruct", "device": "cuda"}
+    assert "not the cell" in pipeline._failure_advice("UnknownModelError", "Unknown model 'x'", params)
+    assert "not the cell" in pipeline._failure_advice("NonFiniteError", "Model 'x' produced 3 non-finite", params)
+    assert "device='cuda'" in pipeline._failure_advice("OutOfMemoryError", "CUDA out of memory", params)
+    assert "make install" in pipeline._failure_advice("ModuleNotFoundError", "No module named 'x'", params)
+    assert "fix the cell" in pipeline._failure_advice("ValueError", "deliberate failure", params)
 
 
 def test_papermill_parameter_warnings_are_silenced_once_validated(caplog):
