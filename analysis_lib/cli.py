@@ -187,9 +187,10 @@ def _cmd_neuron(args) -> int:
 
 def _cmd_edit(args) -> int:
     from .editing import load_edit
-    from .neuron_editing import edit_command, edit_text
+    from .neuron_editing import _parse_tasks, edit_command, edit_text
 
-    spec = load_edit(args.edit)  # file, format, ids and at least one neuron: before the model loads
+    _parse_tasks(args.eval)  # the tasks, then the file (format, ids, at least one neuron): before the model loads
+    spec = load_edit(args.edit)
     _check_model_name(args.model)
     start = spec.start_token if args.start_token is None else args.start_token
     if isinstance(start, str) and start.lower() == "none":
