@@ -26,10 +26,13 @@ def _final_hidden(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "bat
 
 
 def _unembed(model, hidden: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+    """Logits from final hidden states; NaN or infinite logits are refused (every scorer,
+    benchmark, capability task and edit evaluation reads its logits here)."""
     logits = model.original_model.lm_head(hidden)
     cap = getattr(model.original_model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
+    check_finite(logits.detach(), model, "the logits (scoring, benchmarks, capability or edit evaluation)")
     return logits
 
 

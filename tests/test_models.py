@@ -240,8 +240,10 @@ def test_non_finite_logits_are_refused(model):
     try:
         with torch.no_grad():
             w[0, 0] = float("nan")
-        with pytest.raises(NonFiniteError, match=r"Model 'smollm2-135m-instruct' produced .* in next-token scoring"):
+        with pytest.raises(NonFiniteError, match=r"Model 'smollm2-135m-instruct' produced .* in the logits \(scoring"):
             next_token_logprobs(model, PROMPTS[:2])
+        with pytest.raises(NonFiniteError, match=r"in the logits"):
+            continuation_logprobs(model, ["The capital of France is"], [" Paris"])
         with pytest.raises(NonFiniteError, match=r"in the attribution's forward pass"):
             attribute(model, PROMPTS[0], " she", top_k=5)
     finally:
