@@ -221,3 +221,32 @@ def test_cli_edit_with_zero_neurons_is_refused(tmp_path):
     edit.write_text('{"format": 1, "neurons": [], "model": "smollm2-135m-instruct", "start_token": "<|im_start|>"}')
     proc = _cli("edit", "--edit", str(edit))
     assert proc.returncode == 2 and "lists no neurons" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigint_in_the_middle_of_a_chapter_publishes_nothing(tmp_path):
+    import os
+    import signal
+    import time
+
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    results = tmp_path / "results"
+    (src / "09_slow.py").write_text(textwrap.dedent(TINY_CHAPTER).replace("08_tiny", "09_slow") + textwrap.dedent('''\
+
+        # %%
+        import time
+        time.sleep(120)
+        '''))
+    env = {**os.environ, pipeline.NOTEBOOKS_ENV: str(src), "GENDER_NEURONS_RESULTS": str(results),
+           pipeline.BOOK_ENV: str(tmp_path / "book")}
+    proc = subprocess.Popen([sys.executable, "-m", "analysis_lib", "run", "09"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(results.glob(".run-09_slow-*/09_slow.json")):  # the chapter has written its results
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert sorted(p.name for p in results.iterdir()) == [".09_slow.lock"]  # no results, no staging folder
+    assert not (tmp_path / "book" / "09_slow.ipynb").exists()
