@@ -197,7 +197,8 @@ def _cmd_edit(args) -> int:
         start = None
     kwargs = {}
     if "start_token" in inspect.signature(edit_command).parameters:
-        kwargs["start_token"] = start  # the edit's own start token unless --start-token says otherwise
+        # "edit": load the model with the edit's own start token; else the user's --start-token
+        kwargs["start_token"] = "edit" if args.start_token is None else args.start_token
     elif args.start_token is not None or not _default_start_matches(args.model or spec.model, start):
         raise EditError(
             f"The edit {args.edit} was found with start token {start!r}, which is not the default of model "
