@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from . import errors
 from .errors import ChapterError, ParameterError, StudyError
 from .results import STAGE_ENV, repo_root, results_dir
 
@@ -252,11 +253,8 @@ def _failing_cell(path: Path, cell_index: int) -> str:
     return f"cell {cell_index}"
 
 
-#: error names raised by the study for a problem of input or environment (not of the code)
-_USER_ERRORS = {
-    "StudyError", "UnknownModelError", "ModelPackageMissingError", "DataDirError", "ChecksumError",
-    "TokenizationError", "NeuronIdError", "ParameterError", "EditError", "NonFiniteError", "CacheError",
-}
+#: the study's own errors (a problem of input or environment that the message explains)
+_USER_ERRORS = {n for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, StudyError)}
 
 
 def _failure_advice(ename: str, evalue: str, params: dict[str, Any]) -> str:

@@ -271,3 +271,17 @@ def test_partial_caches_of_interrupted_builds_are_cleaned(tmp_path, monkeypatch)
     os.utime(old, (0, 0))  # an interrupted build long ago; `new` may be a build running now
     assert models.clean_partial_caches() == [old]
     assert not old.exists() and new.exists()
+
+
+def test_models_verify_reports_a_damaged_cache(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    dst = _cache_copy(tmp_path, monkeypatch)
+    _flip_middle(dst / "model.safetensors")
+    proc = subprocess.run([sys.executable, "-m", "analysis_lib", "models", "--verify"], capture_output=True, text=True,
+                          env={**os.environ, models.CACHE_ENV: str(tmp_path / "cache")}, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "verify: DAMAGED: model.safetensors has sha256" in proc.stdout
+    assert "1 model cache(s) are damaged" in proc.stderr
