@@ -4,7 +4,12 @@ A chapter creates one :class:`Results`, records its headline numbers with
 :meth:`Results.add` (which also glues them for the book's prose), and calls
 :meth:`Results.save` at the end. The JSON holds only what the chapter computed from its
 parameters, so re-running a chapter with the same parameters writes an identical file;
-timings go to a separate ``<chapter>.timing.json``.
+timings go to a separate ``<chapter>.timing.json`` (:meth:`Results.time`,
+:meth:`Results.add_time`, and table columns of wall-clock seconds).
+
+During :func:`analysis_lib.pipeline.run_chapter` a chapter writes into a per-run staging folder
+(:func:`output_dir`), which is published into :func:`results_dir` in one step when the chapter
+has finished; read other chapters' results from :func:`results_dir`.
 """
 
 from __future__ import annotations
