@@ -10,6 +10,7 @@ import torch
 
 from analysis_lib import models
 from analysis_lib.attribution import attribute
+from analysis_lib.cli import main
 from analysis_lib.errors import (
     CacheError,
     ModelPackageMissingError,
@@ -273,15 +274,10 @@ def test_partial_caches_of_interrupted_builds_are_cleaned(tmp_path, monkeypatch)
     assert not old.exists() and new.exists()
 
 
-def test_models_verify_reports_a_damaged_cache(tmp_path, monkeypatch):
-    import os
-    import subprocess
-    import sys
-
+def test_models_verify_reports_a_damaged_cache(tmp_path, monkeypatch, capsys):
     dst = _cache_copy(tmp_path, monkeypatch)
     _flip_middle(dst / "model.safetensors")
-    proc = subprocess.run([sys.executable, "-m", "analysis_lib", "models", "--verify"], capture_output=True, text=True,
-                          env={**os.environ, models.CACHE_ENV: str(tmp_path / "cache")}, timeout=300)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "verify: DAMAGED: model.safetensors has sha256" in proc.stdout
-    assert "1 model cache(s) are damaged" in proc.stderr
+    assert main(["models", "--verify"]) == 2
+    out, err = capsys.readouterr()
+    assert "verify: DAMAGED: model.safetensors has sha256" in out and "Traceback" not in err
+    assert "1 model cache(s) are damaged" in err

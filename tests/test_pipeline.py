@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from analysis_lib import pipeline
+from analysis_lib.cli import main
 from analysis_lib.errors import ChapterError, ParameterError, StudyError
 
 
@@ -157,19 +158,30 @@ def test_a_chapter_publishes_its_results_in_one_step(tmp_path, monkeypatch):
             pipeline.run_chapter("08")
 
 
-def test_environment_errors_are_one_paragraph(tmp_path):
+def _main(capsys, *args: str) -> tuple[int, str]:
+    """The command line in this process (no interpreter start): exit status and stderr."""
+    code = main(list(args))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") <= 2, err
+    return code, err
+
+
+def test_environment_errors_are_one_paragraph(tmp_path, monkeypatch, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = _cli("run", "0", env={pipeline.NOTEBOOKS_ENV: str(empty)})
-    assert proc.returncode == 2 and f"GENDER_NEURONS_NOTEBOOKS={empty} holds no chapters" in proc.stderr
+    monkeypatch.setenv(pipeline.NOTEBOOKS_ENV, str(empty))
+    code, err = _main(capsys, "run", "0")
+    assert code == 2 and f"GENDER_NEURONS_NOTEBOOKS={empty} holds no chapters" in err
+    monkeypatch.delenv(pipeline.NOTEBOOKS_ENV)
+    monkeypatch.setenv(pipeline.BOOK_ENV, str(tmp_path / "book"))
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    proc = _cli("run", "0", env={"GENDER_NEURONS_RESULTS": str(not_a_dir)})
-    assert proc.returncode == 2 and "is not a directory; point GENDER_NEURONS_RESULTS" in proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") <= 2
-    proc = _cli("run", "0", env={"GENDER_NEURONS_RESULTS": "/proc/gender-neurons-results"})  # unwritable, even as root
-    assert proc.returncode == 2 and "Cannot create the results folder" in proc.stderr
-    assert "point GENDER_NEURONS_RESULTS at a writable folder" in proc.stderr and "Traceback" not in proc.stderr
+    monkeypatch.setenv("GENDER_NEURONS_RESULTS", str(not_a_dir))
+    code, err = _main(capsys, "run", "0")
+    assert code == 2 and "is not a directory; point GENDER_NEURONS_RESULTS" in err
+    monkeypatch.setenv("GENDER_NEURONS_RESULTS", "/proc/gender-neurons-results")  # unwritable, even as root
+    code, err = _main(capsys, "run", "0")
+    assert code == 2 and "Cannot create the results folder" in err and "point GENDER_NEURONS_RESULTS at a writable" in err
 
 
 def test_failure_advice_blames_the_cause():
@@ -206,21 +218,25 @@ def test_papermill_parameter_warnings_are_silenced_once_validated(caplog):
         (["neuron", "attnL3H2"], "Expected ffnL{layer}N{index}"),
     ],
 )
-def test_cli_flags_are_checked_before_the_model_loads(args, message):
-    import time
+def test_cli_flags_are_checked_before_the_model_loads(args, message, capsys, monkeypatch):
+    from analysis_lib import models
 
-    t0 = time.perf_counter()
-    proc = _cli(*args)
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") <= 2
-    assert time.perf_counter() - t0 < 20  # no model load (the import of torch alone is a few seconds)
+    def no_load(*a, **k):  # not a mock of the model: a tripwire proving the check came first
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(models, "load_model", no_load)
+    code, err = _main(capsys, *args)
+    assert code == 2 and message in err, err
 
 
-def test_cli_edit_with_zero_neurons_is_refused(tmp_path):
+def test_cli_edit_with_zero_neurons_is_refused(tmp_path, capsys, monkeypatch):
+    from analysis_lib import models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     edit = tmp_path / "empty.json"
     edit.write_text('{"format": 1, "neurons": [], "model": "smollm2-135m-instruct", "start_token": "<|im_start|>"}')
-    proc = _cli("edit", "--edit", str(edit))
-    assert proc.returncode == 2 and "lists no neurons" in proc.stderr and "Traceback" not in proc.stderr
+    code, err = _main(capsys, "edit", "--edit", str(edit))
+    assert code == 2 and "lists no neurons" in err
 
 
 def test_sigint_in_the_middle_of_a_chapter_publishes_nothing(tmp_path):
