@@ -376,6 +376,9 @@ def run_chapter(
             finally:
                 if os.path.exists(tmp_final):
                     os.unlink(tmp_final)
+        except KeyboardInterrupt:
+            _stop_kernels(stage)  # else the kernel runs on, and papermill's thread waits for it at exit
+            raise
         except pm.PapermillExecutionError as exc:
             failed = repo_root() / "build" / "failed" / f"{chapter}.ipynb"
             failed.parent.mkdir(parents=True, exist_ok=True)
@@ -401,6 +404,25 @@ def run_chapter(
 
 STAGE_PREFIX = ".run-"
 LOCK_SUFFIX = ".lock"
+
+
+def _stop_kernels(stage: Path) -> None:
+    """Kill this process's chapter kernel(s) of the run staged in ``stage`` (after Ctrl-C).
+
+    The kernel is a child of this process whose environment names the run's staging folder;
+    found through ``/proc`` (Linux; elsewhere nothing is done and the kernel ends with its cell).
+    """
+    import signal
+
+    mark = f"{STAGE_ENV}={stage}".encode()
+    me = str(os.getpid())
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            if ppid == me and mark in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, IndexError, ValueError):
+            continue
 
 
 def _writable_dir(path: Path, env: str | None) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -258,11 +259,17 @@ def test_sigint_in_the_middle_of_a_chapter_publishes_nothing(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "analysis_lib", "run", "09"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list(results.glob(".run-09_slow-*/09_slow.json")):  # the chapter has written its results
+    while not (staged := list(results.glob(".run-09_slow-*/09_slow.json"))):  # the chapter has written its results
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=60)  # the kernel's cell would sleep 120 s: it is stopped, not waited for
     assert proc.returncode == 130, err
+    mark = f"GENDER_NEURONS_RESULTS_STAGE={staged[0].parent}".encode()
+    for p in Path("/proc").glob("[0-9]*"):  # no kernel of the interrupted run is left running
+        try:
+            assert mark not in (p / "environ").read_bytes().split(b"\0"), f"kernel {p.name} still runs"
+        except OSError:
+            continue
     assert sorted(p.name for p in results.iterdir()) == [".09_slow.lock"]  # no results, no staging folder
     assert not (tmp_path / "book" / "09_slow.ipynb").exists()
