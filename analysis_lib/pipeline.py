@@ -323,7 +323,7 @@ def run_chapter(
 
     Raises:
         ChapterError: a cell failed; names the chapter, the cell and the error. The partial
-            notebook is kept under ``build/failed/`` for inspection, never in ``book/``.
+            notebook is kept under ``build/failed/`` beside the book folder, never in ``book/``.
     """
     import papermill as pm
 
@@ -380,7 +380,7 @@ def run_chapter(
             _stop_kernels(stage)  # else the kernel runs on, and papermill's thread waits for it at exit
             raise
         except pm.PapermillExecutionError as exc:
-            failed = repo_root() / "build" / "failed" / f"{chapter}.ipynb"
+            failed = out_dir.parent / "build" / "failed" / f"{chapter}.ipynb"  # beside the book folder
             failed.parent.mkdir(parents=True, exist_ok=True)
             if dst.exists():
                 shutil.copy(dst, failed)

@@ -113,6 +113,7 @@ def test_failing_chapter_names_the_cell_and_leaves_no_output(tmp_path, monkeypat
     with pytest.raises(ChapterError, match=r"07_broken failed in code cell 3 \(`raise ValueError.*\(ValueError: deliberate failure"):
         pipeline.run_chapter("07", output_dir=out)
     assert not (out / "07_broken.ipynb").exists()
+    assert (tmp_path / "build" / "failed" / "07_broken.ipynb").is_file()  # beside the book folder, not in the package
     assert [p.name for p in results.iterdir() if not p.name.endswith(".lock")] == []  # nothing half-published
     proc = _cli("run", "07", env={pipeline.NOTEBOOKS_ENV: str(src), pipeline.BOOK_ENV: str(out)})
     assert proc.returncode == 2 and "deliberate failure" in proc.stderr and "Traceback" not in proc.stderr
