@@ -125,7 +125,8 @@ def _cmd_models(args) -> int:
             if problems == ["no cache folder"]:
                 print("  verify: not built yet (`models --cache` builds it)")
             elif len(problems) == 1 and problems[0].startswith("the cache predates"):
-                print(f"  verify: outdated, {problems[0]} (checked and upgraded on the next load or by `models --cache`)")
+                print(f"  verify: outdated, {problems[0]} "
+                      "(checked and upgraded on the next load or by `models --cache`)")
             elif problems:
                 failed += 1
                 print(f"  verify: DAMAGED: {'; '.join(problems)} (`models --cache` rebuilds it)")

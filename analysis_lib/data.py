@@ -475,7 +475,9 @@ def _read_text(key: _FileKey) -> str:
             "Restore it from its source (see the dataset's SOURCE.md) or check it against SHA256SUMS."
         ) from None
     except OSError as exc:
-        raise StudyError(f"Data file {path} cannot be read ({exc.strerror or exc}); check the file and its permissions.") from None
+        raise StudyError(
+            f"Data file {path} cannot be read ({exc.strerror or exc}); check the file and its permissions."
+        ) from None
 
 
 def _read_jsonl(key: _FileKey) -> list[dict[str, Any]]:

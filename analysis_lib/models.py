@@ -657,7 +657,8 @@ def _load_hub(name: str, dtype: torch.dtype):
 
 
 def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    on = {"1", "true", "yes", "on"}
+    return any(os.environ.get(v, "").strip().lower() in on for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:

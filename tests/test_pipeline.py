@@ -183,7 +183,8 @@ def test_environment_errors_are_one_paragraph(tmp_path, monkeypatch, capsys):
     assert code == 2 and "is not a directory; point GENDER_NEURONS_RESULTS" in err
     monkeypatch.setenv("GENDER_NEURONS_RESULTS", "/proc/gender-neurons-results")  # unwritable, even as root
     code, err = _main(capsys, "run", "0")
-    assert code == 2 and "Cannot create the results folder" in err and "point GENDER_NEURONS_RESULTS at a writable" in err
+    assert code == 2 and "Cannot create the results folder" in err
+    assert "point GENDER_NEURONS_RESULTS at a writable" in err
 
 
 def test_failure_advice_blames_the_cause():
@@ -215,7 +216,8 @@ def test_papermill_parameter_warnings_are_silenced_once_validated(caplog):
     [
         (["attribute", "--prompt", "The nurse", "--target", " she", "--top-k", "1000000000"],
          "--top-k 1000000000 is out of range"),
-        (["attribute", "--prompt", "The nurse", "--target", " she", "--bottom-k", "-1"], "--bottom-k -1 is out of range"),
+        (["attribute", "--prompt", "The nurse", "--target", " she", "--bottom-k", "-1"],
+         "--bottom-k -1 is out of range"),
         (["attribute", "--model", "smollm-135m", "--prompt", "x", "--target", " she"], "Unknown model 'smollm-135m'"),
         (["neuron", "attnL3H2"], "Expected ffnL{layer}N{index}"),
     ],
