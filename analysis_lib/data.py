@@ -54,7 +54,7 @@ import datasets
 import pyarrow as pa
 from datasets import Dataset, Features, Value
 
-from analysis_lib.errors import ChecksumError, DataDirError, ParameterError
+from analysis_lib.errors import ChecksumError, DataDirError, ParameterError, StudyError
 
 __all__ = [
     "ENV_VAR",
@@ -466,11 +466,34 @@ def _fresh(ds: Dataset) -> Dataset:
 
 
 def _read_text(key: _FileKey) -> str:
-    return Path(key[0]).read_text(encoding="utf-8")
+    path = Path(key[0])
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise StudyError(
+            f"Data file {path} is not UTF-8 text (byte {exc.start}): it is damaged or not the expected file. "
+            "Restore it from its source (see the dataset's SOURCE.md) or check it against SHA256SUMS."
+        ) from None
+    except OSError as exc:
+        raise StudyError(
+            f"Data file {path} cannot be read ({exc.strerror or exc}); check the file and its permissions."
+        ) from None
 
 
 def _read_jsonl(key: _FileKey) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in _read_text(key).splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(_read_text(key).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise StudyError(
+                f"Data file {key[0]}, line {n}, is not a complete JSON record ({exc.msg} at column {exc.colno}): the "
+                "file is truncated or damaged. Restore it from its source (see the dataset's SOURCE.md) or check it "
+                "against SHA256SUMS."
+            ) from None
+    return rows
 
 
 def _read_tsv(key: _FileKey) -> list[dict[str, str]]:

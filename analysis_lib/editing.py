@@ -558,7 +558,13 @@ def load_edit(path: str | Path) -> EditSpec:
     extra = sorted(set(data) - known)
     if extra:
         raise EditError(f"{path} has unknown field(s) {extra}; it was not written by save_edit.")
-    return EditSpec(**data)
+    spec = EditSpec(**data)
+    if not spec.neurons:
+        raise EditError(
+            f"{path} lists no neurons: applying it would change nothing, and evaluating it would report a "
+            "difference of exactly 0. Save an edit with at least one neuron (analysis_lib.editing.save_edit)."
+        )
+    return spec
 
 
 @contextlib.contextmanager

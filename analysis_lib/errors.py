@@ -46,3 +46,11 @@ class ChapterError(StudyError, RuntimeError):
 
 class EditError(StudyError, ValueError):
     """A saved edit does not fit the model it is applied to."""
+
+
+class CacheError(StudyError, OSError):
+    """The float-weight cache of a model is damaged and cannot be rebuilt here."""
+
+
+class NonFiniteError(StudyError, ArithmeticError):
+    """A model produced NaN or infinite logits or scores (damaged or badly edited weights)."""

@@ -57,7 +57,9 @@ from typing import Any, Sequence
 import torch
 
 from .errors import (
+    CacheError,
     ModelPackageMissingError,
+    NonFiniteError,
     StudyError,
     TokenizationError,
     UnknownModelError,
@@ -67,7 +69,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 CACHE_ENV = "GENDER_NEURONS_CACHE"
-CACHE_FORMAT = 1  # bump when the cache layout changes
+CACHE_FORMAT = 2  # bump when the cache layout changes (2: size and sha256 of every file)
+MANIFEST = "study_cache.json"
 
 
 @dataclass(frozen=True)
@@ -281,11 +284,112 @@ def _assembled_gguf(name: str, workdir: Path) -> tuple[Path, str]:
     return path, got
 
 
-def build_cache(name: str) -> Path:
-    """Dequantize a built-in model's GGUF once and save it atomically as fp32 safetensors."""
+def _file_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size", "sha256"}}`` of every file of a cache folder but its manifest."""
+    out = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.name != MANIFEST:
+            out[f.relative_to(folder).as_posix()] = {"size": f.stat().st_size, "sha256": _sha256_files([f])}
+    return out
+
+
+def _read_manifest(target: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((target / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+#: cache folders verified by this process: ``{folder: ((file, size, mtime_ns), ...)}``
+_VERIFIED: dict[Path, tuple] = {}
+
+
+def _stat_signature(target: Path, files: dict[str, Any]) -> tuple:
+    sig = []
+    for rel in sorted(files):
+        st = (target / rel).stat()
+        sig.append((rel, st.st_size, st.st_mtime_ns))
+    return tuple(sig)
+
+
+def cache_problems(name: str, *, full: bool = True, target: Path | None = None) -> list[str]:
+    """What is wrong with a built-in model's float cache (``[]`` when it is intact).
+
+    Checks the manifest (``study_cache.json``: model, GGUF sha256, format), then the size of
+    every recorded file and, with ``full``, its sha256. A folder whose files this process has
+    already hashed and whose sizes and modification times are unchanged is not hashed again.
+    """
+    target = Path(target or model_cache_dir(name))
+    if not target.is_dir():
+        return ["no cache folder"]
+    man = _read_manifest(target)
+    if man is None:
+        return [f"{MANIFEST} is missing or unreadable"]
+    if man.get("name") != name or man.get("gguf_sha256") != expected_sha256(name):
+        return [f"{MANIFEST} belongs to another model or GGUF"]
+    files = man.get("files")
+    if man.get("format") != CACHE_FORMAT or not isinstance(files, dict) or not files:
+        return [f"the cache predates file checksums (format {man.get('format')}, now {CACHE_FORMAT})"]
+    problems = []
+    for rel, rec in sorted(files.items()):
+        f = target / rel
+        try:
+            size = f.stat().st_size
+        except OSError as exc:
+            problems.append(f"{rel} is missing or unreadable ({exc.strerror or exc})")
+            continue
+        if size != rec.get("size"):
+            problems.append(f"{rel} has {size} bytes, not {rec.get('size')}")
+    if problems or not full:
+        return problems
+    try:
+        sig = _stat_signature(target, files)
+    except OSError as exc:
+        return [f"a cached file is unreadable ({exc})"]
+    if _VERIFIED.get(target) == sig:
+        return []
+    for rel, rec in sorted(files.items()):
+        try:
+            got = _sha256_files([target / rel])
+        except OSError as exc:
+            problems.append(f"{rel} is unreadable ({exc.strerror or exc})")
+            continue
+        if got != rec.get("sha256"):
+            problems.append(f"{rel} has sha256 {got[:12]}..., not {str(rec.get('sha256'))[:12]}...")
+    if not problems:
+        _VERIFIED[target] = sig
+    return problems
+
+
+def build_cache(name: str, *, verify: bool = True) -> Path:
+    """The verified float cache of a built-in model, built (or rebuilt) from its GGUF if needed.
+
+    The GGUF is dequantized once and saved as fp32 safetensors in a temporary folder with a
+    manifest recording the size and sha256 of every file, then renamed into place. An existing
+    cache is checked against its manifest (:func:`cache_problems`, hashing once per process);
+    a damaged one is rebuilt from the GGUF with a one-line notice on stderr.
+
+    Raises:
+        CacheError: the cache is damaged and the GGUF it was built from is not installed.
+    """
     target = model_cache_dir(name)
-    if (target / "study_cache.json").is_file():
-        return target
+    if target.is_dir() or (target / MANIFEST).exists():
+        problems = cache_problems(name, full=verify, target=target)
+        if not problems:
+            return target
+        try:
+            gguf_parts(name)
+        except ModelPackageMissingError as exc:
+            raise CacheError(
+                f"The weight cache of {name!r} at {target} is damaged ({'; '.join(problems)}) and cannot be "
+                f"rebuilt because its GGUF is not installed: {exc}"
+            ) from None
+        import sys
+
+        print(f"notice: the weight cache of {name!r} at {target} is damaged or outdated ({'; '.join(problems)}); "
+              "rebuilding it from the GGUF.", file=sys.stderr, flush=True)
+        _VERIFIED.pop(target, None)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -294,18 +398,95 @@ def build_cache(name: str) -> Path:
         out = tmp / "model"
         hf.save_pretrained(out)
         tok.save_pretrained(out)
-        (out / "study_cache.json").write_text(
-            json.dumps({"name": name, "gguf_sha256": sha, "format": CACHE_FORMAT}, indent=1)
-        )
         del hf
-        try:
-            os.replace(out, target)  # atomic on one filesystem
-        except OSError:
-            if not (target / "study_cache.json").is_file():  # a concurrent builder may have won
-                raise
+        files = _file_records(out)
+        manifest = json.dumps({"name": name, "gguf_sha256": sha, "format": CACHE_FORMAT, "files": files}, indent=1)
+        (out / MANIFEST).write_text(manifest)
+        _install_cache(name, out, target, files, manifest, tmp)
+        _VERIFIED[target] = _stat_signature(target, files)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _install_cache(name: str, out: Path, target: Path, files: dict[str, Any], manifest: str, tmp: Path) -> None:
+    """Put a freshly built cache folder in place of ``target``.
+
+    Files an existing folder already holds with the right bytes are kept (only its manifest is
+    rewritten, atomically), so a process reading them is not disturbed; otherwise the old
+    folder is moved aside and the new one renamed into place.
+    """
+    from .results import write_atomic
+
+    if target.is_dir():
+        same = True
+        for rel, rec in files.items():
+            f = target / rel
+            try:
+                if f.stat().st_size != rec["size"] or _sha256_files([f]) != rec["sha256"]:
+                    same = False
+                    break
+            except OSError:
+                same = False
+                break
+        if same:
+            write_atomic(target / MANIFEST, manifest)
+            return
+        os.replace(target, tmp / "old")
+    try:
+        os.replace(out, target)  # atomic on one filesystem
+    except OSError:
+        if cache_problems(name, full=False, target=target):  # a concurrent builder may have won
+            raise
+
+
+def clean_partial_caches() -> list[Path]:
+    """Remove the ``.<name>.tmp-*`` folders that interrupted cache builds left behind.
+
+    Only folders older than an hour are removed, so a build running now in another process
+    is left alone.
+    """
+    removed = []
+    root = cache_root() / "models"
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for d in root.glob(".*.tmp-*"):
+        try:
+            if d.is_dir() and now - d.stat().st_mtime > 3600:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d)
+        except OSError:
+            continue
+    return removed
+
+
+def check_finite(values, model, step: str) -> None:
+    """Refuse NaN or infinite logits or scores (damaged or badly edited weights).
+
+    Args:
+        values: a tensor or array of the results of ``step``.
+        model: the model that produced them (named in the error).
+        step: what was computed, e.g. ``"next-token scoring"``.
+
+    Raises:
+        NonFiniteError: names the model, the step and how many values are not finite.
+    """
+    import numpy as np
+
+    if isinstance(values, torch.Tensor):
+        bad = int((~torch.isfinite(values)).sum().item()) if values.is_floating_point() else 0
+        total = values.numel()
+    else:
+        arr = np.asarray(values, dtype=float)
+        bad, total = int((~np.isfinite(arr)).sum()), arr.size
+    if bad:
+        name = getattr(model, "study_name", None) or type(model).__name__
+        raise NonFiniteError(
+            f"Model {name!r} produced {bad} non-finite value(s) (NaN or inf) out of {total} in {step}: its weights are "
+            "damaged or an edit made them diverge, so no result is reported. Reload the model (a damaged built-in "
+            "cache is rebuilt on load; `python -m analysis_lib models --verify` checks it) or undo the edit."
+        )
 
 
 def _resolve_start_token(tok, policy: str | None, default: str | None) -> tuple[str | None, int | None]:
@@ -366,8 +547,16 @@ def load_hf(name: str = DEFAULT_MODEL, *, from_gguf: bool = False, dtype: torch.
             shutil.rmtree(tmp, ignore_errors=True)
         return hf.to(dtype), tok, str(gguf)
     path = build_cache(name)
-    tok = AutoTokenizer.from_pretrained(path)
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+    except Exception as exc:  # noqa: BLE001 - verified a moment ago: changed under us
+        _VERIFIED.pop(Path(path), None)
+        raise CacheError(
+            f"The weight cache of {name!r} at {path} could not be read ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}) although it was verified just "
+            "before: another process may be rewriting it. Run the command again; it is rebuilt if damaged."
+        ) from None
     return hf, tok, str(path)
 
 
@@ -453,11 +642,23 @@ def _load_hub(name: str, dtype: torch.dtype):
         hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="eager")
     except (OSError, ValueError) as exc:  # not found, offline, gated
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if _hub_offline():
+            raise UnknownModelError(
+                f"Model {name!r} is not in the local Hugging Face cache, and the hub is switched off here "
+                f"(HF_HUB_OFFLINE is set, as the Makefile and the tests do). Download it once on a machine with "
+                f"hub access (`huggingface-cli download {name}`) and copy the HF cache here, pass a local "
+                f"directory in Hugging Face format, or use a built-in model: {', '.join(BUILTIN_MODELS)}."
+            ) from None
         raise UnknownModelError(
             _unknown_model_message(name, first)
-            + " If you are offline, set HF_HUB_OFFLINE=1 only after the model is in your HF cache."
+            + " Check the id and your access to it (gated models need `huggingface-cli login`)."
         ) from None
     return hf, tok, name
+
+
+def _hub_offline() -> bool:
+    on = {"1", "true", "yes", "on"}
+    return any(os.environ.get(v, "").strip().lower() in on for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -500,6 +701,15 @@ class Encoded:
         return (pos[None, :] < self.lengths[:, None]).long()
 
 
+def context_length(model) -> int | None:
+    """The longest sequence the model reads (its positional range), or ``None`` if unknown."""
+    hf_cfg = getattr(getattr(model, "original_model", None), "config", None)
+    for value in (getattr(hf_cfg, "max_position_embeddings", None), getattr(getattr(model, "cfg", None), "n_ctx", None)):
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def token_ids(model, text: str) -> list[int]:
     """Token ids of ``text`` with no special tokens added."""
     return list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -517,6 +727,14 @@ def encode(model, texts: str | Sequence[str], *, start: bool = True, device: str
     rows = [prefix + token_ids(model, t) for t in texts]
     if any(len(r) == 0 for r in rows):
         raise TokenizationError("An empty prompt with no start token cannot be run; pass some text.")
+    limit = context_length(model)
+    longest = max(len(r) for r in rows)
+    if limit and longest > limit:
+        i = max(range(len(rows)), key=lambda k: len(rows[k]))
+        raise TokenizationError(
+            f"Prompt {i} ({texts[i][:40]!r}...) has {longest} tokens, more than the {limit}-token context of "
+            f"{getattr(model, 'study_name', 'this model')}; shorten it (the model cannot read past its context)."
+        )
     pad = model.tokenizer.pad_token_id
     pad = int(pad if pad is not None else 0)
     width = max(len(r) for r in rows)

@@ -10,6 +10,9 @@ holds an error output.
 from __future__ import annotations
 
 import copy
+import datetime
+import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -21,14 +24,16 @@ from typing import Any, Iterable
 
 import yaml
 
+from . import errors
 from .errors import ChapterError, ParameterError, StudyError
-from .results import repo_root
+from .results import STAGE_ENV, repo_root, results_dir
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 REQUIRED_PARAMETERS = ("model", "device", "dtype", "profile", "seed")
 
 
 NOTEBOOKS_ENV = "GENDER_NEURONS_NOTEBOOKS"
+BOOK_ENV = "GENDER_NEURONS_BOOK"
 
 
 def notebooks_dir() -> Path:
@@ -37,12 +42,27 @@ def notebooks_dir() -> Path:
 
 
 def book_dir() -> Path:
-    return repo_root() / "book"
+    """Where executed chapters go: ``$GENDER_NEURONS_BOOK`` if set, else ``<repo>/book``."""
+    return Path(os.environ.get(BOOK_ENV) or repo_root() / "book")
 
 
 def chapters() -> list[str]:
-    """Chapter names (file stems of ``notebooks/*.py``), in book order."""
-    return sorted(p.stem for p in notebooks_dir().glob("[0-9][0-9]_*.py"))
+    """Chapter names (file stems of ``notebooks/*.py``), in book order.
+
+    Raises:
+        StudyError: the chapter folder holds no chapters (names ``$GENDER_NEURONS_NOTEBOOKS``
+            when that variable chose it).
+    """
+    d = notebooks_dir()
+    found = sorted(p.stem for p in d.glob("[0-9][0-9]_*.py")) if d.is_dir() else []
+    if not found:
+        if os.environ.get(NOTEBOOKS_ENV):
+            raise StudyError(
+                f"{NOTEBOOKS_ENV}={os.environ[NOTEBOOKS_ENV]} holds no chapters (files like 00_name.py). "
+                f"Point it at the checkout's notebooks/ folder, or unset it."
+            )
+        raise StudyError(f"No chapters (files like 00_name.py) in {d}; is this a complete checkout?")
+    return found
 
 
 def resolve_chapter(name: str) -> str:
@@ -134,7 +154,14 @@ def parse_cli_parameters(pairs: Iterable[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ParameterError(f"Parameter {pair!r} is not of the form key=value (e.g. -p seed=1).")
         key, raw = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ParameterError(
+                f"The value of -p {pair!r} is not a valid YAML literal ({problem}). Quote the whole "
+                f"pair and close every bracket, e.g. -p '{key.strip()}=[1, 2]' or -p '{key.strip()}=\"text\"'."
+            ) from None
     return out
 
 
@@ -165,8 +192,42 @@ def validate_parameters(chapter: str, declared: dict[str, Any], given: dict[str,
             raise ParameterError(
                 f"Parameter {k!r} of chapter {chapter} must be a {type(default).__name__} like {default!r}, not {v!r}."
             )
-        out[k] = float(v) if isinstance(default, float) else v
+        value = float(v) if isinstance(default, float) else v
+        if _is_count(default) and isinstance(value, (int, float)) and value < 0:
+            raise ParameterError(
+                f"Parameter {k!r} of chapter {chapter} must be 0 or more (like its default {default!r}), not {v!r}."
+            )
+        out[k] = value
     return out
+
+
+def _is_count(default: Any) -> bool:
+    """A parameter whose default is a non-negative number is a size, count or rate: never negative."""
+    return isinstance(default, (int, float)) and not isinstance(default, bool) and default >= 0
+
+
+def check_device(device: Any) -> None:
+    """Refuse a device this machine does not have, before a chapter starts.
+
+    Raises:
+        ParameterError: ``cuda`` without a CUDA build or GPU, ``mps`` without Apple's backend,
+            or a name torch does not know.
+    """
+    import torch
+
+    name = str(device or "cpu")
+    try:
+        kind = torch.device(name).type
+    except (RuntimeError, ValueError):
+        raise ParameterError(f"Unknown device {name!r}; use cpu, cuda (or cuda:N) or mps.") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(
+            f"device={name!r} was asked for, but this machine has no usable CUDA GPU (torch "
+            f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}). Use -p device=cpu, or run on a "
+            "GPU machine with a CUDA build of torch."
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ParameterError(f"device={name!r} was asked for, but Apple's MPS backend is not available here; use cpu.")
 
 
 def _failing_cell(path: Path, cell_index: int) -> str:
@@ -190,6 +251,27 @@ def _failing_cell(path: Path, cell_index: int) -> str:
             first = next((line for line in cell.source.splitlines() if line.strip()), "")
             return f"code cell {n} (`{first[:60]}`)"
     return f"cell {cell_index}"
+
+
+#: the study's own errors (a problem of input or environment that the message explains)
+_USER_ERRORS = {n for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, StudyError)}
+
+
+def _failure_advice(ename: str, evalue: str, params: dict[str, Any]) -> str:
+    """What to fix after a failed chapter: the parameter, device or environment when that is the
+    cause (the study's own errors say what to do), the cell otherwise."""
+    text = f"{ename}: {evalue}"
+    device = str(params.get("device", "cpu"))
+    if ename in _USER_ERRORS:
+        return "the message above names the fix (a parameter, the model or the environment, not the cell);"
+    if ename in {"OutOfMemoryError", "MemoryError"} or "out of memory" in text.lower() or "CUDA" in text:
+        return (f"this is the device or its memory (device={device!r}, model={params.get('model')!r}): try a "
+                "smaller profile or model, -p device=cpu, or a machine with more memory;")
+    if ename in {"ModuleNotFoundError", "ImportError"}:
+        return "this is the environment (a missing package): run `make install`;"
+    if ename in {"PermissionError", "OSError", "FileNotFoundError"} and "Errno" in text:
+        return "this is the environment (a file or folder named above): check that it exists and is writable;"
+    return "fix the cell, or a parameter it uses (see `python -m analysis_lib chapters`);"
 
 
 def _mark_injected_cells(path: Path) -> None:
@@ -241,7 +323,7 @@ def run_chapter(
 
     Raises:
         ChapterError: a cell failed; names the chapter, the cell and the error. The partial
-            notebook is kept under ``build/failed/`` for inspection, never in ``book/``.
+            notebook is kept under ``build/failed/`` beside the book folder, never in ``book/``.
     """
     import papermill as pm
 
@@ -256,10 +338,12 @@ def run_chapter(
     params = {k: v for k, v in profile_parameters(profile, chapter).items() if k in declared}
     params.update(validate_parameters(chapter, declared, dict(parameters or {})))
     params = validate_parameters(chapter, declared, params)
-    out_dir = Path(output_dir or book_dir())
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_device(params.get("device"))
+    out_dir = _writable_dir(Path(output_dir or book_dir()), BOOK_ENV if output_dir is None else None)
+    results = _writable_dir(results_dir(), "GENDER_NEURONS_RESULTS")
     final = out_dir / f"{chapter}.ipynb"
-    with tempfile.TemporaryDirectory(prefix="chapter-") as tmp:
+    with _chapter_lock(results, chapter), tempfile.TemporaryDirectory(prefix="chapter-") as tmp:
+        stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{chapter}-", dir=results))
         src = Path(tmp) / f"{chapter}.src.ipynb"
         dst = Path(tmp) / f"{chapter}.ipynb"
         import nbformat
@@ -267,8 +351,9 @@ def run_chapter(
         nb = copy.deepcopy(nb)
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, src)
-        env_before = os.environ.get("PYTHONHASHSEED")
+        env_before = {k: os.environ.get(k) for k in ("PYTHONHASHSEED", STAGE_ENV)}
         os.environ.setdefault("PYTHONHASHSEED", "0")
+        os.environ[STAGE_ENV] = str(stage)  # the kernel inherits it: the chapter writes into the stage
         try:
             pm.execute_notebook(
                 str(src),
@@ -278,29 +363,142 @@ def run_chapter(
                 progress_bar=progress,
                 cwd=str(repo_root()),
             )
+            errors = error_outputs(dst)
+            if errors:
+                raise ChapterError(f"Chapter {chapter} produced error outputs: {'; '.join(errors)}.")
+            _mark_injected_cells(dst)
+            _publish(stage, results)
+            fd, tmp_final = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=out_dir)
+            os.close(fd)
+            try:
+                shutil.copy(dst, tmp_final)
+                os.replace(tmp_final, final)
+            finally:
+                if os.path.exists(tmp_final):
+                    os.unlink(tmp_final)
+        except KeyboardInterrupt:
+            _stop_kernels(stage)  # else the kernel runs on, and papermill's thread waits for it at exit
+            raise
         except pm.PapermillExecutionError as exc:
-            failed = repo_root() / "build" / "failed" / f"{chapter}.ipynb"
+            failed = out_dir.parent / "build" / "failed" / f"{chapter}.ipynb"  # beside the book folder
             failed.parent.mkdir(parents=True, exist_ok=True)
             if dst.exists():
                 shutil.copy(dst, failed)
             where = _failing_cell(dst, exc.cell_index)
             raise ChapterError(
                 f"Chapter {chapter} failed in {where} ({exc.ename}: {exc.evalue}). "
-                f"The partial notebook is at {failed}; fix the cell and run "
-                f"`python -m analysis_lib run {chapter} --profile {profile}` again."
+                f"The partial notebook is at {failed}; {_failure_advice(exc.ename, exc.evalue, params)} "
+                f"then run `python -m analysis_lib run {chapter} --profile {profile}` again. "
+                "Nothing of this run was published to results/ or the book."
             ) from None
         finally:
-            if env_before is None:
-                os.environ.pop("PYTHONHASHSEED", None)
-        errors = error_outputs(dst)
-        if errors:
-            raise ChapterError(f"Chapter {chapter} produced error outputs: {'; '.join(errors)}.")
-        _mark_injected_cells(dst)
-        tmp_final = final.with_name(f".{final.name}.tmp")
-        shutil.copy(dst, tmp_final)
-        os.replace(tmp_final, final)
+            for k, v in env_before.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            shutil.rmtree(stage, ignore_errors=True)
     _record_execution(out_dir, chapter, profile, params, time.perf_counter() - t0)
     return final
+
+
+STAGE_PREFIX = ".run-"
+LOCK_SUFFIX = ".lock"
+
+
+def _stop_kernels(stage: Path) -> None:
+    """Kill this process's chapter kernel(s) of the run staged in ``stage`` (after Ctrl-C).
+
+    The kernel is a child of this process whose environment names the run's staging folder;
+    found through ``/proc`` (Linux; elsewhere nothing is done and the kernel ends with its cell).
+    """
+    import signal
+
+    mark = f"{STAGE_ENV}={stage}".encode()
+    me = str(os.getpid())
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            if ppid == me and mark in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, IndexError, ValueError):
+            continue
+
+
+def _writable_dir(path: Path, env: str | None) -> Path:
+    """``path`` as a writable folder (created if missing), else a clear error naming ``env``."""
+    where = f"{path} (${env})" if env and os.environ.get(env) else str(path)
+    fix = f"point {env} at a writable folder" if env else "choose a writable folder"
+    if path.exists() and not path.is_dir():
+        raise StudyError(f"The output path {where} is not a directory; {fix}.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise StudyError(f"Cannot write into {where} ({exc.strerror or exc}); {fix}.") from None
+    return path
+
+
+class _chapter_lock:
+    """One run of a chapter at a time per results folder: a ``flock`` on
+    ``results/.<chapter>.lock`` (released by the kernel when the process ends, even when it
+    is killed). A second run is refused with a message naming the first. Holding the lock,
+    leftover staging folders of interrupted runs of the chapter are removed."""
+
+    def __init__(self, results: Path, chapter: str):
+        self.path = results / f".{chapter}{LOCK_SUFFIX}"
+        self.results, self.chapter = results, chapter
+        self.fd: int | None = None
+
+    def __enter__(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                other = json.loads(os.read(fd, 4096) or b"{}")
+            except ValueError:
+                other = {}
+            os.close(fd)
+            raise StudyError(
+                f"Chapter {self.chapter} is already running into {self.results} (process {other.get('pid', '?')}, "
+                f"started {other.get('started', '?')}: {other.get('command', '?')}). Wait for it to finish, or "
+                f"stop that process; two runs at once would mix their results."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                                 "command": " ".join(sys.argv)[:300]}).encode())
+        self.fd = fd
+        for old in self.results.glob(f"{STAGE_PREFIX}{self.chapter}-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+def _publish(stage: Path, results: Path) -> None:
+    """Move a finished run's files from its staging folder into ``results`` (renames on one
+    filesystem; a folder replaces the previous one of the same name)."""
+    for src in sorted(stage.iterdir()):
+        target = results / src.name
+        if src.is_dir():
+            trash = None
+            if target.exists():
+                trash = Path(tempfile.mkdtemp(prefix=f".old-{src.name}-", dir=results))
+                os.replace(target, trash / src.name)
+            os.replace(src, target)
+            if trash is not None:
+                shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(src, target)
 
 
 EXECUTION_LOG = "_execution.json"
@@ -371,6 +569,13 @@ def build_book(*, strict: bool = True, root: Path | None = None) -> Path:
         ChapterError: a chapter has not been executed or holds an error output.
         StudyError: ``jupyter-book build`` failed (its log is printed).
     """
+    if root is None and os.environ.get(BOOK_ENV):
+        if book_dir().name != "book":
+            raise StudyError(
+                f"{BOOK_ENV}={book_dir()} must be a folder named 'book' to render the book from it (the table "
+                "of contents names book/<chapter>); the book's sources are copied beside it."
+            )
+        root = prepare_book_root(book_dir().parent)
     root = Path(root or repo_root())
     out_dir = root / "book"
     missing = [c for c in chapters() if not (out_dir / f"{c}.ipynb").is_file()]
@@ -403,10 +608,14 @@ def prepare_book_root(root: Path) -> Path:
     root = Path(root)
     (root / "book").mkdir(parents=True, exist_ok=True)
     for name in ("_config.yml", "_toc.yml"):
-        shutil.copy(repo_root() / name, root / name)
-    for src in book_dir().iterdir():
+        if not ((root / name).exists() and os.path.samefile(repo_root() / name, root / name)):
+            shutil.copy(repo_root() / name, root / name)
+    prose = repo_root() / "book"  # the prose pages are sources of the checkout
+    for src in prose.iterdir():
+        dst = root / "book" / src.name
         if src.is_file() and src.suffix in {".md", ".bib", ".png", ".svg"} and src.name != "execution_status.md":
-            shutil.copy(src, root / "book" / src.name)
+            if not (dst.exists() and os.path.samefile(src, dst)):
+                shutil.copy(src, dst)
     return root
 
 

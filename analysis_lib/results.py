@@ -4,7 +4,12 @@ A chapter creates one :class:`Results`, records its headline numbers with
 :meth:`Results.add` (which also glues them for the book's prose), and calls
 :meth:`Results.save` at the end. The JSON holds only what the chapter computed from its
 parameters, so re-running a chapter with the same parameters writes an identical file;
-timings go to a separate ``<chapter>.timing.json``.
+timings go to a separate ``<chapter>.timing.json`` (:meth:`Results.time`,
+:meth:`Results.add_time`, and table columns of wall-clock seconds).
+
+During :func:`analysis_lib.pipeline.run_chapter` a chapter writes into a per-run staging folder
+(:func:`output_dir`), which is published into :func:`results_dir` in one step when the chapter
+has finished; read other chapters' results from :func:`results_dir`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from typing import Any
 import numpy as np
 
 RESULTS_ENV = "GENDER_NEURONS_RESULTS"
+#: set by :func:`analysis_lib.pipeline.run_chapter` for the chapter's kernel: the per-run
+#: folder the chapter writes into; its files are published into ``results_dir()`` in one step
+#: when the chapter has finished, so ``results/`` never mixes two runs.
+STAGE_ENV = "GENDER_NEURONS_RESULTS_STAGE"
 
 
 def repo_root() -> Path:
@@ -27,10 +36,37 @@ def repo_root() -> Path:
 
 
 def results_dir() -> Path:
-    """``$GENDER_NEURONS_RESULTS`` if set, else ``<repo>/results``."""
+    """``$GENDER_NEURONS_RESULTS`` if set, else ``<repo>/results`` (created if missing).
+
+    Raises:
+        StudyError: the path is not a directory or cannot be created.
+    """
+    from .errors import StudyError
+
     d = Path(os.environ.get(RESULTS_ENV) or repo_root() / "results")
-    d.mkdir(parents=True, exist_ok=True)
+    where = f"${RESULTS_ENV}={d}" if os.environ.get(RESULTS_ENV) else str(d)
+    if d.exists() and not d.is_dir():
+        raise StudyError(f"The results path {where} is not a directory; point {RESULTS_ENV} at a folder.")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StudyError(
+            f"Cannot create the results folder {where} ({exc.strerror or exc}); point {RESULTS_ENV} at a "
+            "writable folder."
+        ) from None
     return d
+
+
+def output_dir() -> Path:
+    """Where a chapter writes its results: the run's staging folder during
+    :func:`analysis_lib.pipeline.run_chapter` (``$GENDER_NEURONS_RESULTS_STAGE``), else
+    :func:`results_dir`. Read other chapters' results from :func:`results_dir`."""
+    stage = os.environ.get(STAGE_ENV)
+    if stage:
+        d = Path(stage)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+    return results_dir()
 
 
 def _plain(value: Any) -> Any:
@@ -98,18 +134,42 @@ class Results:
         return value
 
     def table(self, key: str, frame) -> None:
-        """Save a pandas table as ``results/<chapter>__<key>.parquet``."""
-        path = results_dir() / f"{self.chapter}__{key}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        """Save a pandas table as ``results/<chapter>__<key>.parquet`` (atomically).
+
+        Wall-clock columns (``seconds`` or a name ending in ``_seconds``) never enter the
+        reproducible table: they are dropped from it and kept in the timing file under
+        ``<key>.<column>``, so a rerun with the same parameters writes identical bytes.
+        """
+        clocks = [c for c in frame.columns if _is_clock_column(c)]
+        if clocks:
+            for c in clocks:
+                self.timings[f"{key}.{c}"] = [None if v != v else round(float(v), 3) for v in frame[c].tolist()]
+            frame = frame.drop(columns=clocks)
+        path = output_dir() / f"{self.chapter}__{key}.parquet"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            frame.to_parquet(tmp, index=False)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
     def time(self, key: str, seconds: float) -> None:
         """Record a timing (kept apart from the reproducible results)."""
         self.timings[key] = round(float(seconds), 3)
 
     def add_time(self, key: str, seconds: float, *, fmt: str = ".0f") -> float:
-        """Record a timing (timing file only, never the results JSON) and glue it as ``key``."""
+        """Record a wall-clock value for the prose without making the results irreproducible.
+
+        The value goes to ``<chapter>.timing.json`` (like :meth:`time`) and is glued as ``key``
+        formatted with ``fmt``, but it never enters ``<chapter>.json``.
+
+        Returns:
+            ``seconds`` as a float.
+        """
+        seconds = float(seconds)
         self.time(key, seconds)
         if self.glue:
             _glue_value(key, seconds, fmt)
@@ -118,13 +178,18 @@ class Results:
     def save(self) -> Path:
         """Write ``results/<chapter>.json`` (and the timing file) atomically."""
         payload = {"chapter": self.chapter, "parameters": _plain(self.parameters), "results": self.values}
-        path = results_dir() / f"{self.chapter}.json"
+        path = output_dir() / f"{self.chapter}.json"
         write_atomic(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
         if self.timings:
             write_atomic(
-                results_dir() / f"{self.chapter}.timing.json", json.dumps(self.timings, indent=1, sort_keys=True) + "\n"
+                output_dir() / f"{self.chapter}.timing.json", json.dumps(self.timings, indent=1, sort_keys=True) + "\n"
             )
         return path
+
+
+def _is_clock_column(name: Any) -> bool:
+    """A table column that holds wall-clock seconds (never part of the reproducible results)."""
+    return isinstance(name, str) and (name == "seconds" or name.endswith("_seconds"))
 
 
 def _glue_value(key: str, value: Any, fmt: str | None) -> None:

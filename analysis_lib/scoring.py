@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import StudyError
-from .models import encode, single_token_id, token_ids
+from .models import check_finite, encode, single_token_id, token_ids
 
 
 def _final_hidden(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
@@ -26,10 +26,13 @@ def _final_hidden(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "bat
 
 
 def _unembed(model, hidden: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+    """Logits from final hidden states; NaN or infinite logits are refused (every scorer,
+    benchmark, capability task and edit evaluation reads its logits here)."""
     logits = model.original_model.lm_head(hidden)
     cap = getattr(model.original_model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
+    check_finite(logits.detach(), model, "the logits (scoring, benchmarks, capability or edit evaluation)")
     return logits
 
 
@@ -76,6 +79,7 @@ def next_token_logprobs(
                 out = torch.empty((len(prompts), lp.shape[1]), dtype=torch.float32)
             out[torch.as_tensor(idx)] = lp.cpu()
     assert out is not None
+    check_finite(out, model, "next-token scoring")
     return out
 
 
@@ -141,6 +145,7 @@ def continuation_logprobs(
                 lp = _unembed(model, hidden[b, s - 1 : n - 1]).float().log_softmax(-1)
                 tgt = toks[b, s:n]
                 total[i] = lp.gather(-1, tgt[:, None]).sum().item()
+    check_finite(total, model, "continuation scoring")
     return total, count
 
 

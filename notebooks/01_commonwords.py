@@ -49,7 +49,7 @@ from myst_nb import glue
 
 from analysis_lib import commonwords as cw
 from analysis_lib import checks, models, plots
-from analysis_lib.results import Results, results_dir
+from analysis_lib.results import Results, output_dir
 
 torch.manual_seed(seed)
 datasets.disable_progress_bars()
@@ -266,7 +266,7 @@ results.add("position_example_read", positions[-1])
 # `pronoun_prompt` and `split`.
 
 # %%
-saved = cw.save_commonwords(results_dir() / "commonwords", seed=seed)
+saved = cw.save_commonwords(output_dir() / "commonwords", seed=seed)
 sorted(p.relative_to(saved).as_posix() for p in saved.iterdir())
 
 # %% [markdown]

@@ -164,12 +164,11 @@ pd.DataFrame({"neuron": [str(n) for n in ranking],
 
 # %% tags=["remove-cell"]
 inst = attr.instances
-results.time("attribution", attr.seconds)
 results.add("alpha_mean", float(inst["alpha"].mean()), fmt=".3f")
 results.add("share_biased_unknown", float((inst["biased"] == 2).mean()), fmt=".0%")
 results.add("top_neuron", str(ranking[0]))
 results.add("top10", [str(n) for n in ranking])
-results.add("attr_seconds", attr.seconds, fmt=".0f")
+results.add_time("attr_seconds", attr.seconds)
 acc_attr = float((inst[["logprob0", "logprob1", "logprob2"]].to_numpy().argmax(1) == inst["label"]).mean())
 results.add("attr_item_accuracy", acc_attr, fmt=".0%")
 
@@ -494,8 +493,7 @@ glue("verdict", (
     + (" Whatever the pruning adds comes from answering \"unknown\" nearly always (above), not from using the "
        "context, so it is not the kind of gain the paper reports." if by_unknown and gain > 0 else "")
 ), display=False)
-results.time("total", time.perf_counter() - t_start)
-results.add("seconds_total", time.perf_counter() - t_start, fmt=".0f")
+results.add_time("seconds_total", time.perf_counter() - t_start)
 
 # %% [markdown]
 # {glue:text}`verdict`

@@ -360,3 +360,17 @@ def test_gemma_sandwich_norms_and_gain():
         ref = (torch.log_softmax(z0 + dz, -1)[t] - torch.log_softmax(z0, -1)[t]).item()
         assert abs(ref - s) <= TOL_ABS
     assert len(res.top("ffn_query")) == 5 and len(res.top("attn_value")) == 5
+
+
+def test_top_k_is_capped_at_the_number_of_neurons_of_the_kind(model):
+    res = attribute(model, "The nurse said", " she", top_k=10**9, kinds=("ffn_query",))
+    counts = attribution.neuron_counts(model, len(res.tokens))
+    assert counts["ffn_query"] == model.cfg.n_layers * model.cfg.d_mlp
+    assert len(res.tables["ffn_query"]) == counts["ffn_query"]
+
+
+def test_neuron_card_refuses_a_position_the_prompts_lack(model):
+    with pytest.raises(NeuronIdError, match=r"names source position 999, but the card's prompts have only"):
+        neuron_card(model, "attnL3H2D17P999")
+    card = neuron_card(model, "attnL3H2D17P2")
+    assert card["position"] == 2 and np.isfinite(card["position_activation"])

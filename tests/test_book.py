@@ -70,13 +70,18 @@ def test_every_chapter_page_rendered(quick_book):
         assert c in status
 
 
-def test_chapter_zero_results_are_reproducible(quick_book, tmp_path, monkeypatch):
+def test_chapter_zero_results_are_byte_identical_on_a_rerun(quick_book, tmp_path, monkeypatch):
+    chapter = "00_model_and_start_token"
     monkeypatch.setenv("GENDER_NEURONS_RESULTS", str(tmp_path / "results"))
-    pipeline.run_chapter("00_model_and_start_token", profile="quick", output_dir=tmp_path / "book")
-    first = json.loads((quick_book / "results" / "00_model_and_start_token.json").read_text())
-    second = json.loads((tmp_path / "results" / "00_model_and_start_token.json").read_text())
-    assert first == second
-    assert first["results"]["nurse_tokens"][0] == "<|im_start|>"
+    pipeline.run_chapter(chapter, profile="quick", output_dir=tmp_path / "book")
+    first = sorted(p.name for p in (quick_book / "results").glob(f"{chapter}*") if not p.name.endswith(".timing.json"))
+    second = sorted(p.name for p in (tmp_path / "results").glob(f"{chapter}*") if not p.name.endswith(".timing.json"))
+    assert first == second and f"{chapter}.json" in first and any(n.endswith(".parquet") for n in first)
+    for name in first:  # the results JSON and every table, byte for byte
+        assert (quick_book / "results" / name).read_bytes() == (tmp_path / "results" / name).read_bytes(), name
+    saved = json.loads((tmp_path / "results" / f"{chapter}.json").read_text())
+    assert saved["results"]["nurse_tokens"][0] == "<|im_start|>"
+    assert not list((tmp_path / "results").glob(".run-*"))  # the run's staging folder is gone
 
 
 def test_exercises_render_and_student_edition_hides_solutions(quick_book, tmp_path):

@@ -7,6 +7,7 @@ touching the network.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections import Counter
@@ -530,3 +531,16 @@ def test_missing_sha256sums(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, roo
     monkeypatch.setenv(ENV, str(copy))
     with pytest.raises(ChecksumError, match="SHA256SUMS"):
         data.load_piqa()
+
+
+def test_truncated_jsonl_line_names_the_file_and_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    src = data.data_dir() / "bbq" / "Gender_identity.jsonl"
+    lines = src.read_text(encoding="utf-8").splitlines()
+    broken = "\n".join(lines[:2] + [lines[2][: len(lines[2]) // 2]]) + "\n"  # line 3 cut in the middle
+    (tmp_path / "bbq").mkdir()
+    (tmp_path / "bbq" / "Gender_identity.jsonl").write_text(broken, encoding="utf-8")
+    digest = hashlib.sha256(broken.encode()).hexdigest()
+    (tmp_path / "SHA256SUMS").write_text(f"{digest}  bbq/Gender_identity.jsonl\n")
+    monkeypatch.setenv(ENV, str(tmp_path))
+    with pytest.raises(StudyError, match=r"Gender_identity.jsonl, line 3, is not a complete JSON record"):
+        data.load_bbq("Gender_identity")

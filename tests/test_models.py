@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 
 from analysis_lib import models
-from analysis_lib.errors import ModelPackageMissingError, StudyError, TokenizationError, UnknownModelError
+from analysis_lib.attribution import attribute
+from analysis_lib.cli import main
+from analysis_lib.errors import (
+    CacheError,
+    ModelPackageMissingError,
+    NonFiniteError,
+    StudyError,
+    TokenizationError,
+    UnknownModelError,
+)
 from analysis_lib.scoring import continuation_logprobs, next_token_logprobs, target_logprobs
 
 PROMPTS = [
@@ -82,8 +94,10 @@ def test_unknown_model_lists_known_models():
 
 def test_hub_unreachable_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UnknownModelError, match="meta-llama/Llama-2-7b-hf"):
+    with pytest.raises(UnknownModelError, match="meta-llama/Llama-2-7b-hf") as err:
         models.load_model("meta-llama/Llama-2-7b-hf")
+    assert "is not in the local Hugging Face cache" in str(err.value)
+    assert "Unknown model" not in str(err.value) and "set HF_HUB_OFFLINE" not in str(err.value)
 
 
 def test_missing_weight_package_names_the_pip_command(monkeypatch):
@@ -143,3 +157,127 @@ def test_kv_cache_round_trip_equals_full_pass(model):
     torch.testing.assert_close(step.last_hidden_state[:, -1], full, rtol=1e-4, atol=1e-4)
     with pytest.raises(StudyError, match="use_cache=True"):
         models.kv_cache_of(hf(input_ids=ids, use_cache=False))
+
+
+# ----------------------------------------------------------------------------- a damaged cache
+
+def _cache_copy(tmp_path, monkeypatch, as_name: str | None = None):
+    """A copy of the default model's verified float cache under ``tmp_path`` (never the real one)."""
+    src = models.build_cache(models.DEFAULT_MODEL)
+    name = as_name or models.DEFAULT_MODEL
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    dst = tmp_path / "cache" / "models" / f"{name}-{src.name.rsplit('-', 1)[1]}"
+    shutil.copytree(src, dst)
+    if as_name:
+        manifest = json.loads((dst / models.MANIFEST).read_text())
+        manifest["name"] = as_name
+        (dst / models.MANIFEST).write_text(json.dumps(manifest))
+    return dst
+
+
+def _flip_middle(path, n: int = 4) -> None:
+    with open(path, "r+b") as f:
+        middle = f.seek(0, 2) // 2
+        f.seek(middle)
+        chunk = f.read(n)
+        f.seek(middle)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+
+
+def test_damaged_cache_files_are_detected(tmp_path, monkeypatch):
+    dst = _cache_copy(tmp_path, monkeypatch)
+    name = models.DEFAULT_MODEL
+    assert models.model_cache_dir(name) == dst and models.cache_problems(name) == []
+    _flip_middle(dst / "model.safetensors")
+    assert any(p.startswith("model.safetensors has sha256") for p in models.cache_problems(name))
+    with open(dst / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    assert any(p.startswith("model.safetensors has 1000 bytes") for p in models.cache_problems(name, full=False))
+    (dst / "model.safetensors").unlink()
+    assert any(p.startswith("model.safetensors is missing") for p in models.cache_problems(name))
+    (dst / models.MANIFEST).write_text("{ truncated")
+    assert models.cache_problems(name) == [f"{models.MANIFEST} is missing or unreadable"]
+
+
+def test_damaged_cache_without_its_gguf_is_a_clear_error(tmp_path, monkeypatch):
+    base = models.BUILTIN_MODELS[models.DEFAULT_MODEL]
+    spec = models.BuiltinModel(
+        name="gguf-gone-model", hf_id=base.hf_id, pip=("some-absent-weights-package==1.0",),
+        parts=(("some_absent_weights_package", "model.gguf"),), sha256=base.sha256,
+        start_token=base.start_token, gguf_name="model.gguf",
+    )
+    monkeypatch.setitem(models.BUILTIN_MODELS, spec.name, spec)
+    dst = _cache_copy(tmp_path, monkeypatch, as_name=spec.name)
+    assert models.cache_problems(spec.name) == []
+    _flip_middle(dst / "model.safetensors")
+    with pytest.raises(CacheError, match=r"'gguf-gone-model' .* is damaged \(model.safetensors has sha256 .*cannot be "
+                                         r"rebuilt because its GGUF is not installed"):
+        models.load_hf(spec.name)
+    (dst / "model.safetensors").unlink()
+    with pytest.raises(CacheError, match=r"model.safetensors is missing"):
+        models.load_hf(spec.name)
+
+
+def test_flipped_bytes_in_the_cache_are_rebuilt_from_the_gguf(model, tmp_path, monkeypatch, capfd):
+    # one flipped bit once made lp(" she") -10.80 instead of -2.53 with exit 0
+    dst = _cache_copy(tmp_path, monkeypatch)
+    _flip_middle(dst / "model.safetensors")
+    prompts = ["The nurse said that"]
+    hf, tok, path = models.load_hf(models.DEFAULT_MODEL)
+    assert path == str(dst)
+    err = capfd.readouterr().err
+    assert "notice: the weight cache of 'smollm2-135m-instruct'" in err and "rebuilding it from the GGUF" in err
+    assert models.cache_problems(models.DEFAULT_MODEL) == []
+    ids = models.encode(model, prompts).tokens
+    with torch.inference_mode():
+        rebuilt = hf(input_ids=ids).logits
+        original = model(ids)
+    assert (rebuilt - original).abs().max().item() == 0.0
+
+
+def test_non_finite_logits_are_refused(model):
+    w = model.original_model.lm_head.weight
+    old = w[0, 0].item()
+    try:
+        with torch.no_grad():
+            w[0, 0] = float("nan")
+        with pytest.raises(NonFiniteError, match=r"Model 'smollm2-135m-instruct' produced .* in the logits \(scoring"):
+            next_token_logprobs(model, PROMPTS[:2])
+        with pytest.raises(NonFiniteError, match=r"in the logits"):
+            continuation_logprobs(model, ["The capital of France is"], [" Paris"])
+        with pytest.raises(NonFiniteError, match=r"in the attribution's forward pass"):
+            attribute(model, PROMPTS[0], " she", top_k=5)
+    finally:
+        with torch.no_grad():
+            w[0, 0] = old
+    assert torch.isfinite(next_token_logprobs(model, PROMPTS[:2])).all()
+
+
+def test_prompt_longer_than_the_context_is_refused(model):
+    limit = models.context_length(model)
+    assert limit == 8192
+    with pytest.raises(TokenizationError, match=rf"has \d+ tokens, more than the {limit}-token context"):
+        models.encode(model, ["short", "word " * (limit + 10)])
+
+
+def test_partial_caches_of_interrupted_builds_are_cleaned(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
+    old = tmp_path / "models" / ".smollm2-135m-instruct-b179c9523d0e6a0f.tmp-abc123"
+    new = tmp_path / "models" / ".smollm2-135m-instruct-b179c9523d0e6a0f.tmp-def456"
+    for d in (old, new):
+        (d / "model").mkdir(parents=True)
+        (d / "model" / "model.safetensors").write_bytes(b"partial")
+    os.utime(old, (0, 0))  # an interrupted build long ago; `new` may be a build running now
+    assert models.clean_partial_caches() == [old]
+    assert not old.exists() and new.exists()
+
+
+def test_models_verify_reports_a_damaged_cache(tmp_path, monkeypatch, capsys):
+    dst = _cache_copy(tmp_path, monkeypatch)
+    _flip_middle(dst / "model.safetensors")
+    assert main(["models", "--verify"]) == 2
+    out, err = capsys.readouterr()
+    assert "verify: DAMAGED: model.safetensors has sha256" in out and "Traceback" not in err
+    assert "1 model cache(s) are damaged" in err

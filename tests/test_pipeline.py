@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from analysis_lib import pipeline
+from analysis_lib.cli import main
 from analysis_lib.errors import ChapterError, ParameterError, StudyError
 
 
@@ -69,6 +70,10 @@ def test_parameter_parsing_and_validation():
         (["run", "0", "-p", "sed=1"], "did you mean 'seed'"),
         (["run", "0", "-p", "seed=abc"], "must be a int"),
         (["run", "0", "--profile", "fast"], "Unknown profile 'fast'"),
+        (["run", "3", "-p", "shared_ks=[1, 2"], "not a valid YAML literal"),
+        (["run", "3", "-p", "n_prompts=-1"], "'n_prompts' of chapter 03_tracing_gender_circuits must be 0 or more"),
+        (["run", "0", "-p", "device=cuda"], "no usable CUDA GPU"),
+        (["run", "0", "-p", "device=tpu9"], "Unknown device 'tpu9'"),
     ],
 )
 def test_cli_bad_input_is_one_clear_paragraph(args, message):
@@ -81,6 +86,8 @@ def test_cli_bad_input_is_one_clear_paragraph(args, message):
 def test_failing_chapter_names_the_cell_and_leaves_no_output(tmp_path, monkeypatch):
     src = tmp_path / "notebooks"
     src.mkdir()
+    results = tmp_path / "results"
+    monkeypatch.setenv("GENDER_NEURONS_RESULTS", str(results))
     (src / "07_broken.py").write_text(textwrap.dedent('''\
         # %% tags=["parameters"]
         model = "smollm2-135m-instruct"
@@ -90,7 +97,12 @@ def test_failing_chapter_names_the_cell_and_leaves_no_output(tmp_path, monkeypat
         seed = 0
 
         # %%
-        x = 1
+        import pandas as pd
+        from analysis_lib.results import Results
+        r = Results("07_broken", glue=False)
+        r.table("half", pd.DataFrame({"x": [1]}))
+        r.add("x", 1)
+        r.save()
 
         # %%
         raise ValueError("deliberate failure in the third cell")
@@ -100,8 +112,87 @@ def test_failing_chapter_names_the_cell_and_leaves_no_output(tmp_path, monkeypat
     with pytest.raises(ChapterError, match=r"07_broken failed in code cell 3 \(`raise ValueError.*\(ValueError: deliberate failure"):
         pipeline.run_chapter("07", output_dir=out)
     assert not (out / "07_broken.ipynb").exists()
-    proc = _cli("run", "07", env={pipeline.NOTEBOOKS_ENV: str(src)})
+    assert (tmp_path / "build" / "failed" / "07_broken.ipynb").is_file()  # beside the book folder, not in the package
+    assert [p.name for p in results.iterdir() if not p.name.endswith(".lock")] == []  # nothing half-published
+    proc = _cli("run", "07", env={pipeline.NOTEBOOKS_ENV: str(src), pipeline.BOOK_ENV: str(out)})
     assert proc.returncode == 2 and "deliberate failure" in proc.stderr and "Traceback" not in proc.stderr
+    assert "fix the cell" in proc.stderr
+
+
+TINY_CHAPTER = '''\
+    # %% tags=["parameters"]
+    model = "smollm2-135m-instruct"
+    device = "cpu"
+    dtype = "float32"
+    profile = "quick"
+    seed = 0
+
+    # %%
+    import os
+    import pandas as pd
+    from analysis_lib.results import Results, STAGE_ENV
+    r = Results("08_tiny", {"seed": seed}, glue=False)
+    r.add("seed", seed)
+    r.add_time("seconds_total", 1.0)
+    r.table("t", pd.DataFrame({"seed": [seed]}))
+    r.save()
+    assert os.environ[STAGE_ENV]
+    '''
+
+
+def test_a_chapter_publishes_its_results_in_one_step(tmp_path, monkeypatch):
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    (src / "08_tiny.py").write_text(textwrap.dedent(TINY_CHAPTER))
+    results = tmp_path / "results"
+    monkeypatch.setenv(pipeline.NOTEBOOKS_ENV, str(src))
+    monkeypatch.setenv("GENDER_NEURONS_RESULTS", str(results))
+    monkeypatch.setenv(pipeline.BOOK_ENV, str(tmp_path / "book"))
+    (results / ".run-08_tiny-leftover").mkdir(parents=True)  # from an interrupted run
+    path = pipeline.run_chapter("08")
+    assert path == tmp_path / "book" / "08_tiny.ipynb" and path.is_file()  # GENDER_NEURONS_BOOK honoured
+    assert sorted(p.name for p in results.iterdir()) == [
+        ".08_tiny.lock", "08_tiny.json", "08_tiny.timing.json", "08_tiny__t.parquet"]
+    # a second run of the same chapter into the same results folder is refused while one runs
+    with pipeline._chapter_lock(results, "08_tiny"):
+        with pytest.raises(StudyError, match=r"Chapter 08_tiny is already running .*process \d+"):
+            pipeline.run_chapter("08")
+
+
+def _main(capsys, *args: str) -> tuple[int, str]:
+    """The command line in this process (no interpreter start): exit status and stderr."""
+    code = main(list(args))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") <= 2, err
+    return code, err
+
+
+def test_environment_errors_are_one_paragraph(tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv(pipeline.NOTEBOOKS_ENV, str(empty))
+    code, err = _main(capsys, "run", "0")
+    assert code == 2 and f"GENDER_NEURONS_NOTEBOOKS={empty} holds no chapters" in err
+    monkeypatch.delenv(pipeline.NOTEBOOKS_ENV)
+    monkeypatch.setenv(pipeline.BOOK_ENV, str(tmp_path / "book"))
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    monkeypatch.setenv("GENDER_NEURONS_RESULTS", str(not_a_dir))
+    code, err = _main(capsys, "run", "0")
+    assert code == 2 and "is not a directory; point GENDER_NEURONS_RESULTS" in err
+    monkeypatch.setenv("GENDER_NEURONS_RESULTS", "/proc/gender-neurons-results")  # unwritable, even as root
+    code, err = _main(capsys, "run", "0")
+    assert code == 2 and "Cannot create the results folder" in err
+    assert "point GENDER_NEURONS_RESULTS at a writable" in err
+
+
+def test_failure_advice_blames_the_cause():
+    params = {"model": "smollm2-135m-instruct", "device": "cuda"}
+    assert "not the cell" in pipeline._failure_advice("UnknownModelError", "Unknown model 'x'", params)
+    assert "not the cell" in pipeline._failure_advice("NonFiniteError", "Model 'x' produced 3 non-finite", params)
+    assert "device='cuda'" in pipeline._failure_advice("OutOfMemoryError", "CUDA out of memory", params)
+    assert "make install" in pipeline._failure_advice("ModuleNotFoundError", "No module named 'x'", params)
+    assert "fix the cell" in pipeline._failure_advice("ValueError", "deliberate failure", params)
 
 
 def test_papermill_parameter_warnings_are_silenced_once_validated(caplog):
@@ -117,3 +208,35 @@ def test_papermill_parameter_warnings_are_silenced_once_validated(caplog):
         log.warning("Passed unknown parameter: sums")
         log.warning("Input notebook does not contain a cell with tag 'parameters'")
     assert [r.getMessage() for r in caplog.records] == ["Input notebook does not contain a cell with tag 'parameters'"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["attribute", "--prompt", "The nurse", "--target", " she", "--top-k", "1000000000"],
+         "--top-k 1000000000 is out of range"),
+        (["attribute", "--prompt", "The nurse", "--target", " she", "--bottom-k", "-1"],
+         "--bottom-k -1 is out of range"),
+        (["attribute", "--model", "smollm-135m", "--prompt", "x", "--target", " she"], "Unknown model 'smollm-135m'"),
+        (["neuron", "attnL3H2"], "Expected ffnL{layer}N{index}"),
+    ],
+)
+def test_cli_flags_are_checked_before_the_model_loads(args, message, capsys, monkeypatch):
+    from analysis_lib import models
+
+    def no_load(*a, **k):  # not a mock of the model: a tripwire proving the check came first
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(models, "load_model", no_load)
+    code, err = _main(capsys, *args)
+    assert code == 2 and message in err, err
+
+
+def test_cli_edit_with_zero_neurons_is_refused(tmp_path, capsys, monkeypatch):
+    from analysis_lib import models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    edit = tmp_path / "empty.json"
+    edit.write_text('{"format": 1, "neurons": [], "model": "smollm2-135m-instruct", "start_token": "<|im_start|>"}')
+    code, err = _main(capsys, "edit", "--edit", str(edit))
+    assert code == 2 and "lists no neurons" in err
