@@ -17,13 +17,12 @@ Every user error is printed as one paragraph (no traceback) with exit status 2.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import time
 from pathlib import Path
 
-from .errors import EditError, ParameterError, StudyError, UnknownModelError
+from .errors import ParameterError, StudyError, UnknownModelError
 
 
 #: the most neurons per kind the ``attribute`` command prints
@@ -193,32 +192,13 @@ def _cmd_edit(args) -> int:
     from .neuron_editing import _parse_tasks, edit_command, edit_text
 
     _parse_tasks(args.eval)  # the tasks, then the file (format, ids, at least one neuron): before the model loads
-    spec = load_edit(args.edit)
+    load_edit(args.edit)
     _check_model_name(args.model)
-    start = spec.start_token if args.start_token is None else args.start_token
-    if isinstance(start, str) and start.lower() == "none":
-        start = None
-    kwargs = {}
-    if "start_token" in inspect.signature(edit_command).parameters:
-        # "edit": load the model with the edit's own start token; else the user's --start-token
-        kwargs["start_token"] = "edit" if args.start_token is None else args.start_token
-    elif args.start_token is not None or not _default_start_matches(args.model or spec.model, start):
-        raise EditError(
-            f"The edit {args.edit} was found with start token {start!r}, which is not the default of model "
-            f"{args.model or spec.model!r}, and this version's edit evaluation loads the default only. Evaluate it "
-            "from Python: load_model(name, start_token=...) and analysis_lib.editing.apply_edit."
-        )
-    payload = edit_command(args.model, args.edit, args.eval, profile=args.profile, seed=args.seed, **kwargs)
+    # "edit": load the model with the edit's own start token; else the user's --start-token
+    start = "edit" if args.start_token is None else args.start_token
+    payload = edit_command(args.model, args.edit, args.eval, profile=args.profile, seed=args.seed, start_token=start)
     print(json.dumps(payload) if args.json else edit_text(payload))
     return 0
-
-
-def _default_start_matches(model_name: str, start: str | None) -> bool:
-    """Whether a built-in model's default start token is ``start`` (hub models: assume so)."""
-    from .models import BUILTIN_MODELS
-
-    spec = BUILTIN_MODELS.get(model_name)
-    return spec is None or spec.start_token == start
 
 
 def card_text(card: dict) -> str:

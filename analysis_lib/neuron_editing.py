@@ -869,11 +869,14 @@ def _eval_tasks(model, tasks: Sequence[str], profile: str, seed: int) -> list[di
 
 
 def edit_command(model_name: str | None, edit_file: str, tasks_text: str, *, profile: str = "quick",
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, start_token: str | None = "edit") -> dict[str, Any]:
     """The ``edit`` subcommand: evaluate ``tasks`` before and after applying a saved edit.
 
     The edit file is read and checked (model name, start token, id ranges) before anything is
-    evaluated. Raises a :class:`StudyError` subclass for every user error.
+    evaluated. ``start_token="edit"`` loads the model with the start token the edit was found
+    with; any other value (a token, ``"none"``, ``"default"``) is used as given, and the edit is
+    then applied under it without the start-token check. Raises a :class:`StudyError` subclass
+    for every user error.
     """
     from .models import load_model
 
@@ -881,12 +884,13 @@ def edit_command(model_name: str | None, edit_file: str, tasks_text: str, *, pro
     if profile not in ("quick", "full"):
         raise ParameterError(f"Unknown profile {profile!r}; use quick or full.")
     spec = load_edit(edit_file)
-    model = load_model(model_name or spec.model)
-    with apply_edit(model, spec):  # checks model, start token and ranges up front
+    own = start_token == "edit"
+    model = load_model(model_name or spec.model, start_token=spec.start_token if own else start_token)
+    with apply_edit(model, spec, check_start_token=own):  # checks model, start token and ranges up front
         pass
     t0 = time.perf_counter()
     before = _eval_tasks(model, tasks, profile, seed)
-    with apply_edit(model, spec):
+    with apply_edit(model, spec, check_start_token=own):
         after = _eval_tasks(model, tasks, profile, seed)
     rows = [{**b, "value_before": b["value"], "value_after": a["value"], "diff": a["value"] - b["value"],
              "ci_before": [b["low"], b["high"]], "ci_after": [a["low"], a["high"]]} for b, a in zip(before, after)]

@@ -82,7 +82,7 @@ from analysis_lib import finetune as ft
 from analysis_lib import neuron_editing as ne
 from analysis_lib.commonwords import load_commonwords, to_frame
 from analysis_lib.editing import mask_neurons
-from analysis_lib.results import Results, results_dir
+from analysis_lib.results import Results, output_dir, results_dir
 
 torch.manual_seed(seed)
 plots.setup()
@@ -164,7 +164,9 @@ glue("k_max_text", str(max(ks)), display=False)
 # %% tags=["remove-cell"]
 t0 = time.perf_counter()
 sel = ne.select_and_save(lm, train, top_n=top_n, ks=ks, n_causal=n_causal, n_val=n_val, guard_texts=guard,
-                         guard_tol=guard_tol, seed=seed, edit_path=results_dir() / f"edit_{model}.json")
+                         guard_tol=guard_tol, seed=seed, edit_path=output_dir() / f"edit_{model}.json")
+if not sel["edit"]:  # no edit chosen: chapter 6 must not find an earlier run's edit
+    (results_dir() / f"edit_{model}.json").unlink(missing_ok=True)
 results.time("selection", time.perf_counter() - t0)
 for key, value in sel["seconds"].items():
     results.time(f"selection/{key}", value)

@@ -322,3 +322,15 @@ def test_kv_text_and_runner_up_by_hand():
     text = ne.choice_text({"edit": "joint_greedy K=10", "strategy": "joint_greedy", "k": 10, "val_mean_abs_b": 0.6279,
                            "at_edge": False}, vt, [10, 25, 50])
     assert "The runner-up, joint_greedy K=19, is within 0.01 (0.628)" in text
+
+
+def test_edit_command_honours_the_edits_start_token(model, tmp_path):
+    # an edit found with <|endoftext|> at position 0 is evaluated under that start token, not the default
+    spec = EditSpec(neurons=["ffnL25N9"], model=model.study_name, start_token="<|endoftext|>")
+    path = tmp_path / "eot.json"
+    path.write_text(json.dumps(spec.to_dict()))
+    own = ne.edit_command(None, str(path), "commonwords")
+    default = ne.edit_command(None, str(path), "commonwords", start_token="default")
+    b_own = {r["metric"]: r["value_before"] for r in own["rows"]}["mean_abs_b"]
+    b_default = {r["metric"]: r["value_before"] for r in default["rows"]}["mean_abs_b"]
+    assert b_own != pytest.approx(b_default, abs=1e-6)  # the start token changes the unedited model's numbers
