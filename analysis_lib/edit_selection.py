@@ -44,10 +44,10 @@ import pandas as pd
 import torch
 
 from .commonwords import TARGETS as COMMONWORDS_TARGETS
-from .editing import has_position_hooks, mask_neurons
+from .editing import edit_column, edit_module, has_position_hooks, mask_neurons
 from .errors import ParameterError
 from .models import encode, single_token_id, token_ids
-from .neurons import NeuronId, arch, hf_layer, unwrap
+from .neurons import NeuronId, arch
 from .scoring import _unembed
 
 __all__ = [
@@ -155,20 +155,18 @@ def _row_masks(model, sets: Sequence[Sequence[NeuronId]], rows_per_set: int) -> 
     (attention neuron ``(h, j)``: feature ``h*d_head + j``) by 0 in those rows: the same as
     zeroing the weight column for those rows only.
     """
-    a = arch(model)
     n = len(sets) * rows_per_set
-    per_layer: dict[tuple[int, str], list[tuple[int, int]]] = {}
+    per_module: dict[tuple[int, str], list[tuple[int, int]]] = {}
     for s, neurons in enumerate(sets):
         for nid in neurons:
-            if nid.kind == "ffn":
-                per_layer.setdefault((nid.layer, "ffn"), []).append((s, nid.index))
-            else:
-                per_layer.setdefault((nid.layer, "attn"), []).append((s, nid.head * a.d_head + nid.dim))
+            where = edit_column(model, nid)
+            if where is None:
+                raise ParameterError(f"{nid} is a positional attention neuron; the batched scorer masks weight columns only.")
+            per_module.setdefault(where[0], []).append((s, where[1]))
     handles = []
     try:
-        for (layer, kind), cells in per_layer.items():
-            lay = hf_layer(model, layer)
-            mod = unwrap(unwrap(lay.mlp).down_proj) if kind == "ffn" else unwrap(unwrap(lay.self_attn).o_proj)
+        for (layer, which), cells in per_module.items():
+            mod = edit_module(model, layer, which)
             width = mod.weight.shape[1]
             mask = torch.ones((n, 1, width), dtype=mod.weight.dtype, device=mod.weight.device)
             for s, col in cells:
@@ -475,9 +473,8 @@ def sign_aware(scorer: Scorer, ranking: Sequence[str], singles: pd.DataFrame, *,
     male-leaning and the female-leaning words (``singles`` from :func:`single_effects`)."""
     s = singles.set_index("neuron")
     pool = [c for c in ranking if s.loc[c, "effect_male"] > 0 and s.loc[c, "effect_female"] > 0]
-    sel = joint_greedy(scorer, pool, k_max=k_max, guard_tol=guard_tol, by_group=True, chunk=chunk,
-                       strategy="sign_aware")
-    return sel
+    return joint_greedy(scorer, pool, k_max=k_max, guard_tol=guard_tol, by_group=True, chunk=chunk,
+                        strategy="sign_aware")
 
 
 def select(strategy: str, scorer: Scorer, ranking: Sequence[str], singles: pd.DataFrame, *, k_max: int,

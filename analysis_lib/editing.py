@@ -57,6 +57,8 @@ from .neurons import NeuronId, arch, clear_model_cache, hf_layer, unwrap
 __all__ = [
     "EditSpec",
     "apply_edit",
+    "edit_column",
+    "edit_module",
     "edited_copy",
     "has_position_hooks",
     "load_edit",
@@ -145,20 +147,34 @@ class _ColumnEdit:
         self.saved = None
 
 
+def edit_column(model: Any, neuron: NeuronId) -> tuple[tuple[int, str], int] | None:
+    """Where a weight edit of ``neuron`` acts: ``((layer, "down"), i)`` for FFN neuron ``i``
+    (column ``i`` of ``down_proj``), ``((layer, "o"), h*d_head + j)`` for aggregated attention
+    neuron ``(h, j)`` (column of ``o_proj``); None for a positional attention neuron (a hook,
+    not a weight edit)."""
+    if neuron.kind == "ffn":
+        return (neuron.layer, "down"), int(neuron.index)
+    if neuron.position is None:
+        return (neuron.layer, "o"), int(neuron.head) * arch(model).d_head + int(neuron.dim)
+    return None
+
+
+def edit_module(model: Any, layer: int, which: str) -> torch.nn.Module:
+    """The plain ``down_proj`` (``which="down"``) or ``o_proj`` (``"o"``) Linear of ``layer``."""
+    lay = hf_layer(model, layer)
+    return unwrap(unwrap(lay.mlp).down_proj if which == "down" else unwrap(lay.self_attn).o_proj)
+
+
 def _column_edits(model: Any, neurons: Sequence[NeuronId]) -> list[_ColumnEdit]:
     """Group the weight-editable neurons by matrix: FFN -> down_proj, attention -> o_proj."""
-    a = arch(model)
     groups: dict[tuple[int, str], list[int]] = {}
     for n in neurons:
-        if n.kind == "ffn":
-            groups.setdefault((n.layer, "down"), []).append(int(n.index))
-        elif n.position is None:
-            groups.setdefault((n.layer, "o"), []).append(int(n.head) * a.d_head + int(n.dim))
+        where = edit_column(model, n)
+        if where is not None:
+            groups.setdefault(where[0], []).append(where[1])
     edits = []
     for (layer, which), cols in sorted(groups.items()):
-        lay = hf_layer(model, layer)
-        module = unwrap(lay.mlp).down_proj if which == "down" else unwrap(lay.self_attn).o_proj
-        weight = unwrap(module).weight
+        weight = edit_module(model, layer, which).weight
         idx = torch.tensor(sorted(set(cols)), dtype=torch.long, device=weight.device)
         edits.append(_ColumnEdit(weight, idx))
     return edits

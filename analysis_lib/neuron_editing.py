@@ -625,8 +625,8 @@ def select_and_save(model, train: pd.DataFrame, *, top_n: int, ks: Sequence[int]
         ``edit`` (the chosen neurons, ``[]`` if none), ``additivity``, ``kv_groups`` (attention
         neurons the one-shot walk examined that share one value dimension of a key/value group:
         how many it kept, the largest single guard ratio and the joint one),
-        ``causal_prompts``, ``selection_words``, ``validation_words``, ``train_mean_abs_b``,
-        ``seconds``.
+        ``causal_prompts``, ``causal_b`` (the unedited b of each causal prompt),
+        ``selection_words``, ``validation_words``, ``train_mean_abs_b``, ``seconds``.
     """
     from tqdm.auto import tqdm
 
@@ -698,7 +698,7 @@ def select_and_save(model, train: pd.DataFrame, *, top_n: int, ks: Sequence[int]
             "edit": edit, "additivity": additivity, "kv_groups": pd.DataFrame(kv, columns=["neurons", "n",
             "n_kept_one_shot", "single_ppl_ratio_max", "joint_ppl_ratio"]), "causal_prompts": causal_prompts,
             "selection_words": sel_words, "validation_words": val_words,
-            "train_mean_abs_b": float(np.abs(scorer.b0).mean()), "seconds": secs}
+            "causal_b": scorer.b0, "train_mean_abs_b": float(np.abs(scorer.b0).mean()), "seconds": secs}
 
 
 def random_controls(model, edits: Mapping[str, Sequence[str]], test: pd.DataFrame, n_random: int, seed: int,
@@ -721,13 +721,14 @@ def random_controls(model, edits: Mapping[str, Sequence[str]], test: pd.DataFram
             names.append((name, r))
             draws.append(sample_matched(model, list(neurons), seed=[int(seed), 7, e, r]))
     B = scorer.bias(draws) if draws else np.empty((0, len(b0)))
+    with_ppl = None if ppl_for is None else set(ppl_for)
     rows = []
     for (name, r), d, b in zip(names, draws, B):
         row = {"control_for": name, "draw": r, "n_neurons": len(d), "mean_abs_b": float(np.abs(b).mean()),
                "d_mean_abs_b": float(np.abs(b).mean() - np.abs(b0).mean()), "mean_b": float(b.mean()),
                "share_flipped": float((np.sign(b) != np.sign(b0)).mean())}
         if len(eval_texts):
-            wanted = ppl_for is None or name in set(ppl_for)
+            wanted = with_ppl is None or name in with_ppl
             row["d_ppl_pct"] = 100.0 * (scorer.ppl_ratio(d) - 1.0) if wanted else np.nan
         rows.append(row)
     return pd.DataFrame(rows)

@@ -233,7 +233,7 @@ results.add("one_shot_k", len(top_one))
 results.add("one_shot_both", int(((top_one.effect_male > 0) & (top_one.effect_female > 0)).sum()))
 add = sel["additivity"]
 add_one = add[add.strategy == "one_shot"].set_index("k")
-b_sel = ne.mean_abs_bias(lm, sel["causal_prompts"])[1]
+b_sel = sel["causal_b"]
 results.add("sel_mean_b", float(b_sel.mean()), fmt="+.2f")
 if len(add_one):
     ka = k_main if k_main in add_one.index else int(add_one.index.max())

@@ -202,6 +202,13 @@ def test_batched_scorer_equals_slow_reference(model, scorer):
                                                                   rel=PPL_RTOL)
 
 
+def test_scorer_refuses_positional_neurons(scorer):
+    # a positional attention neuron is a hook, not a weight column: masking its aggregated
+    # column instead would be silently wrong
+    with pytest.raises(es.ParameterError, match="positional"):
+        scorer.bias([["attnL3H2D17P1"]])
+
+
 def test_scorer_base_is_applied_and_restored(model, scorer):
     base = ["ffnL1N7", "attnL5H1D2"]
     scorer.commit(base)
