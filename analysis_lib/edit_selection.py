@@ -93,7 +93,7 @@ CHECK_TOL = 1e-4
 CHOICE_RULE = (
     "Among the edits the strategies produce (each strategy's selection cut at every K of the grid, "
     "and its whole selection when it stops short of the largest K), choose the one with the lowest mean |b| on the "
-    "validation words; every candidate already satisfies the joint perplexity guard. An edit must "
+    "validation words; every candidate already satisfies the joint guard (both checks). An edit must "
     "lower validation mean |b| below the unedited model's to be chosen; equal values go to the "
     "smaller edit. The test words are used once, for the final table."
 )

@@ -18,7 +18,8 @@ The pipeline, with every choice the paper leaves open stated:
    log p(woman)``) rank them; a selection strategy of :mod:`analysis_lib.edit_selection`
    (one-shot, joint greedy, sign-aware) turns the ranking into an edit under the **joint**
    perplexity guard (masking the candidate together with the neurons kept so far must not raise
-   the pooled perplexity of held-out neutral paragraphs by more than ``guard_tol``). The guard
+   the pooled perplexity of held-out neutral paragraphs by more than ``guard_tol``, nor, with task
+   items, the answer perplexity of held-out sums by more than ``task_tol``). The guard
    texts (the last paragraphs of ``neutral_text.txt``) are disjoint from the paragraphs the
    evaluation measures perplexity on (the first ones). The training words are split first
    (:func:`split_validation`): selection words for steps 1-3, validation words for choosing the
