@@ -26,7 +26,7 @@ import yaml
 
 from . import errors
 from .errors import ChapterError, ParameterError, StudyError
-from .results import STAGE_ENV, repo_root, results_dir
+from .results import RESULTS_ENV, STAGE_ENV, repo_root, results_dir
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 REQUIRED_PARAMETERS = ("model", "device", "dtype", "profile", "seed")
@@ -34,6 +34,7 @@ REQUIRED_PARAMETERS = ("model", "device", "dtype", "profile", "seed")
 
 NOTEBOOKS_ENV = "GENDER_NEURONS_NOTEBOOKS"
 BOOK_ENV = "GENDER_NEURONS_BOOK"
+RUNS_ENV = "GENDER_NEURONS_RUNS"
 
 
 def notebooks_dir() -> Path:
@@ -44,6 +45,14 @@ def notebooks_dir() -> Path:
 def book_dir() -> Path:
     """Where executed chapters go: ``$GENDER_NEURONS_BOOK`` if set, else ``<repo>/book``."""
     return Path(os.environ.get(BOOK_ENV) or repo_root() / "book")
+
+
+def runs_dir() -> Path:
+    """Where a one-off ``run`` writes by default: ``$GENDER_NEURONS_RUNS`` if set, else
+    ``<repo>/runs`` (executed chapters there, their results in ``runs/results``). Only
+    ``book`` (``make book``) writes ``book/`` and the book's ``results/``, so an exploratory run
+    with another model never leaves the book mixing two runs."""
+    return Path(os.environ.get(RUNS_ENV) or repo_root() / "runs")
 
 
 def chapters() -> list[str]:
@@ -307,6 +316,7 @@ def run_chapter(
     profile: str = "quick",
     parameters: dict[str, Any] | None = None,
     output_dir: Path | None = None,
+    results: Path | None = None,
     progress: bool = False,
 ) -> Path:
     """Execute one chapter through papermill into ``book/<chapter>.ipynb``.
@@ -316,6 +326,8 @@ def run_chapter(
         profile: the parameter profile (``quick`` or ``full``).
         parameters: overrides of single parameters (checked against the chapter's cell).
         output_dir: where the executed notebook goes (default ``book/``).
+        results: the results folder the chapter writes into and reads other chapters' results
+            from (default :func:`~analysis_lib.results.results_dir`, the book's).
         progress: show papermill's progress bar.
 
     Returns:
@@ -340,7 +352,10 @@ def run_chapter(
     params = validate_parameters(chapter, declared, params)
     check_device(params.get("device"))
     out_dir = _writable_dir(Path(output_dir or book_dir()), BOOK_ENV if output_dir is None else None)
-    results = _writable_dir(results_dir(), "GENDER_NEURONS_RESULTS")
+    if results is None:
+        results = _writable_dir(results_dir(), RESULTS_ENV)
+    else:
+        results = _writable_dir(Path(results).resolve(), None)
     final = out_dir / f"{chapter}.ipynb"
     with _chapter_lock(results, chapter), tempfile.TemporaryDirectory(prefix="chapter-") as tmp:
         stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{chapter}-", dir=results))
@@ -351,9 +366,10 @@ def run_chapter(
         nb = copy.deepcopy(nb)
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, src)
-        env_before = {k: os.environ.get(k) for k in ("PYTHONHASHSEED", STAGE_ENV)}
+        env_before = {k: os.environ.get(k) for k in ("PYTHONHASHSEED", STAGE_ENV, RESULTS_ENV)}
         os.environ.setdefault("PYTHONHASHSEED", "0")
         os.environ[STAGE_ENV] = str(stage)  # the kernel inherits it: the chapter writes into the stage
+        os.environ[RESULTS_ENV] = str(results)  # ... and reads other chapters' results from here
         try:
             pm.execute_notebook(
                 str(src),
@@ -576,7 +592,7 @@ def build_book(*, strict: bool = True, root: Path | None = None) -> Path:
                 "of contents names book/<chapter>); the book's sources are copied beside it."
             )
         root = prepare_book_root(book_dir().parent)
-    root = Path(root or repo_root())
+    root = Path(root or repo_root()).resolve()  # jupyter-book runs with cwd=root
     out_dir = root / "book"
     missing = [c for c in chapters() if not (out_dir / f"{c}.ipynb").is_file()]
     if missing:
@@ -656,8 +672,10 @@ def build_student_edition(root: Path, source_book: Path | None = None) -> Path:
     """
     import nbformat
 
-    root = prepare_book_root(Path(root))
-    source_book = Path(source_book or book_dir())
+    # absolute: jupyter-book runs with the output folder as its working directory, so a relative
+    # ``--out student`` would be looked up inside itself
+    root = prepare_book_root(Path(root).resolve())
+    source_book = Path(source_book or book_dir()).resolve()
     for c in chapters():
         src = source_book / f"{c}.ipynb"
         if not src.is_file():
@@ -672,7 +690,8 @@ def build_student_edition(root: Path, source_book: Path | None = None) -> Path:
 
 
 def run_book(
-    profile: str = "quick", *, only: list[str] | None = None, progress: bool = False, root: Path | None = None
+    profile: str = "quick", *, only: list[str] | None = None, progress: bool = False, root: Path | None = None,
+    parameters: dict[str, Any] | None = None,
 ) -> Path:
     """Execute every chapter (or ``only`` these), then build the book.
 
@@ -681,12 +700,13 @@ def run_book(
         only: execute only these chapters (the others must already be executed).
         progress: show papermill's progress bar.
         root: build in this directory instead of the checkout (its sources are copied there).
+        parameters: overrides given to every executed chapter (e.g. ``{"model": ...}``).
     """
     if root is not None:
         prepare_book_root(root)
     out_dir = Path(root) / "book" if root is not None else book_dir()
     for c in only or chapters():
         t0 = time.perf_counter()
-        path = run_chapter(c, profile=profile, progress=progress, output_dir=out_dir)
+        path = run_chapter(c, profile=profile, parameters=parameters, progress=progress, output_dir=out_dir)
         print(f"executed {c} ({profile}) in {time.perf_counter() - t0:.0f} s -> {path}", flush=True)
     return build_book(root=root)

@@ -106,6 +106,25 @@ def test_exercises_render_and_student_edition_hides_solutions(quick_book, tmp_pa
     assert "your code here" in (student / "book" / "_build" / "html" / "book" / "00_model_and_start_token.html").read_text()
 
 
+
+def test_make_student_builds_from_the_makefile_command(quick_book, tmp_path):
+    """The exact recipe of `make student` (a relative ``--out student``), run by make itself
+    from another working directory, with the executed chapters of the quick book."""
+    import subprocess
+    import sys
+
+    venv = Path(sys.executable).parent.parent
+    makefile = pipeline.repo_root() / "Makefile"
+    cmd = ["make", "-s", "-f", str(makefile), "student", f"VENV={venv}", "-o", f"{venv}/bin/.installed"]
+    dry = subprocess.run([*cmd, "-n"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert dry.strip().endswith("-m analysis_lib student --out student"), dry  # the recipe under test
+    env = {**os.environ, pipeline.BOOK_ENV: str(quick_book / "book")}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    html = tmp_path / "student" / "book" / "_build" / "html"
+    assert (html / "book" / "00_model_and_start_token.html").is_file()
+    assert "Student edition" in (html / "book" / "intro.html").read_text()
+
 # ----------------------------------------------------------------------------- front matter: intro, glossary, bibliography
 
 _CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]+)`")

@@ -114,7 +114,7 @@ def test_failing_chapter_names_the_cell_and_leaves_no_output(tmp_path, monkeypat
     assert not (out / "07_broken.ipynb").exists()
     assert (tmp_path / "build" / "failed" / "07_broken.ipynb").is_file()  # beside the book folder, not in the package
     assert [p.name for p in results.iterdir() if not p.name.endswith(".lock")] == []  # nothing half-published
-    proc = _cli("run", "07", env={pipeline.NOTEBOOKS_ENV: str(src), pipeline.BOOK_ENV: str(out)})
+    proc = _cli("run", "07", "--output", str(out), "--results", str(results), env={pipeline.NOTEBOOKS_ENV: str(src)})
     assert proc.returncode == 2 and "deliberate failure" in proc.stderr and "Traceback" not in proc.stderr
     assert "fix the cell" in proc.stderr
 
@@ -159,6 +159,44 @@ def test_a_chapter_publishes_its_results_in_one_step(tmp_path, monkeypatch):
             pipeline.run_chapter("08")
 
 
+def _snapshot(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_one_off_run_leaves_the_book_and_its_results_alone(tmp_path, monkeypatch):
+    """`run` writes into runs/ (here $GENDER_NEURONS_RUNS) and runs/results, or into --output and
+    --results; the book's chapter and the book's results stay byte for byte as they were."""
+    import json
+
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    (src / "08_tiny.py").write_text(textwrap.dedent(TINY_CHAPTER))
+    book, results, runs = tmp_path / "book", tmp_path / "results", tmp_path / "runs"
+    env = {pipeline.NOTEBOOKS_ENV: str(src), pipeline.BOOK_ENV: str(book), "GENDER_NEURONS_RESULTS": str(results),
+           pipeline.RUNS_ENV: str(runs)}
+    monkeypatch.setenv(pipeline.NOTEBOOKS_ENV, str(src))
+    pipeline.run_chapter("08", output_dir=book, results=results)  # the book's own run, as `book` does it
+    assert (book / "08_tiny.ipynb").is_file() and (results / "08_tiny.json").is_file()
+    before = {"book": _snapshot(book), "results": _snapshot(results)}
+
+    proc = _cli("run", "08", "-p", "seed=5", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"executed -> {runs / '08_tiny.ipynb'}" in proc.stdout
+    assert json.loads((runs / "results" / "08_tiny.json").read_text())["results"]["seed"] == 5
+    other_out, other_results = tmp_path / "elsewhere", tmp_path / "elsewhere-results"
+    proc = _cli("run", "08", "-p", "seed=6", "--output", str(other_out), "--results", str(other_results), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (other_out / "08_tiny.ipynb").is_file()
+    assert json.loads((other_results / "08_tiny.json").read_text())["results"]["seed"] == 6
+    assert {"book": _snapshot(book), "results": _snapshot(results)} == before
+    assert json.loads((results / "08_tiny.json").read_text())["results"]["seed"] == 0
+
+
+def test_runs_default_to_a_folder_beside_the_book(monkeypatch):
+    monkeypatch.delenv(pipeline.RUNS_ENV, raising=False)
+    assert pipeline.runs_dir() == pipeline.repo_root() / "runs" != pipeline.book_dir()
+
+
 def _main(capsys, *args: str) -> tuple[int, str]:
     """The command line in this process (no interpreter start): exit status and stderr."""
     code = main(list(args))
@@ -177,11 +215,13 @@ def test_environment_errors_are_one_paragraph(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(pipeline.BOOK_ENV, str(tmp_path / "book"))
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    monkeypatch.setenv("GENDER_NEURONS_RESULTS", str(not_a_dir))
-    code, err = _main(capsys, "run", "0")
+    code, err = _main(capsys, "run", "0", "--results", str(not_a_dir))
+    assert code == 2 and f"The output path {not_a_dir} is not a directory" in err
+    monkeypatch.setenv("GENDER_NEURONS_RESULTS", str(not_a_dir))  # the book's results folder
+    code, err = _main(capsys, "book", "--only", "0")
     assert code == 2 and "is not a directory; point GENDER_NEURONS_RESULTS" in err
     monkeypatch.setenv("GENDER_NEURONS_RESULTS", "/proc/gender-neurons-results")  # unwritable, even as root
-    code, err = _main(capsys, "run", "0")
+    code, err = _main(capsys, "book", "--only", "0")
     assert code == 2 and "Cannot create the results folder" in err
     assert "point GENDER_NEURONS_RESULTS at a writable" in err
 
