@@ -105,10 +105,10 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_chapters(args) -> int:
-    from .pipeline import chapters, declared_parameters, source_notebook
+    from .pipeline import chapters, declared_parameters, parameter_reference, source_notebook
 
-    for c in chapters():
-        print(f"{c}: {declared_parameters(source_notebook(c))}")
+    for c in chapters():  # a size the profile sets is shown with its quick value
+        print(f"{c}: {parameter_reference(c, declared_parameters(source_notebook(c)))}")
     return 0
 
 

@@ -105,6 +105,28 @@ def profile_parameters(profile: str, chapter: str) -> dict[str, Any]:
     return params
 
 
+def resolve_profile(chapter: str, namespace: dict[str, Any]) -> dict[str, Any]:
+    """The chapter's sizes left ``None`` in ``namespace``, from the profile it names.
+
+    A size that differs between the profiles is ``None`` in the chapter's parameters cell;
+    the chapter's first cell calls ``globals().update(resolve_profile(CHAPTER, globals()))``
+    so that plain ``papermill -p profile full`` runs the full sizes, exactly as
+    ``python -m analysis_lib run --profile full`` does (which passes every size explicitly).
+
+    Raises:
+        ParameterError: the profile is unknown.
+    """
+    given = profile_parameters(str(namespace.get("profile", "quick")), chapter)
+    return {k: v for k, v in given.items() if k in namespace and namespace[k] is None and k != "profile"}
+
+
+def parameter_reference(chapter: str, declared: dict[str, Any]) -> dict[str, Any]:
+    """The declared parameters with each ``None`` (the profile's size) replaced by the quick
+    profile's value: the type every given value is checked against."""
+    quick = profile_parameters("quick", chapter)
+    return {k: quick.get(k) if v is None else v for k, v in declared.items()}
+
+
 def source_notebook(chapter: str):
     """The chapter's jupytext source as an nbformat notebook."""
     import jupytext
@@ -310,6 +332,28 @@ def error_outputs(path: Path) -> list[str]:
     return found
 
 
+def chapter_parameters(
+    chapter: str, profile: str = "quick", parameters: dict[str, Any] | None = None, *, nb=None
+) -> tuple[str, dict[str, Any]]:
+    """The profile and the checked parameters :func:`run_chapter` hands papermill.
+
+    ``parameters`` override the profile's values; a ``profile`` among them chooses the
+    profile itself (``-p profile=full`` means the full sizes, not only the label).
+    """
+    nb = nb if nb is not None else source_notebook(chapter)
+    declared = declared_parameters(nb)
+    missing = [k for k in REQUIRED_PARAMETERS if k not in declared]
+    if missing:
+        raise StudyError(f"Chapter {chapter}'s parameters cell lacks {', '.join(missing)}.")
+    given = dict(parameters or {})
+    if "profile" in given:
+        profile = str(given["profile"])
+    reference = parameter_reference(chapter, declared)
+    params = {k: v for k, v in profile_parameters(profile, chapter).items() if k in declared}
+    params.update(validate_parameters(chapter, reference, given))
+    return profile, validate_parameters(chapter, reference, params)
+
+
 def run_chapter(
     chapter: str,
     *,
@@ -343,13 +387,7 @@ def run_chapter(
     t0 = time.perf_counter()
     chapter = resolve_chapter(chapter)
     nb = source_notebook(chapter)
-    declared = declared_parameters(nb)
-    missing = [k for k in REQUIRED_PARAMETERS if k not in declared]
-    if missing:
-        raise StudyError(f"Chapter {chapter}'s parameters cell lacks {', '.join(missing)}.")
-    params = {k: v for k, v in profile_parameters(profile, chapter).items() if k in declared}
-    params.update(validate_parameters(chapter, declared, dict(parameters or {})))
-    params = validate_parameters(chapter, declared, params)
+    profile, params = chapter_parameters(chapter, profile, parameters, nb=nb)
     check_device(params.get("device"))
     out_dir = _writable_dir(Path(output_dir or book_dir()), BOOK_ENV if output_dir is None else None)
     if results is None:

@@ -29,24 +29,27 @@
 # `python -m analysis_lib run 03 --profile full` attributes all 400 training words (about
 # half an hour on two CPU cores); the quick profile uses a seeded subset.
 # `-p n_prompts=100 -p seed=1` draws another subset. Parameters: `n_prompts` training
-# prompts attributed (400 = all), `n_heldout` test-split prompts for the held-out check
-# (100 = all), `top_k` neurons per kind (50 as in the paper), `shared_ks` the K values of the
+# prompts attributed (400: all of them), `n_heldout` test-split prompts for the held-out check
+# (100: all of them), `top_k` neurons per kind (50 as in the paper), `shared_ks` the K values of the
 # shared-frequency analysis, `n_boot` bootstrap resamples.
 # ```
 
 # %% tags=["parameters", "hide-cell"]
-model = "smollm2-135m-instruct"
-device = "cpu"
-dtype = "float32"
-profile = "quick"
-seed = 0
-n_prompts = 16
-n_heldout = 8
-top_k = 50
-shared_ks = [10, 50]
-n_boot = 1000
+model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
+device = "cpu"  # cpu, cuda (or cuda:N) or mps
+dtype = "float32"  # weight dtype: float32, bfloat16 or float16
+profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+seed = 0  # random seed of every sample and draw
+n_prompts = None  # training prompts attributed (400: all of them) (None: the profile's)
+n_heldout = None  # test-split prompts of the held-out check (100: all of them) (None: the profile's)
+top_k = 50  # neurons kept per kind (50 as in the paper)
+shared_ks = [10, 50]  # K values of the shared-frequency analysis
+n_boot = 1000  # bootstrap resamples of every interval
 
 # %% tags=["remove-cell"]
+from analysis_lib.pipeline import resolve_profile
+globals().update(resolve_profile("03_tracing_gender_circuits", globals()))  # the sizes left None, from the profile
+
 import time
 
 import matplotlib.pyplot as plt

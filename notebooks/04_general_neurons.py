@@ -36,29 +36,32 @@
 # ```
 
 # %% tags=["parameters", "hide-cell"]
-model = "smollm2-135m-instruct"
-device = "cpu"
-dtype = "float32"
-profile = "quick"
-seed = 0
-n_commonwords = 3
-n_arithmetic = 1
-n_race = 1
-n_general = 2
-n_random = 2
-task_sizes = {"arithmetic_1digit": 16, "arithmetic_2digit": 0, "race": 4, "piqa": 10, "neutral": 5}
-control_sizes = {"arithmetic_1digit": 16, "arithmetic_2digit": 0, "race": 4, "piqa": 10, "neutral": 5}
-commonwords_split = "test"
-bias_suite_profile = ""
-sums = ["3+5=", "3+3="]
-n_cna_random = 1
-alt_start_tokens = ["<|endoftext|>"]
-alt_per_set = 10
-replicate_models = []
-replicate_random = 3
-replicate_probes = [2, 1, 1]
+model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
+device = "cpu"  # cpu, cuda (or cuda:N) or mps
+dtype = "float32"  # weight dtype: float32, bfloat16 or float16
+profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+seed = 0  # random seed of every sample and draw
+n_commonwords = None  # CommonWords probe prompts per set (None: the profile's)
+n_arithmetic = None  # arithmetic probe prompts (None: the profile's)
+n_race = None  # RACE probe prompts (None: the profile's)
+n_general = 2  # general neurons masked (the paper masks 2)
+n_random = None  # random same-layer draws of the control (None: the profile's)
+task_sizes = None  # items per common task for the main conditions (None: the profile's)
+control_sizes = None  # items per common task for each random draw (None: the profile's)
+commonwords_split = "test"  # CommonWords split of the bias check: test, train or '' for all
+bias_suite_profile = None  # bias-suite preset of the masked models ('' skips the suite) (None: the profile's)
+sums = None  # sums whose arithmetic neurons are checked for sign flips (None: the profile's)
+n_cna_random = None  # random draws of the sign-flip control (None: the profile's)
+alt_start_tokens = None  # other tokens put at position 0 ('none': no start token) (None: the profile's)
+alt_per_set = None  # probe prompts per set for the other start tokens (None: the profile's)
+replicate_models = None  # second architectures the experiment is repeated on (None: the profile's)
+replicate_random = None  # random draws per second architecture (None: the profile's)
+replicate_probes = None  # CommonWords, arithmetic and RACE probes per second architecture (None: the profile's)
 
 # %% tags=["remove-cell"]
+from analysis_lib.pipeline import resolve_profile
+globals().update(resolve_profile("04_general_neurons", globals()))  # the sizes left None, from the profile
+
 import time
 
 import matplotlib.pyplot as plt

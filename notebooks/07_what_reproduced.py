@@ -31,11 +31,11 @@
 # ```
 
 # %% tags=["parameters", "hide-cell"]
-model = "smollm2-135m-instruct"
-device = "cpu"
-dtype = "float32"
-profile = "quick"
-seed = 0
+model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
+device = "cpu"  # cpu, cuda (or cuda:N) or mps
+dtype = "float32"  # weight dtype: float32, bfloat16 or float16
+profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+seed = 0  # random seed of every sample and draw
 
 # %% tags=["remove-cell"]
 import matplotlib.pyplot as plt

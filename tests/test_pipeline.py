@@ -41,9 +41,77 @@ def test_profiles_only_name_declared_parameters():
     for profile in ("quick", "full"):
         for c in pipeline.chapters():
             declared = pipeline.declared_parameters(pipeline.source_notebook(c))
+            reference = pipeline.parameter_reference(c, declared)
             params = pipeline.profile_parameters(profile, c)
-            pipeline.validate_parameters(c, declared, {k: v for k, v in params.items() if k in declared})
+            pipeline.validate_parameters(c, reference, {k: v for k, v in params.items() if k in declared})
             assert params["profile"] == profile
+            # a size left None in the chapter is filled from the profile: every profile sets it
+            unset = [k for k, v in declared.items() if v is None and k not in params]
+            assert unset == [], f"{c}: {unset} are None in the chapter but not set by the {profile} profile"
+
+
+def _chapter_ipynb(chapter: str, path, cells=None) -> None:
+    """The chapter source as a notebook with a kernelspec (what plain papermill is given)."""
+    import jupytext
+    import nbformat
+
+    nb = pipeline.source_notebook(chapter)
+    if cells is not None:
+        nb.cells = cells(nb)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    assert jupytext  # the reader of source_notebook
+
+
+def test_papermill_help_notebook_describes_every_parameter(tmp_path):
+    import re
+
+    papermill = [sys.executable, "-m", "papermill"]
+    for c in pipeline.chapters():
+        nb = tmp_path / f"{c}.ipynb"
+        _chapter_ipynb(c, nb)
+        out = subprocess.run([*papermill, "--help-notebook", str(nb)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        helps = dict(re.findall(r"(?m)^  (\w+): .*\n\s+(\S.*)$", out.stdout))
+        declared = pipeline.declared_parameters(pipeline.source_notebook(c))
+        assert sorted(helps) == sorted(declared), f"{c}: papermill sees {sorted(helps)}"
+        for k, v in declared.items():
+            assert len(helps[k]) > 10, (c, k, helps[k])
+            if v is None:
+                assert "None: the profile's" in helps[k], (c, k, helps[k])
+
+
+def test_plain_papermill_resolves_the_profile_like_the_cli(tmp_path):
+    """`papermill -p profile full` on a chapter: its sizes are the full profile's, exactly the
+    parameters `run --profile full` passes (the chapter's own resolve line, really executed)."""
+    import json
+
+    import nbformat
+    import papermill as pm
+
+    for c in pipeline.chapters():
+        declared = pipeline.declared_parameters(pipeline.source_notebook(c))
+        lines = [ln for ln in (pipeline.notebooks_dir() / f"{c}.py").read_text().splitlines() if "resolve_profile" in ln]
+        if all(v is not None for v in declared.values()):
+            assert lines == [], c
+            continue
+        assert len(lines) == 2, f"{c} must import and call resolve_profile before it uses a size"
+
+        def cells(nb, lines=lines, names=list(declared)):
+            params = next(cell for cell in nb.cells if "parameters" in cell.metadata.get("tags", []))
+            dump = "import json\nprint(json.dumps({k: globals()[k] for k in %r}))" % names
+            return [params, nbformat.v4.new_code_cell("\n".join(lines)), nbformat.v4.new_code_cell(dump)]
+
+        src, dst = tmp_path / f"{c}.ipynb", tmp_path / f"{c}.out.ipynb"
+        _chapter_ipynb(c, src, cells)
+        pm.execute_notebook(str(src), str(dst), parameters={"profile": "full"}, kernel_name="python3",
+                            progress_bar=False)
+        seen = json.loads(nbformat.read(dst, as_version=4).cells[-1].outputs[0]["text"])
+        profile, cli = pipeline.chapter_parameters(c, "quick", {"profile": "full"})
+        assert profile == "full"
+        assert seen == {k: cli.get(k, declared[k]) for k in declared}, c
+        assert seen["profile"] == "full" and None not in [seen[k] for k, v in declared.items() if v is None
+                                                          and pipeline.profile_parameters("full", c)[k] is not None]
 
 
 def test_parameter_parsing_and_validation():
