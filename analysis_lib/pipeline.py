@@ -14,6 +14,7 @@ import datetime
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -305,15 +306,71 @@ def _failure_advice(ename: str, evalue: str, params: dict[str, Any]) -> str:
     return "fix the cell, or a parameter it uses (see `python -m analysis_lib chapters`);"
 
 
-def _mark_injected_cells(path: Path) -> None:
-    """Hide papermill's injected-parameters cell in the rendered book."""
-    import nbformat
+_PROGRESS_LINE = re.compile(r"\d+%\|.*\|\s*\d+/\d+|\|\s*\d+/\d+ \[[\d:?]")
+_TQDM_NOISE = ("TqdmWarning: IProgress not found", "from .autonotebook import tqdm as notebook_tqdm")
 
-    nb = nbformat.read(path, as_version=4)
+
+def strip_progress_outputs(nb) -> int:
+    """Drop tqdm's progress bars (and its "IProgress not found" warning) from the outputs of an
+    executed notebook, in place; other output is kept. Returns the number of outputs removed."""
+    removed = 0
+    for cell in nb.cells:
+        kept = []
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "application/vnd.jupyter.widget-view+json" in data:  # a tqdm.auto widget
+                removed += 1
+                continue
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                text = out.get("text", "")
+                lines = [ln for ln in re.split(r"\r\n|\r|\n", text) if ln.strip()]
+                rest = [ln for ln in lines if not _PROGRESS_LINE.search(ln) and not any(n in ln for n in _TQDM_NOISE)]
+                if len(rest) < len(lines):
+                    if not rest:
+                        removed += 1
+                        continue
+                    out["text"] = "\n".join(rest) + "\n"
+            kept.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = kept
+    return removed
+
+
+def profile_banner(profile: str) -> str:
+    """The note at the top of a chapter executed with a profile other than ``full``."""
+    return (
+        f"```{{admonition}} Executed with the {profile} profile\n"
+        ":class: warning\n"
+        f"This page was executed with the **{profile}** profile: small seeded subsets on the default "
+        "model, so its numbers and verdicts are rough and may differ from the published book's "
+        "(the full profile, `make book`). The {doc}`execution_status` page says how each chapter "
+        "was run.\n"
+        "```"
+    )
+
+
+def tidy_executed(nb, profile: str) -> None:
+    """Prepare an executed chapter for the book, in place: hide papermill's injected-parameters
+    cell, drop progress-bar outputs, and put a banner under the title of a page that was not
+    executed with the full profile."""
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
             tags.append("remove-cell")
+    strip_progress_outputs(nb)
+    if profile != "full":
+        for cell in nb.cells:
+            if cell.cell_type == "markdown" and re.search(r"(?m)^# ", cell.source):
+                cell.source = re.sub(r"(?m)^(# .*)$", lambda m: f"{m.group(1)}\n\n{profile_banner(profile)}",
+                                     cell.source, count=1)
+                break
+
+
+def _tidy_executed_file(path: Path, profile: str) -> None:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    tidy_executed(nb, profile)
     nbformat.write(nb, path)
 
 
@@ -404,6 +461,7 @@ def run_chapter(
         nb = copy.deepcopy(nb)
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, src)
+        _tcp_note()
         env_before = {k: os.environ.get(k) for k in ("PYTHONHASHSEED", STAGE_ENV, RESULTS_ENV)}
         os.environ.setdefault("PYTHONHASHSEED", "0")
         os.environ[STAGE_ENV] = str(stage)  # the kernel inherits it: the chapter writes into the stage
@@ -414,13 +472,15 @@ def run_chapter(
                 str(dst),
                 parameters=params,
                 kernel_name="python3",
-                progress_bar=progress,
+                progress_bar={"desc": chapter} if progress else False,
                 cwd=str(repo_root()),
+                # ipykernel warns on every start that its local TCP link is unencrypted; said once below
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
             errors = error_outputs(dst)
             if errors:
                 raise ChapterError(f"Chapter {chapter} produced error outputs: {'; '.join(errors)}.")
-            _mark_injected_cells(dst)
+            _tidy_executed_file(dst, profile)
             _publish(stage, results)
             fd, tmp_final = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=out_dir)
             os.close(fd)
@@ -454,6 +514,17 @@ def run_chapter(
             shutil.rmtree(stage, ignore_errors=True)
     _record_execution(out_dir, chapter, profile, params, time.perf_counter() - t0)
     return final
+
+
+_TCP_NOTE = []
+
+
+def _tcp_note() -> None:
+    """Say once per process what ipykernel's per-kernel warning said at every chapter."""
+    if not _TCP_NOTE:
+        _TCP_NOTE.append(True)
+        print("note: each chapter runs in a Jupyter kernel that talks to this process over local TCP without "
+              "encryption (ipykernel's warning, said once here)", file=sys.stderr, flush=True)
 
 
 STAGE_PREFIX = ".run-"
@@ -743,7 +814,9 @@ def run_book(
     if root is not None:
         prepare_book_root(root)
     out_dir = Path(root) / "book" if root is not None else book_dir()
-    for c in only or chapters():
+    todo = [resolve_chapter(c) for c in (only or chapters())]
+    for i, c in enumerate(todo, 1):
+        print(f"executing {c} ({i}/{len(todo)}, {profile} profile) ...", flush=True)
         t0 = time.perf_counter()
         path = run_chapter(c, profile=profile, parameters=parameters, progress=progress, output_dir=out_dir)
         print(f"executed {c} ({profile}) in {time.perf_counter() - t0:.0f} s -> {path}", flush=True)

@@ -348,3 +348,52 @@ def test_cli_edit_with_zero_neurons_is_refused(tmp_path, capsys, monkeypatch):
     edit.write_text('{"format": 1, "neurons": [], "model": "smollm2-135m-instruct", "start_token": "<|im_start|>"}')
     code, err = _main(capsys, "edit", "--edit", str(edit))
     assert code == 2 and "lists no neurons" in err
+
+
+def test_book_progress_names_each_chapter_and_says_the_kernel_warning_once(tmp_path):
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    for name in ("08_tiny", "09_tiny"):
+        (src / f"{name}.py").write_text(textwrap.dedent(TINY_CHAPTER).replace("08_tiny", name))
+    (src / "10_not_run.py").write_text(textwrap.dedent(TINY_CHAPTER).replace("08_tiny", "10_not_run"))
+    env = {pipeline.NOTEBOOKS_ENV: str(src), pipeline.BOOK_ENV: str(tmp_path / "book"),
+           "GENDER_NEURONS_RESULTS": str(tmp_path / "results")}
+    proc = _cli("book", "--only", "08", "09", "--progress", "--profile", "quick", env=env)
+    # both chapters ran; the render then refuses the chapter that was not executed
+    assert proc.returncode == 2 and "Chapters not executed yet: 10_not_run" in proc.stderr, proc.stderr
+    assert "executing 08_tiny (1/2, quick profile)" in proc.stdout
+    assert "executing 09_tiny (2/2, quick profile)" in proc.stdout
+    assert "08_tiny: 100%" in proc.stderr and "09_tiny: 100%" in proc.stderr  # the bar names its chapter
+    assert "Kernel is running over TCP" not in proc.stderr
+    assert proc.stderr.count("over local TCP without encryption") == 1
+
+
+def test_tidy_executed_strips_progress_bars_and_marks_a_quick_page():
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    def notebook():
+        return new_notebook(cells=[
+            new_markdown_cell("(ch-x)=\n# A chapter\n\nIntro."),
+            new_code_cell("x = 1", metadata={"tags": ["injected-parameters"]}),
+            new_code_cell("run()", outputs=[
+                new_output("stream", name="stderr", text="/x/tqdm/auto.py:21: TqdmWarning: IProgress not found. "
+                           "Please update jupyter\n  from .autonotebook import tqdm as notebook_tqdm\n"),
+                new_output("stream", name="stderr", text="\rscoring:   0%|          | 0/8 [00:00<?, ?it/s]"),
+                new_output("stream", name="stderr", text="\rscoring: 100%|██████████| 8/8 [00:09<00:00,  1.1s/it]\n"
+                           "UserWarning: a real warning\n"),
+                new_output("stream", name="stdout", text="12% of the words\n"),
+            ]),
+        ])
+
+    nb = notebook()
+    pipeline.tidy_executed(nb, "quick")
+    outs = nb.cells[2].outputs
+    assert [o.text for o in outs] == ["UserWarning: a real warning\n", "12% of the words\n"]
+    assert "remove-cell" in nb.cells[1].metadata["tags"]
+    title, banner = nb.cells[0].source.split("\n\n", 2)[:2]
+    assert title == "(ch-x)=\n# A chapter" and banner.startswith("```{admonition} Executed with the quick profile")
+    nbformat.validate(nb)
+    full = notebook()
+    pipeline.tidy_executed(full, "full")
+    assert full.cells[0].source == "(ch-x)=\n# A chapter\n\nIntro."  # no banner in the published book
