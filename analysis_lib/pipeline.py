@@ -218,7 +218,7 @@ def validate_parameters(chapter: str, declared: dict[str, Any], given: dict[str,
             or isinstance(v, type(default))
             or (isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool))
         )
-        if isinstance(default, bool) != isinstance(v, bool):
+        if default is not None and isinstance(default, bool) != isinstance(v, bool):
             ok = False
         if not ok:
             raise ParameterError(

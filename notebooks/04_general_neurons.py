@@ -100,7 +100,7 @@ results.add("profile", profile)
 #
 # The paper's general neurons are *query* FFN neurons: FFN neurons that write, at some
 # position, into the value vectors of the attention neurons that matter most for the
-# prediction ({term}`Query neuron`, method_spec §1.1). Their score splits over source
+# prediction ({term}`Query neuron`, {ref}`methods-readout`). Their score splits over source
 # positions: the part at position 0 is the part that passes through the `<start>` token. For
 # each probe prompt we take the exact top-30 attention value neurons and split every FFN
 # neuron's query score by the position it is read at (`analysis_lib.general.query_scan`). The
@@ -423,8 +423,8 @@ bias_wide
 #
 # The paper explains the collapse by *hierarchical* interactions: masking two shallow neurons
 # changes the coefficients of the deep neurons that compute the sum, some of them flipping
-# sign. We rerun its Table 3 with comparative neuron analysis (CNA {cite}`yu2024arithmetic`,
-# method_spec §1.2).
+# sign. We rerun its Table 3 with comparative neuron analysis (CNA
+# {cite}`yu2024arithmetic`).
 # For each sum (3-shot, the arithmetic task's format) we take the clean run's top-20 FFN value
 # neurons for the correct answer's token (the "arithmetic neurons") and compute their
 # importance and coefficient with the general neurons masked. Both importances use the

@@ -461,7 +461,7 @@ else:
 #
 # The paper's Table 1 reports, for Flan-T5 (an encoder-decoder trained on instructions much
 # like these), accuracy before and after CRISPR (numbers as transcribed by a secondary
-# summary, method_spec §5.4; SES is not in our local data, and for Age and Disability our
+# summary, see {ref}`methods-sources`; SES is not in our local data, and for Age and Disability our
 # numbers come from neurons found on another category, where the paper pruned neurons found on
 # the same one):
 

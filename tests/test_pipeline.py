@@ -397,3 +397,7 @@ def test_tidy_executed_strips_progress_bars_and_marks_a_quick_page():
     full = notebook()
     pipeline.tidy_executed(full, "full")
     assert full.cells[0].source == "(ch-x)=\n# A chapter\n\nIntro."  # no banner in the published book
+
+
+def test_a_parameter_declared_none_takes_any_value():
+    assert pipeline.validate_parameters("c", {"flag": None, "n": None}, {"flag": False, "n": 3}) == {"flag": False, "n": 3}
