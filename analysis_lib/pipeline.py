@@ -748,21 +748,32 @@ SOLUTION_TAG = "solution"
 STUDENT_TAG = "student"
 
 
+_CHECK_CALL = re.compile(r"^checks\.check_\w+\(.*\)\s*$")
+
+
 def student_notebook(nb):
     """The student version of an executed chapter: solution cells removed, stubs shown.
 
     Cells tagged ``solution`` (the worked solution, including the markdown cells that open and
-    close a ``{solution-start}``/``{solution-end}`` block) are dropped. Cells tagged ``student``
+    close a ``{solution-start}``/``{solution-end}`` block) are dropped; the ``checks.check_*``
+    calls of a dropped code cell stay, as a cell of their own (not executed), so a learner runs
+    the check on their own implementation and sees its ✔/✘ line. Cells tagged ``student``
     (stubs such as ``def icat(lms, ss): ...``) are hidden in the full edition by a
     ``remove-cell`` tag, which the student edition removes.
     """
     import copy as _copy
+
+    from nbformat.v4 import new_code_cell
 
     nb = _copy.deepcopy(nb)
     kept = []
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if SOLUTION_TAG in tags:
+            # the solution goes, its check calls stay: a learner runs them on their own code
+            calls = [ln for ln in cell.source.splitlines() if _CHECK_CALL.match(ln)] if cell.cell_type == "code" else []
+            if calls:
+                kept.append(new_code_cell("\n".join(calls), metadata={"tags": ["student-check"]}))
             continue
         if STUDENT_TAG in tags and "remove-cell" in tags:
             tags.remove("remove-cell")

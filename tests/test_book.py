@@ -142,6 +142,9 @@ def test_exercises_render_and_student_edition_hides_solutions(quick_book, tmp_pa
             assert page.count('class="exercise admonition"') >= 2, c
         assert "solution dropdown" not in page and "tag_solution" not in page, c
     assert "your code here" in (student / "book" / "_build" / "html" / "book" / "00_model_and_start_token.html").read_text()
+    first = nbformat.read(student / "book" / "00_model_and_start_token.ipynb", as_version=4)
+    assert any(cell.cell_type == "code" and "checks.check_bias_score(bias_score)" in cell.source
+               for cell in first.cells), "the student edition lost the exercise's check call"
 
 
 

@@ -401,3 +401,20 @@ def test_tidy_executed_strips_progress_bars_and_marks_a_quick_page():
 
 def test_a_parameter_declared_none_takes_any_value():
     assert pipeline.validate_parameters("c", {"flag": None, "n": None}, {"flag": False, "n": 3}) == {"flag": False, "n": 3}
+
+
+def test_the_student_edition_keeps_the_check_calls_of_the_solutions():
+    import re
+
+    found = 0
+    for c in pipeline.chapters():
+        nb = pipeline.source_notebook(c)
+        calls = [ln for cell in nb.cells if "solution" in cell.metadata.get("tags", []) and cell.cell_type == "code"
+                 for ln in cell.source.splitlines() if re.match(r"^checks\.check_\w+\(", ln)]
+        student = pipeline.student_notebook(nb)
+        assert not any("solution" in cell.metadata.get("tags", []) for cell in student.cells), c
+        kept = [cell.source for cell in student.cells if "student-check" in cell.metadata.get("tags", [])]
+        assert sum(src.count("checks.check_") for src in kept) == len(calls), c
+        assert all(not cell.get("outputs") for cell in student.cells if "student-check" in cell.metadata.get("tags", []))
+        found += len(calls)
+    assert found >= 8  # most exercises end with a check
