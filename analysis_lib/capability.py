@@ -53,7 +53,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -71,9 +71,11 @@ __all__ = [
     "DEFAULT_SHOTS",
     "PROFILES",
     "TaskResult",
+    "arithmetic_items",
     "arithmetic_task",
     "capability_delta",
     "capability_suite",
+    "held_out_arithmetic",
     "neutral_texts",
     "parse_answer",
     "perplexity_task",
@@ -190,6 +192,52 @@ def _use_cache(model, cache: bool | str) -> bool:
     return bool(cache)
 
 
+def arithmetic_items(n: int | None, digits: int, seed: int, *, shots: int = DEFAULT_SHOTS) -> pd.DataFrame:
+    """The problems :func:`arithmetic_task` scores (the one place that draws them).
+
+    ``digits=1``: ``n`` of the 100 pairs 0-9 x 0-9 without replacement (``None`` or ``n >= 100``:
+    all, in order); otherwise :func:`~analysis_lib.data.arithmetic_problems` with this seed.
+    Columns as :func:`~analysis_lib.data.arithmetic_problems`.
+    """
+    if not isinstance(digits, int) or digits < 1:
+        raise ParameterError(f"digits must be a positive integer, got {digits!r}.")
+    if digits == 1:
+        grid = arithmetic_problems(None, digits=(1,), seed=seed, shots=shots).to_pandas()
+        if n is not None and n < len(grid):
+            pick = np.random.default_rng(seed).choice(len(grid), size=n, replace=False)
+            grid = grid.iloc[np.sort(pick)]
+        return grid.reset_index(drop=True)
+    if n is None:
+        raise ParameterError("n=None (all problems) is only offered for digits=1; give a number.")
+    return arithmetic_problems(n, digits=(digits,), seed=seed, shots=shots).to_pandas()
+
+
+def held_out_arithmetic(n: int, suite_sizes: Mapping[str, int | None], seed: int, *,
+                        shots: int = DEFAULT_SHOTS) -> pd.DataFrame:
+    """Arithmetic problems disjoint from the ones :func:`capability_suite` scores at ``suite_sizes``
+    and ``seed``: up to ``n`` one-digit pairs the suite leaves out and ``n`` two-digit problems
+    drawn with another seed, minus any pair the suite scores (same prompts, same shots).
+
+    Used as validation items (a guard while choosing an edit) so that the suite's items stay
+    for the test. Columns as :func:`arithmetic_items` plus ``task``.
+    """
+    if n < 1:
+        raise ParameterError(f"n = {n} held-out arithmetic problems: give at least 1.")
+    parts = []
+    for digits in (1, 2):
+        task = f"arithmetic_{digits}digit"
+        size = suite_sizes.get(task, PROFILES["quick"][task])
+        if digits > 1 and size is None:
+            size = PROFILES["full"][task]
+        used = arithmetic_items(size, digits, seed, shots=shots)
+        pool = arithmetic_items(None if digits == 1 else n + len(used), digits,
+                                seed if digits == 1 else seed + 1, shots=shots)
+        pairs = set(zip(used["a"], used["b"]))
+        free = pool[[(a, b) not in pairs for a, b in zip(pool["a"], pool["b"])]]
+        parts.append(free.head(n).assign(task=task))
+    return pd.concat(parts, ignore_index=True)
+
+
 def arithmetic_task(
     model,
     n: int | None = 100,
@@ -220,16 +268,7 @@ def arithmetic_task(
     if not isinstance(digits, int) or digits < 1:
         raise ParameterError(f"digits must be a positive integer, got {digits!r}.")
     t0 = time.perf_counter()
-    if digits == 1:
-        grid = arithmetic_problems(None, digits=(1,), seed=seed, shots=shots).to_pandas()
-        if n is not None and n < len(grid):
-            pick = np.random.default_rng(seed).choice(len(grid), size=n, replace=False)
-            grid = grid.iloc[np.sort(pick)]
-        df = grid.reset_index(drop=True)
-    else:
-        if n is None:
-            raise ParameterError("n=None (all problems) is only offered for digits=1; give a number.")
-        df = arithmetic_problems(n, digits=(digits,), seed=seed, shots=shots).to_pandas()
+    df = arithmetic_items(n, digits, seed, shots=shots)
     if len(df) == 0:
         raise ParameterError("No arithmetic problems to score (n=0).")
     max_new = max(len(token_ids(model, str(a))) for a in df["answer"]) + 1

@@ -22,7 +22,10 @@ fifty such shifts push the words past zero into a female lean. The strategies, o
 **Guards are always joint**: a candidate passes when masking it together with the neurons kept
 so far raises the pooled perplexity of the guard paragraphs by at most ``guard_tol`` (relative).
 A one-neuron guard misses neurons that stand in for each other, such as the query heads of one
-key/value group under grouped-query attention reading the same value dimension.
+key/value group under grouped-query attention reading the same value dimension. A second,
+optional check (:func:`joint_guard`'s ``task_tol``) bounds the rise of the answer perplexity of
+held-out task items (arithmetic problems the capability suite does not score): neutral text can
+hardly notice a neuron that arithmetic depends on.
 
 **Speed** (:class:`SetScorer`): the residual stream entering every layer is kept for the
 selection prompts and the guard paragraphs, computed with the neurons kept so far masked (the
@@ -65,6 +68,7 @@ __all__ = [
     "CHOICE_RULE",
     "additivity",
     "shared_value_groups",
+    "joint_guard",
 ]
 
 #: The strategies in the order the chapter presents them (the paper's one-shot reading first).
@@ -147,6 +151,25 @@ class _Stream:
         return self._run(start, h, None, None)
 
 
+class _SequenceStream(_Stream):
+    """Token rows scored from a per-row start (16 per batch, longest first, right-padded)."""
+
+    def __init__(self, model, rows: list[list[int]], starts: list[int]):
+        order = np.argsort([-len(r) for r in rows], kind="stable")
+        pad = model.tokenizer.pad_token_id or 0
+        device = model.cfg.device or "cpu"
+        batches, self.starts = [], []
+        for s0 in range(0, len(order), 16):
+            idx = order[s0 : s0 + 16]
+            toks = torch.full((len(idx), len(rows[idx[0]])), pad, dtype=torch.long)
+            for r, i in enumerate(idx):
+                toks[r, : len(rows[i])] = torch.tensor(rows[i])
+            batches.append((toks.to(device), [len(rows[i]) for i in idx]))
+            self.starts.append([starts[i] for i in idx])
+        super().__init__(model, batches)
+        self.n_scored = float(sum(len(r) - s for r, s in zip(rows, starts)))
+
+
 @contextlib.contextmanager
 def _row_masks(model, sets: Sequence[Sequence[NeuronId]], rows_per_set: int) -> Iterator[None]:
     """Remove set ``s``'s neurons from batch rows ``s*rows_per_set .. (s+1)*rows_per_set - 1``.
@@ -189,18 +212,23 @@ class SetScorer:
         model: a loaded bridge (never left edited).
         prompts: the selection prompts (each is scored at its last token).
         guard_texts: neutral paragraphs for the perplexity guard (may be empty: no guard).
+        task_items: ``(context, answer)`` pairs for the task guard, scored on the answer's tokens
+            (may be empty: no task guard).
         check: compare the batched path with one full masked pass on first use and fall back to
             full passes if they differ by more than :data:`CHECK_TOL` (an architecture the layer
             slicing does not fit).
 
     The base (:meth:`commit`) is the set every evaluation starts from, e.g. the neurons a walk
-    has kept; :meth:`bias` and :meth:`ppl_ratio` take the *extra* neurons on top of it.
+    has kept; :meth:`bias`, :meth:`ppl_ratio` and :meth:`task_ratio` take the *extra* neurons on
+    top of it.
     """
 
-    def __init__(self, model, prompts: Sequence[str], guard_texts: Sequence[str] = (), *, check: bool = True):
+    def __init__(self, model, prompts: Sequence[str], guard_texts: Sequence[str] = (),
+                 task_items: Sequence[tuple[str, str]] = (), *, check: bool = True):
         self.model = model
         self.prompts = list(prompts)
         self.guard_texts = list(guard_texts)
+        self.task_items = [(str(c), str(a)) for c, a in task_items]
         self.ids = [single_token_id(model, t) for t in TARGETS]
         self.base: list[str] = []
         self.fast = not has_position_hooks(model)
@@ -221,27 +249,27 @@ class SetScorer:
             self._groups = self._groups[:-1] + [np.concatenate([self._groups[-1], tail])] if self._groups else [tail]
         self._bias = _Stream(model, [(enc.tokens[g][:, : int(lengths[g].max())], lengths[g].tolist())
                                      for g in self._groups])
-        # guard paragraphs: the batches of analysis_lib.capability.perplexity_task (16, longest first)
+        # guard paragraphs: the batches of analysis_lib.capability.perplexity_task (16, longest
+        # first), every token after the first scored; task items: context + answer, the answer's
+        # tokens scored (the rows of analysis_lib.scoring.continuation_logprobs)
+        prefix = [model.start_token_id] if model.start_token_id is not None else []
         self._guard = None
         if self.guard_texts:
-            prefix = [model.start_token_id] if model.start_token_id is not None else []
             rows = [prefix + token_ids(model, t) for t in self.guard_texts]
-            order = np.argsort([-len(r) for r in rows], kind="stable")
-            pad = model.tokenizer.pad_token_id or 0
-            device = model.cfg.device or "cpu"
-            batches = []
-            for s0 in range(0, len(order), 16):
-                idx = order[s0 : s0 + 16]
-                toks = torch.full((len(idx), len(rows[idx[0]])), pad, dtype=torch.long)
-                for r, i in enumerate(idx):
-                    toks[r, : len(rows[i])] = torch.tensor(rows[i])
-                batches.append((toks.to(device), [len(rows[i]) for i in idx]))
-            self._guard = _Stream(model, batches)
-            self.n_guard_tokens = float(sum(len(r) - 1 for r in rows))
+            self._guard = _SequenceStream(model, rows, [1] * len(rows))
+        self._task = None
+        if self.task_items:
+            rows, starts = [], []
+            for ctx, ans in self.task_items:
+                c = prefix + token_ids(model, ctx)
+                rows.append(c + token_ids(model, ans))
+                starts.append(len(c))
+            self._task = _SequenceStream(model, rows, starts)
         self._checked = not check
         self._capture(0)
         self.b0 = self.bias([[]])[0]
         self.ppl0 = self._ppl([]) if self._guard is not None else float("nan")
+        self.task_ppl0 = self._task_ppl([]) if self._task is not None else float("nan")
 
     # -- base
     def _capture(self, start: int) -> None:
@@ -249,8 +277,9 @@ class SetScorer:
             return
         with mask_neurons(self.model, self.base) if self.base else contextlib.nullcontext():
             self._bias.capture(start)
-            if self._guard is not None:
-                self._guard.capture(start)
+            for stream in (self._guard, self._task):
+                if stream is not None:
+                    stream.capture(start)
 
     def commit(self, neurons: Sequence[str]) -> None:
         """Make ``neurons`` the base edit (the stored residual streams are updated from the first
@@ -310,6 +339,18 @@ class SetScorer:
             lp = target_logprobs(self.model, self.prompts, list(TARGETS)).double().numpy()
         return lp[:, 0] - lp[:, 1]
 
+    def _nll(self, stream: "_SequenceStream", extra: Sequence[NeuronId]) -> float:
+        """Summed NLL of the stream's scored tokens with base + ``extra`` masked (batched path)."""
+        total = 0.0
+        with mask_neurons(self.model, self.base) if self.base else contextlib.nullcontext():
+            for b, (toks, lengths) in enumerate(stream.batches):
+                with _row_masks(self.model, [list(extra)], len(lengths)), torch.inference_mode():
+                    hid = stream.forward(b, self._start([list(extra)]), 1)
+                    for r, (n, s) in enumerate(zip(lengths, stream.starts[b])):
+                        lp = _unembed(self.model, hid[r, s - 1 : n - 1]).float().log_softmax(-1)
+                        total += -lp.gather(-1, toks[r, s:n, None]).sum().item()
+        return total
+
     def _ppl(self, extra: Sequence[NeuronId]) -> float:
         if self._guard is None:
             raise ParameterError("This scorer has no guard paragraphs to measure perplexity on.")
@@ -319,19 +360,27 @@ class SetScorer:
             with mask_neurons(self.model, self.base + [str(n) for n in extra]):
                 rec = perplexity_task(self.model, self.guard_texts).records
             return float(np.exp(rec["nll"].sum() / rec["n_tokens"].sum()))
-        total = 0.0
-        with mask_neurons(self.model, self.base) if self.base else contextlib.nullcontext():
-            for b, (toks, lengths) in enumerate(self._guard.batches):
-                with _row_masks(self.model, [list(extra)], len(lengths)), torch.inference_mode():
-                    hid = self._guard.forward(b, self._start([list(extra)]), 1)
-                    for r, n in enumerate(lengths):
-                        lp = _unembed(self.model, hid[r, : n - 1]).float().log_softmax(-1)
-                        total += -lp.gather(-1, toks[r, 1:n, None]).sum().item()
-        return float(np.exp(total / self.n_guard_tokens))
+        return float(np.exp(self._nll(self._guard, extra) / self._guard.n_scored))
+
+    def _task_ppl(self, extra: Sequence[NeuronId]) -> float:
+        if self._task is None:
+            raise ParameterError("This scorer has no task items to measure answer perplexity on.")
+        if not self.fast:
+            from .scoring import continuation_logprobs
+
+            with mask_neurons(self.model, self.base + [str(n) for n in extra]):
+                lp, n = continuation_logprobs(self.model, *zip(*self.task_items))
+            return float(np.exp(-lp.sum() / n.sum()))
+        return float(np.exp(self._nll(self._task, extra) / self._task.n_scored))
 
     def ppl_ratio(self, extra: Sequence[str]) -> float:
         """Guard perplexity with base + ``extra`` masked, over the unedited model's."""
         return self._ppl([NeuronId.parse(str(n)) for n in extra]) / self.ppl0
+
+    def task_ratio(self, extra: Sequence[str]) -> float:
+        """Answer perplexity of the task items (tokens of the answers only) with base + ``extra``
+        masked, over the unedited model's."""
+        return self._task_ppl([NeuronId.parse(str(n)) for n in extra]) / self.task_ppl0
 
 
 # ----------------------------------------------------------------------------- strategies
@@ -346,6 +395,8 @@ class Scorer(Protocol):
 
     def ppl_ratio(self, extra: Sequence[str]) -> float: ...
 
+    def task_ratio(self, extra: Sequence[str]) -> float: ...
+
     def commit(self, neurons: Sequence[str]) -> None: ...
 
 
@@ -359,7 +410,8 @@ class Selection:
             first K).
         trace: one row per candidate examined: ``neuron``, ``step`` (1-based order examined),
             ``mean_abs_b`` (training mean |b| with the kept set plus this candidate masked; NaN
-            where not measured), ``ppl_ratio`` (joint guard; NaN where not reached), ``kept``
+            where not measured), ``ppl_ratio`` and ``task_ratio`` (the two checks of
+            :func:`joint_guard`; NaN where not reached), ``kept``
             (1-based order kept, 0 = not kept) and ``reason``.
     """
 
@@ -397,10 +449,29 @@ def single_effects(scorer: Scorer, neurons: Sequence[str]) -> tuple[pd.DataFrame
 
 
 def _trace(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["neuron", "step", "mean_abs_b", "ppl_ratio", "kept", "reason"])
+    return pd.DataFrame(rows, columns=["neuron", "step", "mean_abs_b", "ppl_ratio", "task_ratio", "kept", "reason"])
 
 
-def one_shot(scorer: Scorer, ranking: Sequence[str], *, k_max: int, guard_tol: float) -> Selection:
+def joint_guard(scorer: Scorer, extra: Sequence[str], guard_tol: float | None,
+                task_tol: float | None = None) -> tuple[float, float, str | None]:
+    """The joint guard for base + ``extra``: ``(ppl_ratio, task_ratio, refusal)``.
+
+    Refused (``"guard"``) when the guard paragraphs' perplexity rises by more than ``guard_tol``
+    (relative), else (``"task guard"``) when the task items' answer perplexity rises by more than
+    ``task_tol``; ``refusal`` is None when it passes. A tolerance of None skips that check (its
+    ratio is NaN); the task check is only measured once the perplexity check passes.
+    """
+    r = scorer.ppl_ratio(extra) if guard_tol is not None else float("nan")
+    if guard_tol is not None and r - 1.0 > guard_tol:
+        return r, float("nan"), "guard"
+    t = scorer.task_ratio(extra) if task_tol is not None else float("nan")
+    if task_tol is not None and t - 1.0 > task_tol:
+        return r, t, "task guard"
+    return r, t, None
+
+
+def one_shot(scorer: Scorer, ranking: Sequence[str], *, k_max: int, guard_tol: float | None,
+             task_tol: float | None = None) -> Selection:
     """Keep candidates in ranking order (single-mask effect), each subject to the joint guard.
 
     Bias is not re-measured for the set: the paper's "causal masking" read as judging each
@@ -412,18 +483,18 @@ def one_shot(scorer: Scorer, ranking: Sequence[str], *, k_max: int, guard_tol: f
     for step, c in enumerate(ranking, 1):
         if len(kept) >= k_max:
             break
-        r = scorer.ppl_ratio([c]) if guard_tol is not None else float("nan")
-        ok = not (r - 1.0 > guard_tol)
-        if ok:
+        r, t, refusal = joint_guard(scorer, [c], guard_tol, task_tol)
+        if refusal is None:
             kept.append(c)
             scorer.commit(kept)
-        rows.append({"neuron": c, "step": step, "mean_abs_b": np.nan, "ppl_ratio": r,
-                     "kept": len(kept) if ok else 0, "reason": "kept" if ok else "guard"})
+        rows.append({"neuron": c, "step": step, "mean_abs_b": np.nan, "ppl_ratio": r, "task_ratio": t,
+                     "kept": len(kept) if refusal is None else 0, "reason": refusal or "kept"})
     return Selection("one_shot", kept, _trace(rows))
 
 
-def joint_greedy(scorer: Scorer, ranking: Sequence[str], *, k_max: int, guard_tol: float,
-                 by_group: bool = False, chunk: int = 4, strategy: str = "joint_greedy") -> Selection:
+def joint_greedy(scorer: Scorer, ranking: Sequence[str], *, k_max: int, guard_tol: float | None,
+                 task_tol: float | None = None, by_group: bool = False, chunk: int = 4,
+                 strategy: str = "joint_greedy") -> Selection:
     """Walk down ``ranking``; keep a candidate only if masking it together with the kept set
     lowers the training mean |b| (with ``by_group``, also without raising the mean |b| of the
     male-leaning or of the female-leaning words) and passes the joint guard.
@@ -449,15 +520,14 @@ def joint_greedy(scorer: Scorer, ranking: Sequence[str], *, k_max: int, guard_to
         for j, c in enumerate(batch):
             i += 1
             new, new_g = stats(B[j])
-            row = {"neuron": c, "step": i, "mean_abs_b": new, "ppl_ratio": np.nan, "kept": 0}
+            row = {"neuron": c, "step": i, "mean_abs_b": new, "ppl_ratio": np.nan, "task_ratio": np.nan, "kept": 0}
             rows.append(row)
             if not (new < cur and all(n <= o for n, o in zip(new_g, cur_g))):
                 row["reason"] = "bias not lower" if not new < cur else "one gender's |b| rises"
                 continue
-            r = scorer.ppl_ratio([c])
-            row["ppl_ratio"] = r
-            if r - 1.0 > guard_tol:
-                row["reason"] = "guard"
+            row["ppl_ratio"], row["task_ratio"], refusal = joint_guard(scorer, [c], guard_tol, task_tol)
+            if refusal is not None:
+                row["reason"] = refusal
                 continue
             kept.append(c)
             row["kept"], row["reason"] = len(kept), "kept"
@@ -468,24 +538,25 @@ def joint_greedy(scorer: Scorer, ranking: Sequence[str], *, k_max: int, guard_to
 
 
 def sign_aware(scorer: Scorer, ranking: Sequence[str], singles: pd.DataFrame, *, k_max: int,
-               guard_tol: float, chunk: int = 4) -> Selection:
+               guard_tol: float | None, task_tol: float | None = None, chunk: int = 4) -> Selection:
     """:func:`joint_greedy` over the candidates whose single mask shrinks |b| on both the
     male-leaning and the female-leaning words (``singles`` from :func:`single_effects`)."""
     s = singles.set_index("neuron")
     pool = [c for c in ranking if s.loc[c, "effect_male"] > 0 and s.loc[c, "effect_female"] > 0]
-    return joint_greedy(scorer, pool, k_max=k_max, guard_tol=guard_tol, by_group=True, chunk=chunk,
-                        strategy="sign_aware")
+    return joint_greedy(scorer, pool, k_max=k_max, guard_tol=guard_tol, task_tol=task_tol, by_group=True,
+                        chunk=chunk, strategy="sign_aware")
 
 
 def select(strategy: str, scorer: Scorer, ranking: Sequence[str], singles: pd.DataFrame, *, k_max: int,
-           guard_tol: float) -> Selection:
+           guard_tol: float | None, task_tol: float | None = None) -> Selection:
     """Run one of :data:`STRATEGIES` by name."""
+    kw = dict(k_max=k_max, guard_tol=guard_tol, task_tol=task_tol)
     if strategy == "one_shot":
-        return one_shot(scorer, ranking, k_max=k_max, guard_tol=guard_tol)
+        return one_shot(scorer, ranking, **kw)
     if strategy == "joint_greedy":
-        return joint_greedy(scorer, ranking, k_max=k_max, guard_tol=guard_tol)
+        return joint_greedy(scorer, ranking, **kw)
     if strategy == "sign_aware":
-        return sign_aware(scorer, ranking, singles, k_max=k_max, guard_tol=guard_tol)
+        return sign_aware(scorer, ranking, singles, **kw)
     raise ParameterError(f"Unknown selection strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
 
 

@@ -74,6 +74,7 @@ __all__ = [
     "drop_start",
     "logit_only",
     "split_validation",
+    "control_draw",
     "random_controls",
     "general_neurons",
     "condition_model",
@@ -435,7 +436,12 @@ def kv_text(kv: pd.DataFrame, guard_tol: float) -> str:
                  f"{int(g.n_kept_one_shot)} of the {int(g.n)}")
     else:
         text += f"; the joint guard kept {int(g.n_kept_one_shot)} of the {int(g.n)}"
-    return text + "."
+    text += "."
+    if "joint_task_ratio" in g and np.isfinite(g.joint_task_ratio):
+        text += (f" The answers of the held-out sums notice them more: their perplexity changes by up to "
+                 f"{100 * (g.single_task_ratio_max - 1):+.1f} % for one of them alone and "
+                 f"{100 * (g.joint_task_ratio - 1):+.1f} % for all of them together.")
+    return text
 
 
 def held_out_text(table: pd.DataFrame, chosen: str | None, one_shot: str | None, ceiling: float) -> str:
@@ -610,12 +616,16 @@ def split_validation(train: pd.DataFrame, n_val: int, seed: int) -> tuple[pd.Dat
 
 def select_and_save(model, train: pd.DataFrame, *, top_n: int, ks: Sequence[int], n_causal: int | None,
                     n_val: int, guard_texts, guard_tol: float, seed: int, edit_path: str | Path | None,
+                    task_items: Sequence[tuple[str, str]] = (), task_tol: float | None = None,
                     strategies: Sequence[str] = es.STRATEGIES, progress: bool = False) -> dict[str, Any]:
     """Steps 1-4 on the training words, every selection strategy, and the validation choice.
 
     The training words are split (:func:`split_validation`): attribution and the causal step use
     the selection words, the choice of strategy and K (:data:`analysis_lib.edit_selection.CHOICE_RULE`)
-    uses the validation words. The chosen edit is saved to ``edit_path`` (if any).
+    uses the validation words. The chosen edit is saved to ``edit_path`` (if any). With
+    ``task_items`` (``(context, answer)`` pairs, e.g. :func:`analysis_lib.capability.held_out_arithmetic`)
+    and ``task_tol``, every strategy's joint guard also bounds their answer perplexity
+    (:func:`analysis_lib.edit_selection.joint_guard`).
 
     Returns:
         A dict: ``attribution``, ``candidates``, ``kept``, ``dropped``, ``causal`` (the kept
@@ -624,7 +634,8 @@ def select_and_save(model, train: pd.DataFrame, *, top_n: int, ks: Sequence[int]
         edits with their validation numbers), ``choice`` (:func:`~analysis_lib.edit_selection.choose_edit`),
         ``edit`` (the chosen neurons, ``[]`` if none), ``additivity``, ``kv_groups`` (attention
         neurons the one-shot walk examined that share one value dimension of a key/value group:
-        how many it kept, the largest single guard ratio and the joint one),
+        how many it kept, the largest single guard ratio and the joint one, the same for the task
+        guard's answer perplexity, NaN without task items),
         ``causal_prompts``, ``causal_b`` (the unedited b of each causal prompt),
         ``selection_words``, ``validation_words``, ``train_mean_abs_b``, ``seconds``.
     """
@@ -641,7 +652,9 @@ def select_and_save(model, train: pd.DataFrame, *, top_n: int, ks: Sequence[int]
     kept, dropped = drop_start(cands)
     t1 = time.perf_counter()
     causal_prompts = subset_words(sel_words, n_causal, seed)["prompt"].tolist()
-    scorer = es.SetScorer(model, causal_prompts, guard_texts)
+    if (task_tol is None) != (not len(task_items)):
+        raise ParameterError("The task guard needs both task items and a tolerance (task_tol); give both or neither.")
+    scorer = es.SetScorer(model, causal_prompts, guard_texts, task_items)
     singles, singles_b = es.single_effects(scorer, kept["neuron"].tolist())
     causal = kept.merge(singles, on="neuron").sort_values("effect", ascending=False, kind="stable").reset_index(drop=True)
     ranking = causal.loc[causal["effect"] > 0, "neuron"].tolist()
@@ -649,7 +662,8 @@ def select_and_save(model, train: pd.DataFrame, *, top_n: int, ks: Sequence[int]
     selections = {}
     for name in tqdm(list(strategies), disable=not progress, desc="strategies"):
         t1 = time.perf_counter()
-        selections[name] = es.select(name, scorer, ranking, singles, k_max=max(ks), guard_tol=guard_tol)
+        selections[name] = es.select(name, scorer, ranking, singles, k_max=max(ks), guard_tol=guard_tol,
+                                     task_tol=task_tol)
         secs[f"strategy/{name}"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     order = {name: s.neurons for name, s in selections.items()}
@@ -668,7 +682,9 @@ def select_and_save(model, train: pd.DataFrame, *, top_n: int, ks: Sequence[int]
         kv.append({"neurons": ", ".join(group), "n": len(group),
                    "n_kept_one_shot": sum(n in kept_one for n in group),
                    "single_ppl_ratio_max": max(scorer.ppl_ratio([n]) for n in group),
-                   "joint_ppl_ratio": scorer.ppl_ratio(group)})
+                   "joint_ppl_ratio": scorer.ppl_ratio(group),
+                   "single_task_ratio_max": max(scorer.task_ratio([n]) for n in group) if task_items else np.nan,
+                   "joint_task_ratio": scorer.task_ratio(group) if task_items else np.nan})
     secs["diagnostics"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     edits = es.candidate_edits(selections, ks)
@@ -685,10 +701,14 @@ def select_and_save(model, train: pd.DataFrame, *, top_n: int, ks: Sequence[int]
                              f"logit importance for the biased token on {len(sel_words)} CommonWords train words; "
                              f"start-position candidates dropped ({len(dropped)}); strategy {choice['strategy']} "
                              f"on {len(causal_prompts)} train words with the joint perplexity guard "
-                             f"(<= {100 * guard_tol:g}% on neutral paragraphs); K = {choice['k']} chosen on "
+                             f"(<= {100 * guard_tol:g}% on neutral paragraphs"
+                             + (f", <= {100 * task_tol:g}% answer perplexity on {len(task_items)} held-out "
+                                "arithmetic problems" if task_tol is not None else "")
+                             + f"); K = {choice['k']} chosen on "
                              f"{len(val_words)} validation words by the lowest mean |b|; zero ablation; seed {seed}"),
                   metadata={"top_n": top_n, "n_train": len(train), "n_selection": len(sel_words),
                             "n_validation": len(val_words), "n_causal": len(causal_prompts), "guard_tol": guard_tol,
+                            "task_tol": task_tol, "n_task_items": len(task_items),
                             "seed": seed, "strategy": choice["strategy"], "k": choice["k"],
                             "val_mean_abs_b": choice["val_mean_abs_b"], "rule": es.CHOICE_RULE,
                             "effects": {r.neuron: float(r.effect) for r in causal.itertuples() if r.neuron in edit}})
@@ -696,9 +716,17 @@ def select_and_save(model, train: pd.DataFrame, *, top_n: int, ks: Sequence[int]
     return {"attribution": da, "targets": targets, "candidates": cands, "kept": kept, "dropped": dropped,
             "causal": causal, "selections": selections, "edits": edits, "validation": vtable, "choice": choice,
             "edit": edit, "additivity": additivity, "kv_groups": pd.DataFrame(kv, columns=["neurons", "n",
-            "n_kept_one_shot", "single_ppl_ratio_max", "joint_ppl_ratio"]), "causal_prompts": causal_prompts,
+            "n_kept_one_shot", "single_ppl_ratio_max", "joint_ppl_ratio", "single_task_ratio_max", "joint_task_ratio"]),
+            "causal_prompts": causal_prompts,
             "selection_words": sel_words, "validation_words": val_words,
             "causal_b": scorer.b0, "train_mean_abs_b": float(np.abs(scorer.b0).mean()), "seconds": secs}
+
+
+def control_draw(model, neurons: Sequence[str], seed: int, edit_index: int, draw: int) -> list[str]:
+    """Random control ``draw`` of the ``edit_index``-th edit: neurons matched to ``neurons`` in
+    number, kind and layer (:func:`analysis_lib.neurons.sample_matched`), seeded by
+    ``(seed, edit_index, draw)`` so that every caller draws the same control."""
+    return sample_matched(model, list(neurons), seed=[int(seed), 7, int(edit_index), int(draw)])
 
 
 def random_controls(model, edits: Mapping[str, Sequence[str]], test: pd.DataFrame, n_random: int, seed: int,
@@ -719,7 +747,7 @@ def random_controls(model, edits: Mapping[str, Sequence[str]], test: pd.DataFram
     for e, (name, neurons) in enumerate(edits.items()):
         for r in range(n_random):
             names.append((name, r))
-            draws.append(sample_matched(model, list(neurons), seed=[int(seed), 7, e, r]))
+            draws.append(control_draw(model, neurons, seed, e, r))
     B = scorer.bias(draws) if draws else np.empty((0, len(b0)))
     with_ppl = None if ppl_for is None else set(ppl_for)
     rows = []
@@ -736,7 +764,8 @@ def random_controls(model, edits: Mapping[str, Sequence[str]], test: pd.DataFram
 
 def replicate(name: str, train: pd.DataFrame, test: pd.DataFrame, guard_texts: Sequence[str],
               eval_texts: Sequence[str], *, top_n: int, ks: Sequence[int], n_val: int, n_causal: int | None,
-              n_random: int, guard_tol: float, seed: int, device: str = "cpu", dtype: str = "float32",
+              n_random: int, guard_tol: float, seed: int, task_items: Sequence[tuple[str, str]] = (),
+              task_tol: float | None = None, device: str = "cpu", dtype: str = "float32",
               progress: bool = False) -> dict[str, Any]:
     """The chapter's recipe, the validation rule and the main comparison on another model.
 
@@ -756,7 +785,7 @@ def replicate(name: str, train: pd.DataFrame, test: pd.DataFrame, guard_texts: S
     try:
         sel = select_and_save(m, train, top_n=top_n, ks=ks, n_causal=n_causal, n_val=n_val,
                               guard_texts=guard_texts, guard_tol=guard_tol, seed=seed, edit_path=None,
-                              progress=progress)
+                              task_items=task_items, task_tol=task_tol, progress=progress)
         edit, da, choice = sel["edit"], sel["attribution"], sel["choice"]
         gen, gen_source = general_neurons(da, model_name=name)
         conds: dict[str, Any] = {"original": []}
@@ -768,7 +797,7 @@ def replicate(name: str, train: pd.DataFrame, test: pd.DataFrame, guard_texts: S
         if one:
             conds[f"one_shot K={len(one)}"], groups[f"one_shot K={len(one)}"] = one, "one-shot"
         for r in range(n_random if edit else 0):
-            conds[f"random #{r}"] = sample_matched(m, edit, seed=[int(seed), 7, 0, r])
+            conds[f"random #{r}"] = control_draw(m, edit, seed, 0, r)
             groups[f"random #{r}"] = f"random ({len(edit)})"
         conds["general neurons"], groups["general neurons"] = gen, "general neurons"
         table, _ = evaluate_conditions(m, conds, test, eval_texts, seed=seed, groups=groups)

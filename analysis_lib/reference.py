@@ -206,3 +206,23 @@ def masked_perplexity(model, texts: Sequence[str], neurons: Sequence[str]) -> fl
             total -= float(lp.gather(-1, ids[0, 1:, None]).sum())
             count += ids.shape[1] - 1
     return float(np.exp(total / count))
+
+
+def masked_answer_perplexity(model, items: Sequence[tuple[str, str]], neurons: Sequence[str]) -> float:
+    """Pooled perplexity of the answers of ``(context, answer)`` items with ``neurons``
+    zero-masked: the context (start token prepended) is tokenized on its own, the answer's tokens
+    appended, and only those are scored; one item per forward pass, float64 log-softmax."""
+    from .editing import mask_neurons
+    from .models import token_ids
+
+    total, count = 0.0, 0
+    prefix = [model.start_token_id] if model.start_token_id is not None else []
+    with mask_neurons(model, list(neurons)), torch.inference_mode():
+        for context, answer in items:
+            ctx, ans = prefix + token_ids(model, context), token_ids(model, answer)
+            ids = torch.tensor([ctx + ans])
+            hidden = model.original_model.model(input_ids=ids).last_hidden_state[0, len(ctx) - 1 : -1]
+            lp = _softcapped(model, model.original_model.lm_head(hidden)).double().log_softmax(-1)
+            total -= float(lp.gather(-1, torch.tensor(ans)[:, None]).sum())
+            count += len(ans)
+    return float(np.exp(total / count))

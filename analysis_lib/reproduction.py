@@ -708,10 +708,18 @@ def _edit_reduces(v: ResultsDir) -> Outcome:
 
 def _edit_capability(v: ResultsDir) -> Outcome:
     ppl = v.interval(C5, "edit_dppl")
-    verdict = capability_verdict(None, ppl.estimate)
-    return Outcome(f"neutral-text perplexity {ppl.text('+.2f', ' %')}", verdict,
-                   f"kept when perplexity rises ≤ {PPL_TOL_PCT:g} %, partly ≤ {PPL_PARTIAL_PCT:g} % (the task "
-                   "accuracies are in the head-to-head row)")
+    changes = v.values(C5).get("cap_changes_pp") or {}
+    worst = min(changes.values()) if changes else None
+    our = f"neutral-text perplexity {ppl.text('+.2f', ' %')}"
+    if changes:
+        our += "; accuracy " + ", ".join(f"{t} {d:+.1f} points" for t, d in changes.items())
+    rule = (f"kept when no task accuracy falls by more than {ACC_TOL_PP:g} points and perplexity rises ≤ "
+            f"{PPL_TOL_PCT:g} %, partly within {ACC_PARTIAL_PP:g} points and {PPL_PARTIAL_PCT:g} %")
+    if not changes:
+        rule += " (the task accuracies did not run in this profile: perplexity only)"
+    elif worst is not None and -worst > ACC_TOL_PP and ppl.estimate <= PPL_TOL_PCT:
+        rule += "; neutral-text perplexity does not see the loss"
+    return Outcome(our, capability_verdict(worst, ppl.estimate), rule)
 
 
 def _relative_gain(v: ResultsDir, before_key: str, after_key: str, paper: tuple[float, float],

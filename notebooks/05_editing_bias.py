@@ -53,6 +53,8 @@ n_test = None  # test words the edits are scored on (100: all of them) (None: th
 guard_texts = None  # neutral paragraphs that guard the selection's perplexity (None: the profile's)
 eval_texts = None  # neutral paragraphs of the perplexity evaluation (None: the profile's)
 guard_tol = 0.01  # allowed relative perplexity increase of the guard
+task_items = None  # held-out sums per digit count of the task guard (None: the profile's)
+task_tol = 0.02  # allowed relative increase of the held-out sums' answer perplexity
 suite_conditions = None  # conditions scored on the bias and capability suites ([] skips them) (None: the profile's)
 suite_bias = None  # bias-suite sizes on top of the quick preset (None: the profile's)
 suite_capability = None  # capability-suite items per task (None: the profile's)
@@ -79,6 +81,7 @@ import seaborn as sns
 import torch
 from myst_nb import glue
 
+from analysis_lib import capability as cap
 from analysis_lib import checks, models, plots
 from analysis_lib import edit_selection as es
 from analysis_lib import finetune as ft
@@ -92,8 +95,8 @@ plots.setup()
 T_START = time.perf_counter()
 params = dict(model=model, device=device, dtype=dtype, profile=profile, seed=seed, n_train=n_train, n_val=n_val,
               n_causal=n_causal, top_n=top_n, ks=ks, k_main=k_main, n_random=n_random, n_test=n_test,
-              guard_texts=guard_texts, eval_texts=eval_texts, guard_tol=guard_tol,
-              suite_conditions=suite_conditions, suite_bias=suite_bias, suite_capability=suite_capability,
+              guard_texts=guard_texts, eval_texts=eval_texts, guard_tol=guard_tol, task_items=task_items,
+              task_tol=task_tol, suite_conditions=suite_conditions, suite_bias=suite_bias, suite_capability=suite_capability,
               replicate_models=replicate_models, replicate_sizes=replicate_sizes, ft_steps=ft_steps, ft_beta=ft_beta,
               ft_lr=ft_lr, ft_neuron_lr=ft_neuron_lr, ft_rank=ft_rank, ft_batch=ft_batch, ft_kl_batch=ft_kl_batch)
 results = Results("05_editing_bias", params)
@@ -102,6 +105,8 @@ words = to_frame(load_commonwords(seed))
 train = ne.subset_words(words[words.split == "train"], n_train, seed)
 test = ne.subset_words(words[words.split == "test"], n_test, seed)
 guard, evaltexts = ne.guard_and_eval_texts(guard_texts, eval_texts)
+task = cap.held_out_arithmetic(task_items, suite_capability, seed)
+task_pairs = list(zip(task["prompt"], task["target"]))
 results.add("n_train", len(train))
 results.add("n_val", n_val)
 results.add("n_selection", len(train) - n_val)
@@ -112,6 +117,8 @@ results.add("k_main", k_main)
 results.add("guard_pct", f"{100 * guard_tol:g}")
 results.add("n_guard_texts", len(guard))
 results.add("n_eval_texts", len(evaltexts))
+results.add("task_pct", f"{100 * task_tol:g}")
+results.add("n_task_items", len(task_pairs))
 glue("ks_text", ", ".join(map(str, ks)), display=False)
 glue("k_max_text", str(max(ks)), display=False)
 
@@ -145,10 +152,17 @@ glue("k_max_text", str(max(ks)), display=False)
 #      male-leaning and the female-leaning selection words, and also refuses a step that
 #      raises either group's mean $|b|$.
 #
-#    Every strategy uses the same **joint perplexity guard**: a candidate is refused if masking
-#    it together with the neurons kept so far raises the pooled perplexity of
-#    {glue:text}`n_guard_texts` neutral paragraphs by more than {glue:text}`guard_pct` %. The
-#    evaluation measures perplexity on {glue:text}`n_eval_texts` *other* paragraphs.
+#    Every strategy uses the same **joint guard**, with two checks: a candidate is refused if
+#    masking it together with the neurons kept so far raises the pooled perplexity of
+#    {glue:text}`n_guard_texts` neutral paragraphs by more than {glue:text}`guard_pct` %, or the
+#    perplexity of the *answers* of {glue:text}`n_task_items` held-out sums (three-shot
+#    `a+b=` problems, half one-digit and half two-digit, none of them among the sums the
+#    capability suite scores below) by more than {glue:text}`task_pct` %. The second check was
+#    added after an earlier run of this chapter: its chosen edit passed the neutral-text guard and
+#    still cut one-digit addition from 32 % to 10 % on the suite (two attention neurons of layer 0,
+#    see {ref}`ch-editing-capability`); neutral prose hardly notices a neuron that arithmetic
+#    depends on. Its tolerance is twice the paragraphs' because the answers are fewer tokens.
+#    The evaluation measures perplexity on {glue:text}`n_eval_texts` *other* paragraphs.
 # 4. **The edit** zero-ablates the chosen neurons: FFN neurons through their `down_proj`
 #    column, attention neurons through their `o_proj` column (never the shared `v_proj` row of
 #    grouped-query attention). Whether "editing" means zeroing or retraining the selected
@@ -167,7 +181,8 @@ glue("k_max_text", str(max(ks)), display=False)
 # %% tags=["remove-cell"]
 t0 = time.perf_counter()
 sel = ne.select_and_save(lm, train, top_n=top_n, ks=ks, n_causal=n_causal, n_val=n_val, guard_texts=guard,
-                         guard_tol=guard_tol, seed=seed, edit_path=output_dir() / f"edit_{model}.json")
+                         guard_tol=guard_tol, task_items=task_pairs, task_tol=task_tol, seed=seed,
+                         edit_path=output_dir() / f"edit_{model}.json")
 if not sel["edit"]:  # no edit chosen: chapter 6 must not find an earlier run's edit
     (results_dir() / f"edit_{model}.json").unlink(missing_ok=True)
 results.time("selection", time.perf_counter() - t0)
@@ -204,7 +219,12 @@ results.add("val_orig_mean_abs_b", vtable.attrs["val_mean_abs_b_original"], fmt=
 results.add("val_chosen_mean_abs_b", choice["val_mean_abs_b"], fmt=".3f")
 trace_chosen = selections[choice["strategy"]].trace if choice["strategy"] else None
 results.add("n_guard_failed", int((trace_chosen.reason == "guard").sum()) if trace_chosen is not None else 0)
+results.add("n_task_failed", int((trace_chosen.reason == "task guard").sum()) if trace_chosen is not None else 0)
 glue("choice_text", ne.choice_text(choice, vtable, ks), display=False)
+refusals = {name: s_.trace.reason.value_counts() for name, s_ in selections.items()}
+glue("refusals_text", "The joint guard refused " + "; ".join(
+    f"{int(r.get('guard', 0))} candidate(s) on neutral-text perplexity and {int(r.get('task guard', 0))} on "
+    f"the sums' answers in the {name.replace('_', ' ')} walk" for name, r in refusals.items()) + ".", display=False)
 
 # %% [markdown]
 # ## Which candidates survive
@@ -314,7 +334,7 @@ plt.close(fig)
 # {glue:text}`n_joint_greedy` and the sign-aware walk {glue:text}`n_sign_aware` (each up to
 # {glue:text}`k_max_text`). The table lists every edit the rule chooses from, with its mean
 # $|b|$ and mean signed $b$ on the validation words (unedited: mean $|b|$
-# {glue:text}`val_orig_mean_abs_b`). {glue:text}`choice_text`
+# {glue:text}`val_orig_mean_abs_b`). {glue:text}`refusals_text` {glue:text}`choice_text`
 
 # %%
 (vtable.rename(columns={"val_mean_abs_b": "mean |b| (validation)", "val_d_mean_abs_b": "change",
@@ -630,6 +650,7 @@ if suite_conditions:
         if edited_name in cp:
             dd = (cp[edited_name] - cp["original"]).drop("neutral", errors="ignore") * 100
             results.add("cap_max_drop_pp", float(-dd.min()) if len(dd) else 0.0, fmt=".1f")
+            results.add("cap_changes_pp", {k: round(float(v), 2) for k, v in dd.items()})
             suite_text += ("On the capability tasks the chosen edit changes accuracy by "
                            + ", ".join(f"{v:+.1f} points ({k})" for k, v in dd.items()) + ". ")
     if "fine-tuned (LoRA)" in suite_conditions:
@@ -654,6 +675,7 @@ else:
 glue("suite_text", suite_text, display=False)
 
 # %% [markdown]
+# (ch-editing-capability)=
 # ## The standard bias benchmarks and common capabilities
 #
 # {glue:text}`suite_text`
@@ -668,7 +690,8 @@ for rep_name in replicate_models:
     rep = ne.replicate(rep_name, ne.subset_words(words[words.split == "train"], replicate_sizes["n_train"], seed),
                        test, guard, evaltexts, top_n=replicate_sizes["top_n"], ks=replicate_sizes["ks"],
                        n_val=replicate_sizes["n_val"], n_causal=replicate_sizes["n_causal"],
-                       n_random=replicate_sizes["n_random"], guard_tol=guard_tol, seed=seed)
+                       n_random=replicate_sizes["n_random"], guard_tol=guard_tol, task_items=task_pairs,
+                       task_tol=task_tol, seed=seed)
     results.time(f"replicate/{rep_name}", time.perf_counter() - t0)
     rep_tables.append(rep["table"])
     rt = rep["table"].set_index("condition")

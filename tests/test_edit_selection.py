@@ -9,7 +9,7 @@ import pytest
 
 from analysis_lib import edit_selection as es
 from analysis_lib import reference
-from analysis_lib.capability import neutral_texts
+from analysis_lib.capability import arithmetic_items, held_out_arithmetic, neutral_texts
 from analysis_lib.neurons import NeuronId, arch, sample_matched
 
 #: The batched scorer runs the same float32 products in other batch shapes and from cached
@@ -25,10 +25,12 @@ PPL_RTOL = 5e-5
 
 class AdditiveToy:
     """b(w) = b0 + the sum of each masked neuron's shift; perplexity ratio = 1 + summed costs,
-    plus an interaction for neurons that stand in for each other (cost only when all are masked)."""
+    plus an interaction for neurons that stand in for each other (cost only when all are masked);
+    task (answer-perplexity) ratio = 1 + summed task costs."""
 
-    def __init__(self, b0, shifts, costs=None, together=None):
+    def __init__(self, b0, shifts, costs=None, together=None, task_costs=None):
         self.b0 = np.asarray(b0, float)
+        self.task_costs = task_costs or {}  # answer-perplexity cost of each neuron (task guard)
         self.shifts = {k: np.asarray(v, float) for k, v in shifts.items()}
         self.costs = costs or {}
         self.together = together or []  # [(set of neurons, cost when all are masked)]
@@ -45,6 +47,10 @@ class AdditiveToy:
         r = 1.0 + sum(self.costs.get(n, 0.0) for n in masked)
         r += sum(c for group, c in self.together if group <= masked)
         return r
+
+    def task_ratio(self, extra):
+        masked = set(self.base) | set(extra)
+        return 1.0 + sum(self.task_costs.get(n, 0.0) for n in masked)
 
     def commit(self, neurons):
         self.base = list(neurons)
@@ -132,6 +138,29 @@ def test_joint_guard_catches_neurons_that_stand_in_for_each_other():
     assert one.neurons == ["h6", "h7"]
     assert one.trace.set_index("neuron").loc["h8", "reason"] == "guard"
     assert one.trace.set_index("neuron").loc["h8", "ppl_ratio"] == pytest.approx(1.42)
+
+
+def test_task_guard_refuses_what_neutral_text_misses():
+    # "fix" costs nothing on neutral text but +15 % on the sums' answers (as attnL0H6D51 does);
+    # push1 costs +1 % there: within a 2 % task tolerance alone, and with fix2 (+1.5 %) together
+    # 2.5 % > 2 %: refused jointly
+    toy = AdditiveToy(B0, SHIFTS, task_costs={"fix": 0.15, "push1": 0.01, "fix2": 0.015})
+    singles, ranking = _ranking(toy)
+    assert es.joint_guard(toy, ["fix"], 0.01, None) == (1.0, pytest.approx(np.nan, nan_ok=True), None)
+    assert es.joint_guard(toy, ["fix"], 0.01, 0.02)[1:] == (pytest.approx(1.15), "task guard")
+    # without the task check the walk keeps fix + push1 (see above); with it fix is refused, then
+    # push1 (0.75 < 1.0) kept at 1.01, push2 -> [0, 0, 0, -2] = 0.5 kept (task 1.01), push3 ->
+    # [-0.5]*3, -2.5 = 1.0 not lower, fix2 -> word 0 at -0.2: 0.55 not lower
+    jg = es.joint_greedy(toy, ranking, k_max=4, guard_tol=0.01, task_tol=0.02)
+    t = jg.trace.set_index("neuron")
+    assert t.loc["fix", "reason"] == "task guard" and t.loc["fix", "task_ratio"] == pytest.approx(1.15)
+    assert jg.neurons == ["push1", "push2"]
+    one = es.one_shot(toy, ranking, k_max=4, guard_tol=0.01, task_tol=0.02)
+    # one-shot: fix refused; push1 (1.01), push2, push3 kept (1.01 each: pushes cost once);
+    # fix2: 1.01 + 0.015 = 1.025 > 1.02: refused jointly
+    assert one.neurons == ["push1", "push2", "push3"]
+    assert one.trace.set_index("neuron").loc["fix2", "task_ratio"] == pytest.approx(1.025)
+    assert one.trace.set_index("neuron").loc["fix2", "reason"] == "task guard"
 
 
 def test_candidate_edits_validation_and_choice_by_hand():
@@ -235,6 +264,28 @@ def test_joint_guard_catches_three_heads_of_one_kv_group(model):
     assert len(sel.neurons) < 3 and sel.trace.reason.tolist()[-1] == "guard"
     with_ref = reference.masked_perplexity(model, texts, heads) / reference.masked_perplexity(model, texts, [])
     assert joint == pytest.approx(with_ref, rel=PPL_RTOL)
+
+
+def test_task_guard_batched_equals_reference_and_catches_the_layer0_heads(model):
+    # held-out sums (none of them among the capability suite's 50 + 50) scored on their answers
+    items = held_out_arithmetic(30, {"arithmetic_1digit": 50, "arithmetic_2digit": 50}, 0)
+    suite = [arithmetic_items(50, d, 0) for d in (1, 2)]
+    for d, used in zip((1, 2), suite):
+        mine = items[items.task == f"arithmetic_{d}digit"]
+        assert len(mine) == 30 and not set(zip(mine.a, mine.b)) & set(zip(used.a, used.b))
+    pairs = list(zip(items.prompt, items.target))
+    sc = es.SetScorer(model, PROMPTS[:2], neutral_texts()[-2:], pairs)
+    assert sc.task_ppl0 == pytest.approx(reference.masked_answer_perplexity(model, pairs, []), rel=PPL_RTOL)
+    sc.commit(["ffnL1N7"])
+    for extra in (["attnL0H6D51"], ["ffnL20N100", "attnL0H8D51"]):
+        want = reference.masked_answer_perplexity(model, pairs, ["ffnL1N7"] + extra)
+        assert sc.task_ratio(extra) * sc.task_ppl0 == pytest.approx(want, rel=PPL_RTOL)
+    sc.commit([])
+    # the heads that cut one-digit addition: neutral text barely notices one of them (it even
+    # falls), the sums' answers do
+    r, t, refusal = es.joint_guard(sc, ["attnL0H6D51"], 0.01, 0.02)
+    assert r - 1 <= 0.01 and t - 1 > 0.05 and refusal == "task guard"
+    assert es.joint_guard(sc, ["ffnL20N100"], 0.01, 0.02)[2] is None
 
 
 def test_sample_matched_keeps_number_kind_and_layer(model):

@@ -309,3 +309,18 @@ def test_edit_reduces_needs_to_beat_its_random_draws(results):
     for claim in ("p1-edit-reduces", "p1-edit-baselines"):
         assert rows.loc[claim, "verdict"] == "not reproduced"
         assert rows.loc[claim, "our_value"] == "the validation rule chose no edit"
+
+
+def test_edit_capability_judges_the_task_accuracies(results):
+    # perplexity +1.5 % alone: kept (the CH5 fixture has no suite numbers)
+    row = _rows(rp.compare(results)).loc["p1-edit-capability"]
+    assert row.verdict == "reproduced" and "perplexity only" in row.reason
+    # arithmetic -22 points with perplexity +1.5 %: 22 > ACC_PARTIAL_PP (10) -> not reproduced,
+    # and the reason says that neutral text does not see it
+    _write(results, "05_editing_bias", {**CH5, "cap_changes_pp": {"arithmetic_1digit": -22.0, "race": -1.0}})
+    row = _rows(rp.compare(results)).loc["p1-edit-capability"]
+    assert row.verdict == "not reproduced"
+    assert "arithmetic_1digit -22.0 points" in row.our_value and "does not see the loss" in row.reason
+    # -1.5 points at most (<= ACC_TOL_PP = 2): kept
+    _write(results, "05_editing_bias", {**CH5, "cap_changes_pp": {"arithmetic_1digit": -1.5, "piqa": 0.5}})
+    assert _rows(rp.compare(results)).loc["p1-edit-capability", "verdict"] == "reproduced"
