@@ -60,4 +60,4 @@ test-fast: install  ## unit tests only (no chapter execution, no browser)
 	$(BIN)/python -m pytest -q -m "not book and not browser"
 
 clean:
-	rm -rf book/_build book/*.ipynb book/execution_status.md book/_execution.json build results student
+	rm -rf book/_build book/*.ipynb book/execution_status.md book/_execution.json build results runs student

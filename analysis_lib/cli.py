@@ -1,8 +1,8 @@
 """Command line of the study: ``python -m analysis_lib COMMAND`` (also ``gender-neurons``).
 
 Commands:
-  run CHAPTER      execute one chapter through papermill into book/
-  book             execute every chapter, then render the book strictly
+  run CHAPTER      execute one chapter through papermill into runs/ (never into the book)
+  book             execute every chapter into book/, then render the book strictly
   render           render the book from already executed chapters
   student          build the student edition (solutions removed) from executed chapters
   chapters         list the chapters and their parameters
@@ -33,16 +33,24 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis_lib", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="execute one chapter through papermill into book/")
+    r = sub.add_parser("run", help="execute one chapter through papermill into runs/ (the book is left alone)")
     r.add_argument("chapter", help="chapter name or number (see `chapters`)")
     r.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
                    help="override one parameter (YAML literal), e.g. -p model=gemma3-270m -p seed=1")
     r.add_argument("--profile", default="quick", help="parameter profile: quick or full (default quick)")
+    r.add_argument("--output", metavar="DIR", default=None,
+                   help="folder for the executed notebook (default: runs/ in the checkout, or $GENDER_NEURONS_RUNS); "
+                        "`book --only CHAPTER` is the way to update the book's own chapter")
+    r.add_argument("--results", metavar="DIR", default=None,
+                   help="results folder the chapter writes into and reads other chapters' results from "
+                        "(default: OUTPUT/results)")
     r.add_argument("--progress", action="store_true", help="show papermill's progress bar")
 
     b = sub.add_parser("book", help="execute every chapter, then render the book strictly")
     b.add_argument("--profile", default="full", help="parameter profile (default full)")
     b.add_argument("--only", nargs="*", help="execute only these chapters (others must exist in book/)")
+    b.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter in every executed chapter, e.g. -p model=gemma3-270m")
     b.add_argument("--progress", action="store_true")
 
     sub.add_parser("render", help="render the book from executed chapters (no execution)")
@@ -85,18 +93,22 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args) -> int:
     from .pipeline import parse_cli_parameters, run_chapter
 
+    from .pipeline import runs_dir
+
     t0 = time.perf_counter()
+    output = Path(args.output).resolve() if args.output else runs_dir()
+    results = Path(args.results).resolve() if args.results else output / "results"
     path = run_chapter(args.chapter, profile=args.profile, parameters=parse_cli_parameters(args.parameter),
-                       progress=args.progress)
-    print(f"executed -> {path} ({time.perf_counter() - t0:.0f} s)")
+                       output_dir=output, results=results, progress=args.progress)
+    print(f"executed -> {path} ({time.perf_counter() - t0:.0f} s; results in {results})")
     return 0
 
 
 def _cmd_chapters(args) -> int:
-    from .pipeline import chapters, declared_parameters, source_notebook
+    from .pipeline import chapters, declared_parameters, parameter_reference, source_notebook
 
-    for c in chapters():
-        print(f"{c}: {declared_parameters(source_notebook(c))}")
+    for c in chapters():  # a size the profile sets is shown with its quick value
+        print(f"{c}: {parameter_reference(c, declared_parameters(source_notebook(c)))}")
     return 0
 
 
@@ -213,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "book":
             from .pipeline import run_book
 
-            run_book(args.profile, only=args.only, progress=args.progress)
+            from .pipeline import parse_cli_parameters
+
+            run_book(args.profile, only=args.only, progress=args.progress,
+                     parameters=parse_cli_parameters(args.parameter))
             return 0
         if args.command == "render":
             from .pipeline import build_book

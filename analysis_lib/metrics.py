@@ -1227,3 +1227,26 @@ def paired_bootstrap_diff(
         vb = _scalar(fn(*_take(arrs_b, idx, cid, relabel_groups)), "on a resample of b")
         reps[k] = va - vb
     return _interval(est, reps, n, level, n_boot)
+
+
+def lead_over_chance_phrase(share: float) -> str:
+    """Plain words for the share of a task's accuracy above chance that an intervention lost,
+    ``(before - after) / (before - chance)``: a share above 1 means the task fell below chance,
+    which "171 % of the accuracy above chance lost" says badly.
+
+    >>> lead_over_chance_phrase(0.5)
+    'half of its lead over chance lost'
+    >>> lead_over_chance_phrase(1.71)
+    'all of its lead over chance lost, and it ends below chance'
+    """
+    if share is None or not math.isfinite(share):
+        return "no lead over chance to lose (it was at chance before)"
+    if share <= 0:
+        return "none of its lead over chance lost"
+    if share > 1.005:
+        return "all of its lead over chance lost, and it ends below chance"
+    if share >= 0.995:
+        return "all of its lead over chance lost (it ends at chance)"
+    if abs(share - 0.5) < 0.005:
+        return "half of its lead over chance lost"
+    return f"{100 * share:.0f} % of its lead over chance lost"

@@ -14,6 +14,7 @@ import datetime
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import yaml
 
 from . import errors
 from .errors import ChapterError, ParameterError, StudyError
-from .results import STAGE_ENV, repo_root, results_dir
+from .results import RESULTS_ENV, STAGE_ENV, repo_root, results_dir
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 REQUIRED_PARAMETERS = ("model", "device", "dtype", "profile", "seed")
@@ -34,6 +35,7 @@ REQUIRED_PARAMETERS = ("model", "device", "dtype", "profile", "seed")
 
 NOTEBOOKS_ENV = "GENDER_NEURONS_NOTEBOOKS"
 BOOK_ENV = "GENDER_NEURONS_BOOK"
+RUNS_ENV = "GENDER_NEURONS_RUNS"
 
 
 def notebooks_dir() -> Path:
@@ -44,6 +46,14 @@ def notebooks_dir() -> Path:
 def book_dir() -> Path:
     """Where executed chapters go: ``$GENDER_NEURONS_BOOK`` if set, else ``<repo>/book``."""
     return Path(os.environ.get(BOOK_ENV) or repo_root() / "book")
+
+
+def runs_dir() -> Path:
+    """Where a one-off ``run`` writes by default: ``$GENDER_NEURONS_RUNS`` if set, else
+    ``<repo>/runs`` (executed chapters there, their results in ``runs/results``). Only
+    ``book`` (``make book``) writes ``book/`` and the book's ``results/``, so an exploratory run
+    with another model never leaves the book mixing two runs."""
+    return Path(os.environ.get(RUNS_ENV) or repo_root() / "runs")
 
 
 def chapters() -> list[str]:
@@ -94,6 +104,28 @@ def profile_parameters(profile: str, chapter: str) -> dict[str, Any]:
     params = dict(p.get("defaults", {}))
     params.update((p.get("chapters") or {}).get(chapter, {}) or {})
     return params
+
+
+def resolve_profile(chapter: str, namespace: dict[str, Any]) -> dict[str, Any]:
+    """The chapter's sizes left ``None`` in ``namespace``, from the profile it names.
+
+    A size that differs between the profiles is ``None`` in the chapter's parameters cell;
+    the chapter's first cell calls ``globals().update(resolve_profile(CHAPTER, globals()))``
+    so that plain ``papermill -p profile full`` runs the full sizes, exactly as
+    ``python -m analysis_lib run --profile full`` does (which passes every size explicitly).
+
+    Raises:
+        ParameterError: the profile is unknown.
+    """
+    given = profile_parameters(str(namespace.get("profile", "quick")), chapter)
+    return {k: v for k, v in given.items() if k in namespace and namespace[k] is None and k != "profile"}
+
+
+def parameter_reference(chapter: str, declared: dict[str, Any]) -> dict[str, Any]:
+    """The declared parameters with each ``None`` (the profile's size) replaced by the quick
+    profile's value: the type every given value is checked against."""
+    quick = profile_parameters("quick", chapter)
+    return {k: quick.get(k) if v is None else v for k, v in declared.items()}
 
 
 def source_notebook(chapter: str):
@@ -186,7 +218,7 @@ def validate_parameters(chapter: str, declared: dict[str, Any], given: dict[str,
             or isinstance(v, type(default))
             or (isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool))
         )
-        if isinstance(default, bool) != isinstance(v, bool):
+        if default is not None and isinstance(default, bool) != isinstance(v, bool):
             ok = False
         if not ok:
             raise ParameterError(
@@ -274,15 +306,71 @@ def _failure_advice(ename: str, evalue: str, params: dict[str, Any]) -> str:
     return "fix the cell, or a parameter it uses (see `python -m analysis_lib chapters`);"
 
 
-def _mark_injected_cells(path: Path) -> None:
-    """Hide papermill's injected-parameters cell in the rendered book."""
-    import nbformat
+_PROGRESS_LINE = re.compile(r"\d+%\|.*\|\s*\d+/\d+|\|\s*\d+/\d+ \[[\d:?]")
+_TQDM_NOISE = ("TqdmWarning: IProgress not found", "from .autonotebook import tqdm as notebook_tqdm")
 
-    nb = nbformat.read(path, as_version=4)
+
+def strip_progress_outputs(nb) -> int:
+    """Drop tqdm's progress bars (and its "IProgress not found" warning) from the outputs of an
+    executed notebook, in place; other output is kept. Returns the number of outputs removed."""
+    removed = 0
+    for cell in nb.cells:
+        kept = []
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "application/vnd.jupyter.widget-view+json" in data:  # a tqdm.auto widget
+                removed += 1
+                continue
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                text = out.get("text", "")
+                lines = [ln for ln in re.split(r"\r\n|\r|\n", text) if ln.strip()]
+                rest = [ln for ln in lines if not _PROGRESS_LINE.search(ln) and not any(n in ln for n in _TQDM_NOISE)]
+                if len(rest) < len(lines):
+                    if not rest:
+                        removed += 1
+                        continue
+                    out["text"] = "\n".join(rest) + "\n"
+            kept.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = kept
+    return removed
+
+
+def profile_banner(profile: str) -> str:
+    """The note at the top of a chapter executed with a profile other than ``full``."""
+    return (
+        f"```{{admonition}} Executed with the {profile} profile\n"
+        ":class: warning\n"
+        f"This page was executed with the **{profile}** profile: small seeded subsets on the default "
+        "model, so its numbers and verdicts are rough and may differ from the published book's "
+        "(the full profile, `make book`). The {doc}`execution_status` page says how each chapter "
+        "was run.\n"
+        "```"
+    )
+
+
+def tidy_executed(nb, profile: str) -> None:
+    """Prepare an executed chapter for the book, in place: hide papermill's injected-parameters
+    cell, drop progress-bar outputs, and put a banner under the title of a page that was not
+    executed with the full profile."""
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
             tags.append("remove-cell")
+    strip_progress_outputs(nb)
+    if profile != "full":
+        for cell in nb.cells:
+            if cell.cell_type == "markdown" and re.search(r"(?m)^# ", cell.source):
+                cell.source = re.sub(r"(?m)^(# .*)$", lambda m: f"{m.group(1)}\n\n{profile_banner(profile)}",
+                                     cell.source, count=1)
+                break
+
+
+def _tidy_executed_file(path: Path, profile: str) -> None:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    tidy_executed(nb, profile)
     nbformat.write(nb, path)
 
 
@@ -301,12 +389,35 @@ def error_outputs(path: Path) -> list[str]:
     return found
 
 
+def chapter_parameters(
+    chapter: str, profile: str = "quick", parameters: dict[str, Any] | None = None, *, nb=None
+) -> tuple[str, dict[str, Any]]:
+    """The profile and the checked parameters :func:`run_chapter` hands papermill.
+
+    ``parameters`` override the profile's values; a ``profile`` among them chooses the
+    profile itself (``-p profile=full`` means the full sizes, not only the label).
+    """
+    nb = nb if nb is not None else source_notebook(chapter)
+    declared = declared_parameters(nb)
+    missing = [k for k in REQUIRED_PARAMETERS if k not in declared]
+    if missing:
+        raise StudyError(f"Chapter {chapter}'s parameters cell lacks {', '.join(missing)}.")
+    given = dict(parameters or {})
+    if "profile" in given:
+        profile = str(given["profile"])
+    reference = parameter_reference(chapter, declared)
+    params = {k: v for k, v in profile_parameters(profile, chapter).items() if k in declared}
+    params.update(validate_parameters(chapter, reference, given))
+    return profile, validate_parameters(chapter, reference, params)
+
+
 def run_chapter(
     chapter: str,
     *,
     profile: str = "quick",
     parameters: dict[str, Any] | None = None,
     output_dir: Path | None = None,
+    results: Path | None = None,
     progress: bool = False,
 ) -> Path:
     """Execute one chapter through papermill into ``book/<chapter>.ipynb``.
@@ -316,6 +427,8 @@ def run_chapter(
         profile: the parameter profile (``quick`` or ``full``).
         parameters: overrides of single parameters (checked against the chapter's cell).
         output_dir: where the executed notebook goes (default ``book/``).
+        results: the results folder the chapter writes into and reads other chapters' results
+            from (default :func:`~analysis_lib.results.results_dir`, the book's).
         progress: show papermill's progress bar.
 
     Returns:
@@ -331,16 +444,13 @@ def run_chapter(
     t0 = time.perf_counter()
     chapter = resolve_chapter(chapter)
     nb = source_notebook(chapter)
-    declared = declared_parameters(nb)
-    missing = [k for k in REQUIRED_PARAMETERS if k not in declared]
-    if missing:
-        raise StudyError(f"Chapter {chapter}'s parameters cell lacks {', '.join(missing)}.")
-    params = {k: v for k, v in profile_parameters(profile, chapter).items() if k in declared}
-    params.update(validate_parameters(chapter, declared, dict(parameters or {})))
-    params = validate_parameters(chapter, declared, params)
+    profile, params = chapter_parameters(chapter, profile, parameters, nb=nb)
     check_device(params.get("device"))
     out_dir = _writable_dir(Path(output_dir or book_dir()), BOOK_ENV if output_dir is None else None)
-    results = _writable_dir(results_dir(), "GENDER_NEURONS_RESULTS")
+    if results is None:
+        results = _writable_dir(results_dir(), RESULTS_ENV)
+    else:
+        results = _writable_dir(Path(results).resolve(), None)
     final = out_dir / f"{chapter}.ipynb"
     with _chapter_lock(results, chapter), tempfile.TemporaryDirectory(prefix="chapter-") as tmp:
         stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{chapter}-", dir=results))
@@ -351,22 +461,26 @@ def run_chapter(
         nb = copy.deepcopy(nb)
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, src)
-        env_before = {k: os.environ.get(k) for k in ("PYTHONHASHSEED", STAGE_ENV)}
+        _tcp_note()
+        env_before = {k: os.environ.get(k) for k in ("PYTHONHASHSEED", STAGE_ENV, RESULTS_ENV)}
         os.environ.setdefault("PYTHONHASHSEED", "0")
         os.environ[STAGE_ENV] = str(stage)  # the kernel inherits it: the chapter writes into the stage
+        os.environ[RESULTS_ENV] = str(results)  # ... and reads other chapters' results from here
         try:
             pm.execute_notebook(
                 str(src),
                 str(dst),
                 parameters=params,
                 kernel_name="python3",
-                progress_bar=progress,
+                progress_bar={"desc": chapter} if progress else False,
                 cwd=str(repo_root()),
+                # ipykernel warns on every start that its local TCP link is unencrypted; said once below
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
             errors = error_outputs(dst)
             if errors:
                 raise ChapterError(f"Chapter {chapter} produced error outputs: {'; '.join(errors)}.")
-            _mark_injected_cells(dst)
+            _tidy_executed_file(dst, profile)
             _publish(stage, results)
             fd, tmp_final = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=out_dir)
             os.close(fd)
@@ -400,6 +514,17 @@ def run_chapter(
             shutil.rmtree(stage, ignore_errors=True)
     _record_execution(out_dir, chapter, profile, params, time.perf_counter() - t0)
     return final
+
+
+_TCP_NOTE = []
+
+
+def _tcp_note() -> None:
+    """Say once per process what ipykernel's per-kernel warning said at every chapter."""
+    if not _TCP_NOTE:
+        _TCP_NOTE.append(True)
+        print("note: each chapter runs in a Jupyter kernel that talks to this process over local TCP without "
+              "encryption (ipykernel's warning, said once here)", file=sys.stderr, flush=True)
 
 
 STAGE_PREFIX = ".run-"
@@ -576,7 +701,7 @@ def build_book(*, strict: bool = True, root: Path | None = None) -> Path:
                 "of contents names book/<chapter>); the book's sources are copied beside it."
             )
         root = prepare_book_root(book_dir().parent)
-    root = Path(root or repo_root())
+    root = Path(root or repo_root()).resolve()  # jupyter-book runs with cwd=root
     out_dir = root / "book"
     missing = [c for c in chapters() if not (out_dir / f"{c}.ipynb").is_file()]
     if missing:
@@ -623,21 +748,32 @@ SOLUTION_TAG = "solution"
 STUDENT_TAG = "student"
 
 
+_CHECK_CALL = re.compile(r"^checks\.check_\w+\(.*\)\s*$")
+
+
 def student_notebook(nb):
     """The student version of an executed chapter: solution cells removed, stubs shown.
 
     Cells tagged ``solution`` (the worked solution, including the markdown cells that open and
-    close a ``{solution-start}``/``{solution-end}`` block) are dropped. Cells tagged ``student``
+    close a ``{solution-start}``/``{solution-end}`` block) are dropped; the ``checks.check_*``
+    calls of a dropped code cell stay, as a cell of their own (not executed), so a learner runs
+    the check on their own implementation and sees its ✔/✘ line. Cells tagged ``student``
     (stubs such as ``def icat(lms, ss): ...``) are hidden in the full edition by a
     ``remove-cell`` tag, which the student edition removes.
     """
     import copy as _copy
+
+    from nbformat.v4 import new_code_cell
 
     nb = _copy.deepcopy(nb)
     kept = []
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if SOLUTION_TAG in tags:
+            # the solution goes, its check calls stay: a learner runs them on their own code
+            calls = [ln for ln in cell.source.splitlines() if _CHECK_CALL.match(ln)] if cell.cell_type == "code" else []
+            if calls:
+                kept.append(new_code_cell("\n".join(calls), metadata={"tags": ["student-check"]}))
             continue
         if STUDENT_TAG in tags and "remove-cell" in tags:
             tags.remove("remove-cell")
@@ -656,8 +792,10 @@ def build_student_edition(root: Path, source_book: Path | None = None) -> Path:
     """
     import nbformat
 
-    root = prepare_book_root(Path(root))
-    source_book = Path(source_book or book_dir())
+    # absolute: jupyter-book runs with the output folder as its working directory, so a relative
+    # ``--out student`` would be looked up inside itself
+    root = prepare_book_root(Path(root).resolve())
+    source_book = Path(source_book or book_dir()).resolve()
     for c in chapters():
         src = source_book / f"{c}.ipynb"
         if not src.is_file():
@@ -672,7 +810,8 @@ def build_student_edition(root: Path, source_book: Path | None = None) -> Path:
 
 
 def run_book(
-    profile: str = "quick", *, only: list[str] | None = None, progress: bool = False, root: Path | None = None
+    profile: str = "quick", *, only: list[str] | None = None, progress: bool = False, root: Path | None = None,
+    parameters: dict[str, Any] | None = None,
 ) -> Path:
     """Execute every chapter (or ``only`` these), then build the book.
 
@@ -681,12 +820,15 @@ def run_book(
         only: execute only these chapters (the others must already be executed).
         progress: show papermill's progress bar.
         root: build in this directory instead of the checkout (its sources are copied there).
+        parameters: overrides given to every executed chapter (e.g. ``{"model": ...}``).
     """
     if root is not None:
         prepare_book_root(root)
     out_dir = Path(root) / "book" if root is not None else book_dir()
-    for c in only or chapters():
+    todo = [resolve_chapter(c) for c in (only or chapters())]
+    for i, c in enumerate(todo, 1):
+        print(f"executing {c} ({i}/{len(todo)}, {profile} profile) ...", flush=True)
         t0 = time.perf_counter()
-        path = run_chapter(c, profile=profile, progress=progress, output_dir=out_dir)
+        path = run_chapter(c, profile=profile, parameters=parameters, progress=progress, output_dir=out_dir)
         print(f"executed {c} ({profile}) in {time.perf_counter() - t0:.0f} s -> {path}", flush=True)
     return build_book(root=root)

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from .metrics import lead_over_chance_phrase
 from .results import results_dir
 
 __all__ = [
@@ -647,8 +648,9 @@ def _g_collapse(v: ResultsDir) -> tuple[str, str]:
         return f"{label} {before.text('.1f', ' %')} → {after.text('.1f', ' %')}"
     paper_arith = (P1_ARITH[0] - P1_ARITH[1]) / P1_ARITH[0]
     paper_race = (P1_RACE[0] - P1_RACE[1]) / (P1_RACE[0] - RACE_CHANCE)
-    reason = (f"{_pct(v.num(C4, 'arith_relative_drop'))} of arithmetic and {_pct(v.num(C4, 'race_drop_share_above_chance'))}"
-              f" of RACE above chance lost (paper {_pct(paper_arith)} and {_pct(paper_race)}); random same-layer pairs: "
+    race = lead_over_chance_phrase(v.num(C4, "race_drop_share_above_chance"))
+    reason = (f"arithmetic: {_pct(v.num(C4, 'arith_relative_drop'))} of its accuracy lost; RACE: {race} (paper "
+              f"{_pct(paper_arith)} and {_pct(paper_race)}); random same-layer pairs: "
               f"arithmetic {v.get(C4, 'random_range_arithmetic_1digit')} %, RACE {v.get(C4, 'random_range_race')} %")
     return f"{task('arithmetic_1digit', 'arithmetic')}; {task('race', 'RACE')}", reason
 

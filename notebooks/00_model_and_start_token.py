@@ -25,15 +25,18 @@
 # ```
 
 # %% tags=["parameters", "hide-cell"]
-model = "smollm2-135m-instruct"
-device = "cpu"
-dtype = "float32"
-profile = "quick"
-seed = 0
-compare_models = ["smollm2-135m-instruct"]
-professions = ["nurse", "engineer", "secretary", "mechanic", "teacher", "doctor"]
+model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
+device = "cpu"  # cpu, cuda (or cuda:N) or mps
+dtype = "float32"  # weight dtype: float32, bfloat16 or float16
+profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+seed = 0  # random seed of every sample and draw
+compare_models = None  # models whose tokenizers and start tokens are compared (None: the profile's)
+professions = ["nurse", "engineer", "secretary", "mechanic", "teacher", "doctor"]  # professions of the he/she probe
 
 # %% tags=["remove-cell"]
+from analysis_lib.pipeline import resolve_profile
+globals().update(resolve_profile("00_model_and_start_token", globals()))  # the sizes left None, from the profile
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns

@@ -30,15 +30,18 @@
 # ```
 
 # %% tags=["parameters", "hide-cell"]
-model = "smollm2-135m-instruct"
-device = "cpu"
-dtype = "float32"
-profile = "quick"
-seed = 0
-compare_models = ["smollm2-135m-instruct"]
-examples_per_category = 4
+model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
+device = "cpu"  # cpu, cuda (or cuda:N) or mps
+dtype = "float32"  # weight dtype: float32, bfloat16 or float16
+profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+seed = 0  # random seed of every sample and draw
+compare_models = None  # models whose tokenization of the words is shown (None: the profile's)
+examples_per_category = 4  # example words shown per category
 
 # %% tags=["remove-cell"]
+from analysis_lib.pipeline import resolve_profile
+globals().update(resolve_profile("01_commonwords", globals()))  # the sizes left None, from the profile
+
 import datasets
 import matplotlib.pyplot as plt
 import pandas as pd

@@ -31,17 +31,20 @@
 # ```
 
 # %% tags=["parameters", "hide-cell"]
-model = "smollm2-135m-instruct"
-device = "cpu"
-dtype = "float32"
-profile = "quick"
-seed = 0
-compare_models = ["smollm2-135m-instruct"]
-suite_overrides = {}
-top_k = 10
-n_boot = 1000
+model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
+device = "cpu"  # cpu, cuda (or cuda:N) or mps
+dtype = "float32"  # weight dtype: float32, bfloat16 or float16
+profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+seed = 0  # random seed of every sample and draw
+compare_models = None  # models scored on CommonWords and the bias suite (None: the profile's)
+suite_overrides = None  # bias-suite sizes on top of the profile's preset, e.g. {bbq_n: 1000} (None: the profile's)
+top_k = 10  # most biased words listed per direction
+n_boot = 1000  # bootstrap resamples of every interval
 
 # %% tags=["remove-cell"]
+from analysis_lib.pipeline import resolve_profile
+globals().update(resolve_profile("02_measuring_bias", globals()))  # the sizes left None, from the profile
+
 import os
 import platform
 import time

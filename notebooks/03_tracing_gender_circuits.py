@@ -29,24 +29,27 @@
 # `python -m analysis_lib run 03 --profile full` attributes all 400 training words (about
 # half an hour on two CPU cores); the quick profile uses a seeded subset.
 # `-p n_prompts=100 -p seed=1` draws another subset. Parameters: `n_prompts` training
-# prompts attributed (400 = all), `n_heldout` test-split prompts for the held-out check
-# (100 = all), `top_k` neurons per kind (50 as in the paper), `shared_ks` the K values of the
+# prompts attributed (400: all of them), `n_heldout` test-split prompts for the held-out check
+# (100: all of them), `top_k` neurons per kind (50 as in the paper), `shared_ks` the K values of the
 # shared-frequency analysis, `n_boot` bootstrap resamples.
 # ```
 
 # %% tags=["parameters", "hide-cell"]
-model = "smollm2-135m-instruct"
-device = "cpu"
-dtype = "float32"
-profile = "quick"
-seed = 0
-n_prompts = 16
-n_heldout = 8
-top_k = 50
-shared_ks = [10, 50]
-n_boot = 1000
+model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
+device = "cpu"  # cpu, cuda (or cuda:N) or mps
+dtype = "float32"  # weight dtype: float32, bfloat16 or float16
+profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+seed = 0  # random seed of every sample and draw
+n_prompts = None  # training prompts attributed (400: all of them) (None: the profile's)
+n_heldout = None  # test-split prompts of the held-out check (100: all of them) (None: the profile's)
+top_k = 50  # neurons kept per kind (50 as in the paper)
+shared_ks = [10, 50]  # K values of the shared-frequency analysis
+n_boot = 1000  # bootstrap resamples of every interval
 
 # %% tags=["remove-cell"]
+from analysis_lib.pipeline import resolve_profile
+globals().update(resolve_profile("03_tracing_gender_circuits", globals()))  # the sizes left None, from the profile
+
 import time
 
 import matplotlib.pyplot as plt
@@ -74,7 +77,7 @@ KIND_NAMES = {"ffn_value": "FFN value", "attn_value": "attention value", "ffn_qu
 #
 # Each CommonWords word fills its category template ("The nurse is a", "The person who
 # enjoys gardening is a", …). The paper does not say which token it attributes, so we
-# follow method_spec §6 A1. For each word the target is the **biased token**: the more
+# make a choice ({ref}`methods-target`). For each word the target is the **biased token**: the more
 # probable of *man* and *woman* after the prompt. Every score below is the exact increase in
 # the log-probability of that token (in nats) that one neuron causes, with the final norm's
 # scale held at its value in the real forward pass (see {ref}`ch-model` for the start
@@ -114,7 +117,7 @@ results.table("prompts", train.drop(columns=["template", "pronoun_template", "pr
 # ## The top neurons of each kind
 #
 # `dataset_attribution` scores every neuron on every prompt and sums the scores over the
-# prompts (method_spec §6 A2). Its top-50 of each kind is exact: bounds on every other
+# prompts ({ref}`methods-aggregation`). Its top-50 of each kind is exact: bounds on every other
 # neuron's sum show that none can enter the list. There are three kinds:
 #
 # * **FFN value neurons**: FFN units at the last position, scored by what their output adds to
@@ -238,8 +241,8 @@ results.add("n_layers_model", n_layers)
 # A neuron can raise the log-probability of *man* because it pushes toward "a noun for a
 # person" in general, raising *woman* as much, or because it separates the genders. For each
 # neuron and prompt we also compute its **direct log-odds effect**: how much it raises
-# log p(biased token) − log p(other gender's token). This is the signed-target variant of
-# method_spec §6 A1. It is exactly linear in the neuron's output (the softmax normalizer
+# log p(biased token) − log p(other gender's token), the signed variant described in
+# {ref}`methods-target`. It is exactly linear in the neuron's output (the softmax normalizer
 # cancels), so we can compute it for every value neuron. Dividing the summed log-odds
 # effect of the top-50 by their summed log-probability increase gives their *gender
 # specificity*. It is about 0 for generic neurons and about 1 for neurons that act only on
@@ -622,7 +625,7 @@ plt.close(fig)
 # :label: ex-ch3-lpi
 #
 # Write `log_prob_increase(model, prompt, target, layer, index)` for an FFN value neuron
-# (method_spec §1.1): run the prompt with a cache; take the residual stream before the layer's
+# ({ref}`methods-readout`): run the prompt with a cache; take the residual stream before the layer's
 # FFN at the last position, $x$ = `blocks.{layer}.hook_resid_mid`; the neuron's subvalue is
 # its coefficient `blocks.{layer}.mlp.hook_post[..., index]` times its output row (column
 # `index` of the layer's `mlp.down_proj.weight`). Return

@@ -36,29 +36,32 @@
 # ```
 
 # %% tags=["parameters", "hide-cell"]
-model = "smollm2-135m-instruct"
-device = "cpu"
-dtype = "float32"
-profile = "quick"
-seed = 0
-n_commonwords = 3
-n_arithmetic = 1
-n_race = 1
-n_general = 2
-n_random = 2
-task_sizes = {"arithmetic_1digit": 16, "arithmetic_2digit": 0, "race": 4, "piqa": 10, "neutral": 5}
-control_sizes = {"arithmetic_1digit": 16, "arithmetic_2digit": 0, "race": 4, "piqa": 10, "neutral": 5}
-commonwords_split = "test"
-bias_suite_profile = ""
-sums = ["3+5=", "3+3="]
-n_cna_random = 1
-alt_start_tokens = ["<|endoftext|>"]
-alt_per_set = 10
-replicate_models = []
-replicate_random = 3
-replicate_probes = [2, 1, 1]
+model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
+device = "cpu"  # cpu, cuda (or cuda:N) or mps
+dtype = "float32"  # weight dtype: float32, bfloat16 or float16
+profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+seed = 0  # random seed of every sample and draw
+n_commonwords = None  # CommonWords probe prompts per set (None: the profile's)
+n_arithmetic = None  # arithmetic probe prompts (None: the profile's)
+n_race = None  # RACE probe prompts (None: the profile's)
+n_general = 2  # general neurons masked (the paper masks 2)
+n_random = None  # random same-layer draws of the control (None: the profile's)
+task_sizes = None  # items per common task for the main conditions (None: the profile's)
+control_sizes = None  # items per common task for each random draw (None: the profile's)
+commonwords_split = "test"  # CommonWords split of the bias check: test, train or '' for all
+bias_suite_profile = None  # bias-suite preset of the masked models ('' skips the suite) (None: the profile's)
+sums = None  # sums whose arithmetic neurons are checked for sign flips (None: the profile's)
+n_cna_random = None  # random draws of the sign-flip control (None: the profile's)
+alt_start_tokens = None  # other tokens put at position 0 ('none': no start token) (None: the profile's)
+alt_per_set = None  # probe prompts per set for the other start tokens (None: the profile's)
+replicate_models = None  # second architectures the experiment is repeated on (None: the profile's)
+replicate_random = None  # random draws per second architecture (None: the profile's)
+replicate_probes = None  # CommonWords, arithmetic and RACE probes per second architecture (None: the profile's)
 
 # %% tags=["remove-cell"]
+from analysis_lib.pipeline import resolve_profile
+globals().update(resolve_profile("04_general_neurons", globals()))  # the sizes left None, from the profile
+
 import time
 
 import matplotlib.pyplot as plt
@@ -70,6 +73,7 @@ from myst_nb import glue
 
 from analysis_lib import checks, general, models, plots
 from analysis_lib.capability import CHANCE
+from analysis_lib.metrics import lead_over_chance_phrase
 from analysis_lib.commonwords import load_commonwords, to_frame
 from analysis_lib.neurons import NeuronId
 from analysis_lib.results import Results
@@ -96,7 +100,7 @@ results.add("profile", profile)
 #
 # The paper's general neurons are *query* FFN neurons: FFN neurons that write, at some
 # position, into the value vectors of the attention neurons that matter most for the
-# prediction ({term}`Query neuron`, method_spec §1.1). Their score splits over source
+# prediction ({term}`Query neuron`, {ref}`methods-readout`). Their score splits over source
 # positions: the part at position 0 is the part that passes through the `<start>` token. For
 # each probe prompt we take the exact top-30 attention value neurons and split every FFN
 # neuron's query score by the position it is read at (`analysis_lib.general.query_scan`). The
@@ -419,8 +423,8 @@ bias_wide
 #
 # The paper explains the collapse by *hierarchical* interactions: masking two shallow neurons
 # changes the coefficients of the deep neurons that compute the sum, some of them flipping
-# sign. We rerun its Table 3 with comparative neuron analysis (CNA {cite}`yu2024arithmetic`,
-# method_spec §1.2).
+# sign. We rerun its Table 3 with comparative neuron analysis (CNA
+# {cite}`yu2024arithmetic`).
 # For each sum (3-shot, the arithmetic task's format) we take the clean run's top-20 FFN value
 # neurons for the correct answer's token (the "arithmetic neurons") and compute their
 # importance and coefficient with the general neurons masked. Both importances use the
@@ -626,6 +630,7 @@ results.add("n_layers", n_layers)
 results.add("general_1_depth", (int(gen_rank.layer.iloc[0]) + 1) / n_layers, fmt=".0%")
 results.add("arith_relative_drop", cv["arith_drop"], fmt=".0%")
 results.add("race_drop_share_above_chance", cv["race_drop"], fmt=".0%")
+results.add("race_drop_phrase", lead_over_chance_phrase(cv["race_drop"]))
 results.add("ppl_ratio_general", float(ppl["general"] / ppl["original"]), fmt=".1f")
 results.add("massive_phrase", "they are also the neurons with the largest start-token activations of the whole model"
             if results.values["general_are_massive"] else "they are not among the model's largest start-token activations")
@@ -653,8 +658,7 @@ results.time("total", time.perf_counter() - T0)
 #   {glue:text}`original_arithmetic_1digit` % to {glue:text}`general_arithmetic_1digit` %
 #   ({glue:text}`arith_relative_drop` of the model's accuracy lost; the paper: 51.9 → 7.5 %,
 #   86 %) and RACE from {glue:text}`original_race` % to {glue:text}`general_race` % (chance
-#   {glue:text}`chance_race` %; {glue:text}`race_drop_share_above_chance` of the accuracy above
-#   chance lost; the paper: 63.5 → 31.5 %). A task counts only if its drop exceeds every
+#   {glue:text}`chance_race` %: {glue:text}`race_drop_phrase`; the paper: 63.5 → 31.5 %). A task counts only if its drop exceeds every
 #   random draw (on the smaller control subsets, where the random draws ran). Beyond the paper's tasks, perplexity grows {glue:text}`ppl_ratio_general`-fold,
 #   while PIQA goes from {glue:text}`original_piqa` % to {glue:text}`general_piqa` %.
 # * **Masking them flips the coefficients of deeper arithmetic neurons:

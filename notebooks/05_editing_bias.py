@@ -37,38 +37,41 @@
 # ```
 
 # %% tags=["parameters", "hide-cell"]
-model = "smollm2-135m-instruct"
-device = "cpu"
-dtype = "float32"
-profile = "quick"
-seed = 0
-n_train = 24
-n_val = 8
-n_causal = 16
-top_n = 10
-ks = [5, 10]
-k_main = 10
-n_random = 3
-n_test = 40
-guard_texts = 4
-eval_texts = 8
-guard_tol = 0.01
-task_items = 10
-task_tol = 0.02
-suite_conditions = []
-suite_bias = {}
-suite_capability = {"arithmetic_1digit": 50, "arithmetic_2digit": 50, "race": 30, "piqa": 80, "neutral": None}
-replicate_models = []
-replicate_sizes = {"n_train": 24, "n_val": 8, "n_causal": 16, "top_n": 10, "ks": [5, 10], "n_random": 2}
-ft_steps = 6
-ft_beta = 1.0
-ft_lr = 0.001
-ft_neuron_lr = 0.01
-ft_rank = 8
-ft_batch = 16
-ft_kl_batch = 4
+model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
+device = "cpu"  # cpu, cuda (or cuda:N) or mps
+dtype = "float32"  # weight dtype: float32, bfloat16 or float16
+profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+seed = 0  # random seed of every sample and draw
+n_train = None  # training words: selection plus validation (None: the profile's)
+n_val = None  # of these, validation words (the choice of strategy and K) (None: the profile's)
+n_causal = None  # selection words of the causal (masking) step (None: the profile's)
+top_n = None  # candidates kept per neuron kind (None: the profile's)
+ks = None  # edit sizes K compared on validation words (None: the profile's)
+k_main = None  # K of the one-shot edit (None: the profile's)
+n_random = None  # matched random draws per edit (None: the profile's)
+n_test = None  # test words the edits are scored on (100: all of them) (None: the profile's)
+guard_texts = None  # neutral paragraphs that guard the selection's perplexity (None: the profile's)
+eval_texts = None  # neutral paragraphs of the perplexity evaluation (None: the profile's)
+guard_tol = 0.01  # allowed relative perplexity increase of the guard
+task_items = None  # held-out sums per digit count of the task guard (None: the profile's)
+task_tol = 0.02  # allowed relative increase of the held-out sums' answer perplexity
+suite_conditions = None  # conditions scored on the bias and capability suites ([] skips them) (None: the profile's)
+suite_bias = None  # bias-suite sizes on top of the quick preset (None: the profile's)
+suite_capability = None  # capability-suite items per task (None: the profile's)
+replicate_models = None  # other models the recipe is repeated on (None: the profile's)
+replicate_sizes = None  # sizes of the repeats on other models (None: the profile's)
+ft_steps = None  # fine-tuning steps of the fine-tuning baselines (None: the profile's)
+ft_beta = 1.0  # weight of the KL term of the fine-tuning loss
+ft_lr = 0.001  # learning rate of the LoRA baseline
+ft_neuron_lr = 0.01  # learning rate of the neuron-only fine-tuning
+ft_rank = 8  # rank of the LoRA baseline's adapters
+ft_batch = None  # training prompts per fine-tuning step (None: the profile's)
+ft_kl_batch = 4  # neutral paragraphs per step of the KL term
 
 # %% tags=["remove-cell"]
+from analysis_lib.pipeline import resolve_profile
+globals().update(resolve_profile("05_editing_bias", globals()))  # the sizes left None, from the profile
+
 import time
 
 import matplotlib.pyplot as plt

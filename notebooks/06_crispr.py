@@ -34,30 +34,33 @@
 # ```
 
 # %% tags=["parameters", "hide-cell"]
-model = "smollm2-135m-instruct"
-device = "cpu"
-dtype = "float32"
-profile = "quick"
-seed = 0
-category = "Gender_identity"
-transfer_categories = ["Age", "Disability_status"]
-n_instructions = 2
-n_attr_items = 2
-n_select_items = 2
-grid = [0, 2, 8]
-n_test_items = 4
-n_ablation_items = 4
-n_ablation_instructions = 2
-n_random = 1
-n_transfer_items = 2
-n_transfer_instructions = 2
-attn_universe = False
-capability_profile = {"arithmetic_1digit": 5, "arithmetic_2digit": 5, "race": 2, "piqa": 5, "neutral": 3}
-bias_profile = None
-n_boot = 200
-batch_size = 16
+model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
+device = "cpu"  # cpu, cuda (or cuda:N) or mps
+dtype = "float32"  # weight dtype: float32, bfloat16 or float16
+profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+seed = 0  # random seed of every sample and draw
+category = "Gender_identity"  # BBQ category the bias neurons are found on
+transfer_categories = ["Age", "Disability_status"]  # BBQ categories the found neurons are applied to
+n_instructions = None  # instructions of the 10 used (each item is asked under each) (None: the profile's)
+n_attr_items = None  # BBQ items of the attribution (the paper uses 20) (None: the profile's)
+n_select_items = None  # dev items that choose how many neurons to prune (None: the profile's)
+grid = None  # numbers of pruned neurons tried (None: the profile's)
+n_test_items = None  # test items of the main result (None: the profile's)
+n_ablation_items = None  # items of each ablation (None: the profile's)
+n_ablation_instructions = None  # instructions of each ablation (None: the profile's)
+n_random = None  # random draws of the random-pruning control (None: the profile's)
+n_transfer_items = None  # items per transfer category (None: the profile's)
+n_transfer_instructions = None  # instructions of the transfer (None: the profile's)
+attn_universe = None  # also attribute attention neurons (None: the profile's)
+capability_profile = None  # capability-suite items per task before/after pruning (None: the profile's)
+bias_profile = None  # bias-suite preset of the head to head (None: the profile's; quick skips the suite)
+n_boot = None  # bootstrap resamples of every interval (None: the profile's)
+batch_size = 16  # prompts per forward pass
 
 # %% tags=["remove-cell"]
+from analysis_lib.pipeline import resolve_profile
+globals().update(resolve_profile("06_crispr", globals()))  # the sizes left None, from the profile
+
 import time
 
 import matplotlib.pyplot as plt
@@ -458,7 +461,7 @@ else:
 #
 # The paper's Table 1 reports, for Flan-T5 (an encoder-decoder trained on instructions much
 # like these), accuracy before and after CRISPR (numbers as transcribed by a secondary
-# summary, method_spec §5.4; SES is not in our local data, and for Age and Disability our
+# summary, see {ref}`methods-sources`; SES is not in our local data, and for Age and Disability our
 # numbers come from neurons found on another category, where the paper pruned neurons found on
 # the same one):
 

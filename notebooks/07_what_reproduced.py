@@ -19,7 +19,7 @@
 # one-line reason. It runs no model: it reads the machine-readable results that chapters 0–6
 # wrote into `results/` (`results/<chapter>.json` and their parquet tables), through
 # `analysis_lib.reproduction.compare`. The papers' values come from the summaries the study
-# works from (method_spec §5); where a summary gives no number the table says "not reported".
+# works from ({ref}`methods-sources`); where a summary gives no number the table says "not reported".
 #
 # ```{admonition} Re-run this chapter
 # :class: tip
@@ -31,11 +31,11 @@
 # ```
 
 # %% tags=["parameters", "hide-cell"]
-model = "smollm2-135m-instruct"
-device = "cpu"
-dtype = "float32"
-profile = "quick"
-seed = 0
+model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
+device = "cpu"  # cpu, cuda (or cuda:N) or mps
+dtype = "float32"  # weight dtype: float32, bfloat16 or float16
+profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+seed = 0  # random seed of every sample and draw
 
 # %% tags=["remove-cell"]
 import matplotlib.pyplot as plt
@@ -164,7 +164,7 @@ reproduction.style(table, chapters=["05"])
 # the ablations of the paper's Table 5, transfer to other BBQ categories, the capability cost,
 # and the two `h2h-*` rows that put CRISPR's pruning and chapter 5's gender edit on the same
 # BBQ items and capability tasks. Paper 2's numbers were transcribed by a secondary summary
-# (method_spec §5.4), and its models (Flan-T5, T0) are encoder-decoders.
+# ({ref}`methods-sources`), and its models (Flan-T5, T0) are encoder-decoders.
 
 # %% tags=["remove-input"]
 reproduction.style(table, chapters=["06"])

@@ -43,11 +43,16 @@ def quick_book(tmp_path_factory):
 
 
 def test_every_chapter_executed_without_error_outputs(quick_book):
+    import nbformat
+
     for c in pipeline.chapters():
         nb = quick_book / "book" / f"{c}.ipynb"
         assert nb.is_file(), c
         assert pipeline.error_outputs(nb) == [], c
         assert (quick_book / "results" / f"{c}.json").is_file(), c
+        executed = nbformat.read(nb, as_version=4)
+        assert pipeline.strip_progress_outputs(executed) == 0, f"{c} keeps progress-bar outputs"
+        assert "Executed with the quick profile" in executed.cells[0].source, f"{c} has no quick-profile banner"
 
 
 def test_every_chapter_page_rendered(quick_book):
@@ -65,9 +70,42 @@ def test_every_chapter_page_rendered(quick_book):
         visible = soup.get_text()
         assert not re.findall(r"\$[^$\s][^$]{0,80}\$", visible), c
         assert not re.findall(r"`[^`\n]{1,80}`", visible), c
+        # the quick-profile banner is the first thing under the title
+        article = _soup(page).find("article")
+        first = article.find(class_="admonition")
+        assert first is not None and "Executed with the quick profile" in first.get_text(), c
+        before = [h for h in first.find_all_previous("h2") if article in h.parents]
+        assert before == [], f"{c}: the banner is not at the top"
     status = (html / "book" / "execution_status.html").read_text()
     for c in pipeline.chapters():
         assert c in status
+
+
+def test_the_book_needs_no_network_and_its_buttons_lead_to_files(quick_book):
+    """MathJax is served from the book; no page loads a script from elsewhere; no launch
+    buttons (Colab, Binder, live code); every download button names a file of the build."""
+    html = quick_book / "book" / "_build" / "html"
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    pages = sorted(p for p in html.rglob("*.html") if "_static" not in p.parts)
+    downloads = 0
+    for page in pages:
+        soup = _soup(page)
+        remote = [t.get("src") or t.get("href") for t in soup.find_all(["script", "link"])
+                  if urlsplit(t.get("src") or t.get("href") or "").scheme in ("http", "https")
+                  and (t.name == "script" or "stylesheet" in (t.get("rel") or []))]
+        assert remote == [], f"{page.name} loads {remote}"
+        text = str(soup)
+        for launcher in ("colab.research.google.com", "mybinder.org", "launch-buttons", "thebe-launch-button"):
+            assert launcher not in text, f"{page.name} still has a launch button ({launcher})"
+        for a in soup.select("a[href][class*='btn-download']"):
+            downloads += 1
+            target = (page.parent / unquote(urlsplit(a["href"]).path)).resolve()
+            assert target.is_file(), f"{page.name}: download button {a['href']} names no file"
+    assert downloads >= len(pipeline.chapters())
+    for c in pipeline.chapters():
+        page = html / "book" / f"{c}.html"
+        hrefs = [a["href"] for a in _soup(page).select("a[href][class*='btn-download']")]
+        assert any(h.endswith(f"{c}.ipynb") for h in hrefs), f"{c}: no download of the executed notebook {hrefs}"
 
 
 def test_chapter_zero_results_are_byte_identical_on_a_rerun(quick_book, tmp_path, monkeypatch):
@@ -104,7 +142,29 @@ def test_exercises_render_and_student_edition_hides_solutions(quick_book, tmp_pa
             assert page.count('class="exercise admonition"') >= 2, c
         assert "solution dropdown" not in page and "tag_solution" not in page, c
     assert "your code here" in (student / "book" / "_build" / "html" / "book" / "00_model_and_start_token.html").read_text()
+    first = nbformat.read(student / "book" / "00_model_and_start_token.ipynb", as_version=4)
+    assert any(cell.cell_type == "code" and "checks.check_bias_score(bias_score)" in cell.source
+               for cell in first.cells), "the student edition lost the exercise's check call"
 
+
+
+def test_make_student_builds_from_the_makefile_command(quick_book, tmp_path):
+    """The exact recipe of `make student` (a relative ``--out student``), run by make itself
+    from another working directory, with the executed chapters of the quick book."""
+    import subprocess
+    import sys
+
+    venv = Path(sys.executable).parent.parent
+    makefile = pipeline.repo_root() / "Makefile"
+    cmd = ["make", "-s", "-f", str(makefile), "student", f"VENV={venv}", "-o", f"{venv}/bin/.installed"]
+    dry = subprocess.run([*cmd, "-n"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert dry.strip().endswith("-m analysis_lib student --out student"), dry  # the recipe under test
+    env = {**os.environ, pipeline.BOOK_ENV: str(quick_book / "book")}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    html = tmp_path / "student" / "book" / "_build" / "html"
+    assert (html / "book" / "00_model_and_start_token.html").is_file()
+    assert "Student edition" in (html / "book" / "intro.html").read_text()
 
 # ----------------------------------------------------------------------------- front matter: intro, glossary, bibliography
 
@@ -170,6 +230,19 @@ def _link_problems(html: Path, page: Path) -> list[str]:
             if frag not in ids[target]:
                 problems.append(f"{page.name}: link {href!r} names an anchor that {target.name} lacks")
     return problems
+
+
+def test_prose_cites_the_methods_page_not_an_internal_document():
+    """Readers do not have the study's method specification: the chapters and pages link the
+    book's own "Methods and choices" page instead, and every label they name exists there."""
+    methods = (pipeline.repo_root() / "book" / "methods.md").read_text()
+    labels = set(re.findall(r"(?m)^\((methods[\w-]*)\)=$", methods))
+    for name, text in _source_texts().items():
+        assert "method_spec" not in text, f"{name} cites method_spec"
+        for label in re.findall(r"\{ref\}`(methods[\w-]*)`", text):
+            assert label in labels, f"{name} links {label}, which book/methods.md lacks"
+    toc = (pipeline.repo_root() / "_toc.yml").read_text()
+    assert "file: book/methods" in toc
 
 
 def test_every_cited_work_is_in_references_bib():
@@ -281,7 +354,9 @@ def browser():
     opts.binary_location = chromium
     for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1600"]:
+                 "--disable-dev-shm-usage", "--window-size=1280,1600",
+                 # offline: every host name but the local test server fails to resolve
+                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]:
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=opts)
@@ -304,8 +379,8 @@ def test_pages_load_cleanly_in_chromium(quick_book, browser):
             browser.get(f"{base}/{page}")
             browser.get_log("browser")  # drop entries of the previous page
             browser.refresh()
-            # Offline by design: external resources (the MathJax CDN) cannot load here, and the
-            # theme asks for a favicon the book does not ship; everything served locally must load.
+            # Offline by design (the network is blocked); the theme asks for a favicon the book
+            # does not ship; everything served locally must load.
             logs = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
                     and "favicon.ico" not in e["message"]
                     and not (e["message"].startswith("http") and not e["message"].startswith(base))]
@@ -390,5 +465,43 @@ def test_intro_and_glossary_links_open_in_chromium(quick_book, browser):
                 elif "#term-" in url and state["tag"] != "DT":
                     problems.append(f"{name}.html: {url} is not a glossary <dt> ({state['tag']})")
         assert problems == [], "\n".join(problems)
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.browser
+def test_math_is_typeset_offline(quick_book, browser):
+    """With the network blocked, MathJax (served from the book) typesets every page's math:
+    no TeX delimiters are left in the visible text."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    html = quick_book / "book" / "_build" / "html"
+    server = _serve(html)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    pages = sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html") if "_static" not in p.parts)
+    typeset, problems = {}, []
+    try:
+        for page in pages:
+            browser.get(f"{base}/{page}")  # (index.html redirects: no URL check here)
+            WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+            has_math = browser.execute_script("return document.querySelectorAll('.math').length > 0")
+            if not has_math:
+                continue
+            try:  # every formula (a .math element) gets its typeset mjx-container
+                WebDriverWait(browser, 60).until(lambda d: d.execute_script(
+                    "return document.querySelectorAll('.math mjx-container').length"
+                    " >= document.querySelectorAll('.math').length"))
+            except TimeoutException:
+                pass  # reported below with what is left
+            state = browser.execute_script(
+                "return {n: document.querySelectorAll('mjx-container').length,"
+                " text: document.querySelector('article') ? document.querySelector('article').innerText : ''};")
+            typeset[page] = state["n"]
+            left = [m for m in ("\\(", "\\[", "\\frac", "\\mid") if m in state["text"]]
+            if left or state["n"] == 0:
+                problems.append(f"{page}: {state['n']} typeset formulas, raw TeX left: {left}")
+        assert problems == [], "\n".join(problems)
+        assert "book/glossary.html" in typeset and "book/05_editing_bias.html" in typeset, typeset
     finally:
         server.shutdown()

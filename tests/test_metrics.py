@@ -510,3 +510,14 @@ def test_bootstrap_result_str():
     assert str(BootstrapResult(0.00123, 0.0011, 0.0014, n=5)) == "0.00123 [0.0011, 0.0014]"
     assert str(BootstrapResult(61.6, 58.123, 65.0, n=5)) == "61.60 [58.12, 65.00]"
     assert r.as_dict()["estimate"] == 0.42
+
+
+def test_lead_over_chance_is_said_in_plain_words():
+    from analysis_lib.metrics import lead_over_chance_phrase
+
+    assert lead_over_chance_phrase(0.29) == "29 % of its lead over chance lost"
+    assert lead_over_chance_phrase(1.71) == "all of its lead over chance lost, and it ends below chance"
+    assert lead_over_chance_phrase(1.0) == "all of its lead over chance lost (it ends at chance)"
+    assert lead_over_chance_phrase(-0.2) == "none of its lead over chance lost"
+    assert "at chance before" in lead_over_chance_phrase(float("nan"))
+    assert "%" not in lead_over_chance_phrase(1.71)  # never "171 % ... lost"

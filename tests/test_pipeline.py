@@ -41,9 +41,77 @@ def test_profiles_only_name_declared_parameters():
     for profile in ("quick", "full"):
         for c in pipeline.chapters():
             declared = pipeline.declared_parameters(pipeline.source_notebook(c))
+            reference = pipeline.parameter_reference(c, declared)
             params = pipeline.profile_parameters(profile, c)
-            pipeline.validate_parameters(c, declared, {k: v for k, v in params.items() if k in declared})
+            pipeline.validate_parameters(c, reference, {k: v for k, v in params.items() if k in declared})
             assert params["profile"] == profile
+            # a size left None in the chapter is filled from the profile: every profile sets it
+            unset = [k for k, v in declared.items() if v is None and k not in params]
+            assert unset == [], f"{c}: {unset} are None in the chapter but not set by the {profile} profile"
+
+
+def _chapter_ipynb(chapter: str, path, cells=None) -> None:
+    """The chapter source as a notebook with a kernelspec (what plain papermill is given)."""
+    import jupytext
+    import nbformat
+
+    nb = pipeline.source_notebook(chapter)
+    if cells is not None:
+        nb.cells = cells(nb)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    assert jupytext  # the reader of source_notebook
+
+
+def test_papermill_help_notebook_describes_every_parameter(tmp_path):
+    import re
+
+    papermill = [sys.executable, "-m", "papermill"]
+    for c in pipeline.chapters():
+        nb = tmp_path / f"{c}.ipynb"
+        _chapter_ipynb(c, nb)
+        out = subprocess.run([*papermill, "--help-notebook", str(nb)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        helps = dict(re.findall(r"(?m)^  (\w+): .*\n\s+(\S.*)$", out.stdout))
+        declared = pipeline.declared_parameters(pipeline.source_notebook(c))
+        assert sorted(helps) == sorted(declared), f"{c}: papermill sees {sorted(helps)}"
+        for k, v in declared.items():
+            assert len(helps[k]) > 10, (c, k, helps[k])
+            if v is None:
+                assert "None: the profile's" in helps[k], (c, k, helps[k])
+
+
+def test_plain_papermill_resolves_the_profile_like_the_cli(tmp_path):
+    """`papermill -p profile full` on a chapter: its sizes are the full profile's, exactly the
+    parameters `run --profile full` passes (the chapter's own resolve line, really executed)."""
+    import json
+
+    import nbformat
+    import papermill as pm
+
+    for c in pipeline.chapters():
+        declared = pipeline.declared_parameters(pipeline.source_notebook(c))
+        lines = [ln for ln in (pipeline.notebooks_dir() / f"{c}.py").read_text().splitlines() if "resolve_profile" in ln]
+        if all(v is not None for v in declared.values()):
+            assert lines == [], c
+            continue
+        assert len(lines) == 2, f"{c} must import and call resolve_profile before it uses a size"
+
+        def cells(nb, lines=lines, names=list(declared)):
+            params = next(cell for cell in nb.cells if "parameters" in cell.metadata.get("tags", []))
+            dump = "import json\nprint(json.dumps({k: globals()[k] for k in %r}))" % names
+            return [params, nbformat.v4.new_code_cell("\n".join(lines)), nbformat.v4.new_code_cell(dump)]
+
+        src, dst = tmp_path / f"{c}.ipynb", tmp_path / f"{c}.out.ipynb"
+        _chapter_ipynb(c, src, cells)
+        pm.execute_notebook(str(src), str(dst), parameters={"profile": "full"}, kernel_name="python3",
+                            progress_bar=False)
+        seen = json.loads(nbformat.read(dst, as_version=4).cells[-1].outputs[0]["text"])
+        profile, cli = pipeline.chapter_parameters(c, "quick", {"profile": "full"})
+        assert profile == "full"
+        assert seen == {k: cli.get(k, declared[k]) for k in declared}, c
+        assert seen["profile"] == "full" and None not in [seen[k] for k, v in declared.items() if v is None
+                                                          and pipeline.profile_parameters("full", c)[k] is not None]
 
 
 def test_parameter_parsing_and_validation():
@@ -114,7 +182,7 @@ def test_failing_chapter_names_the_cell_and_leaves_no_output(tmp_path, monkeypat
     assert not (out / "07_broken.ipynb").exists()
     assert (tmp_path / "build" / "failed" / "07_broken.ipynb").is_file()  # beside the book folder, not in the package
     assert [p.name for p in results.iterdir() if not p.name.endswith(".lock")] == []  # nothing half-published
-    proc = _cli("run", "07", env={pipeline.NOTEBOOKS_ENV: str(src), pipeline.BOOK_ENV: str(out)})
+    proc = _cli("run", "07", "--output", str(out), "--results", str(results), env={pipeline.NOTEBOOKS_ENV: str(src)})
     assert proc.returncode == 2 and "deliberate failure" in proc.stderr and "Traceback" not in proc.stderr
     assert "fix the cell" in proc.stderr
 
@@ -159,6 +227,44 @@ def test_a_chapter_publishes_its_results_in_one_step(tmp_path, monkeypatch):
             pipeline.run_chapter("08")
 
 
+def _snapshot(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_one_off_run_leaves_the_book_and_its_results_alone(tmp_path, monkeypatch):
+    """`run` writes into runs/ (here $GENDER_NEURONS_RUNS) and runs/results, or into --output and
+    --results; the book's chapter and the book's results stay byte for byte as they were."""
+    import json
+
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    (src / "08_tiny.py").write_text(textwrap.dedent(TINY_CHAPTER))
+    book, results, runs = tmp_path / "book", tmp_path / "results", tmp_path / "runs"
+    env = {pipeline.NOTEBOOKS_ENV: str(src), pipeline.BOOK_ENV: str(book), "GENDER_NEURONS_RESULTS": str(results),
+           pipeline.RUNS_ENV: str(runs)}
+    monkeypatch.setenv(pipeline.NOTEBOOKS_ENV, str(src))
+    pipeline.run_chapter("08", output_dir=book, results=results)  # the book's own run, as `book` does it
+    assert (book / "08_tiny.ipynb").is_file() and (results / "08_tiny.json").is_file()
+    before = {"book": _snapshot(book), "results": _snapshot(results)}
+
+    proc = _cli("run", "08", "-p", "seed=5", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"executed -> {runs / '08_tiny.ipynb'}" in proc.stdout
+    assert json.loads((runs / "results" / "08_tiny.json").read_text())["results"]["seed"] == 5
+    other_out, other_results = tmp_path / "elsewhere", tmp_path / "elsewhere-results"
+    proc = _cli("run", "08", "-p", "seed=6", "--output", str(other_out), "--results", str(other_results), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (other_out / "08_tiny.ipynb").is_file()
+    assert json.loads((other_results / "08_tiny.json").read_text())["results"]["seed"] == 6
+    assert {"book": _snapshot(book), "results": _snapshot(results)} == before
+    assert json.loads((results / "08_tiny.json").read_text())["results"]["seed"] == 0
+
+
+def test_runs_default_to_a_folder_beside_the_book(monkeypatch):
+    monkeypatch.delenv(pipeline.RUNS_ENV, raising=False)
+    assert pipeline.runs_dir() == pipeline.repo_root() / "runs" != pipeline.book_dir()
+
+
 def _main(capsys, *args: str) -> tuple[int, str]:
     """The command line in this process (no interpreter start): exit status and stderr."""
     code = main(list(args))
@@ -177,11 +283,13 @@ def test_environment_errors_are_one_paragraph(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(pipeline.BOOK_ENV, str(tmp_path / "book"))
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    monkeypatch.setenv("GENDER_NEURONS_RESULTS", str(not_a_dir))
-    code, err = _main(capsys, "run", "0")
+    code, err = _main(capsys, "run", "0", "--results", str(not_a_dir))
+    assert code == 2 and f"The output path {not_a_dir} is not a directory" in err
+    monkeypatch.setenv("GENDER_NEURONS_RESULTS", str(not_a_dir))  # the book's results folder
+    code, err = _main(capsys, "book", "--only", "0")
     assert code == 2 and "is not a directory; point GENDER_NEURONS_RESULTS" in err
     monkeypatch.setenv("GENDER_NEURONS_RESULTS", "/proc/gender-neurons-results")  # unwritable, even as root
-    code, err = _main(capsys, "run", "0")
+    code, err = _main(capsys, "book", "--only", "0")
     assert code == 2 and "Cannot create the results folder" in err
     assert "point GENDER_NEURONS_RESULTS at a writable" in err
 
@@ -240,3 +348,73 @@ def test_cli_edit_with_zero_neurons_is_refused(tmp_path, capsys, monkeypatch):
     edit.write_text('{"format": 1, "neurons": [], "model": "smollm2-135m-instruct", "start_token": "<|im_start|>"}')
     code, err = _main(capsys, "edit", "--edit", str(edit))
     assert code == 2 and "lists no neurons" in err
+
+
+def test_book_progress_names_each_chapter_and_says_the_kernel_warning_once(tmp_path):
+    src = tmp_path / "notebooks"
+    src.mkdir()
+    for name in ("08_tiny", "09_tiny"):
+        (src / f"{name}.py").write_text(textwrap.dedent(TINY_CHAPTER).replace("08_tiny", name))
+    (src / "10_not_run.py").write_text(textwrap.dedent(TINY_CHAPTER).replace("08_tiny", "10_not_run"))
+    env = {pipeline.NOTEBOOKS_ENV: str(src), pipeline.BOOK_ENV: str(tmp_path / "book"),
+           "GENDER_NEURONS_RESULTS": str(tmp_path / "results")}
+    proc = _cli("book", "--only", "08", "09", "--progress", "--profile", "quick", env=env)
+    # both chapters ran; the render then refuses the chapter that was not executed
+    assert proc.returncode == 2 and "Chapters not executed yet: 10_not_run" in proc.stderr, proc.stderr
+    assert "executing 08_tiny (1/2, quick profile)" in proc.stdout
+    assert "executing 09_tiny (2/2, quick profile)" in proc.stdout
+    assert "08_tiny: 100%" in proc.stderr and "09_tiny: 100%" in proc.stderr  # the bar names its chapter
+    assert "Kernel is running over TCP" not in proc.stderr
+    assert proc.stderr.count("over local TCP without encryption") == 1
+
+
+def test_tidy_executed_strips_progress_bars_and_marks_a_quick_page():
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    def notebook():
+        return new_notebook(cells=[
+            new_markdown_cell("(ch-x)=\n# A chapter\n\nIntro."),
+            new_code_cell("x = 1", metadata={"tags": ["injected-parameters"]}),
+            new_code_cell("run()", outputs=[
+                new_output("stream", name="stderr", text="/x/tqdm/auto.py:21: TqdmWarning: IProgress not found. "
+                           "Please update jupyter\n  from .autonotebook import tqdm as notebook_tqdm\n"),
+                new_output("stream", name="stderr", text="\rscoring:   0%|          | 0/8 [00:00<?, ?it/s]"),
+                new_output("stream", name="stderr", text="\rscoring: 100%|██████████| 8/8 [00:09<00:00,  1.1s/it]\n"
+                           "UserWarning: a real warning\n"),
+                new_output("stream", name="stdout", text="12% of the words\n"),
+            ]),
+        ])
+
+    nb = notebook()
+    pipeline.tidy_executed(nb, "quick")
+    outs = nb.cells[2].outputs
+    assert [o.text for o in outs] == ["UserWarning: a real warning\n", "12% of the words\n"]
+    assert "remove-cell" in nb.cells[1].metadata["tags"]
+    title, banner = nb.cells[0].source.split("\n\n", 2)[:2]
+    assert title == "(ch-x)=\n# A chapter" and banner.startswith("```{admonition} Executed with the quick profile")
+    nbformat.validate(nb)
+    full = notebook()
+    pipeline.tidy_executed(full, "full")
+    assert full.cells[0].source == "(ch-x)=\n# A chapter\n\nIntro."  # no banner in the published book
+
+
+def test_a_parameter_declared_none_takes_any_value():
+    assert pipeline.validate_parameters("c", {"flag": None, "n": None}, {"flag": False, "n": 3}) == {"flag": False, "n": 3}
+
+
+def test_the_student_edition_keeps_the_check_calls_of_the_solutions():
+    import re
+
+    found = 0
+    for c in pipeline.chapters():
+        nb = pipeline.source_notebook(c)
+        calls = [ln for cell in nb.cells if "solution" in cell.metadata.get("tags", []) and cell.cell_type == "code"
+                 for ln in cell.source.splitlines() if re.match(r"^checks\.check_\w+\(", ln)]
+        student = pipeline.student_notebook(nb)
+        assert not any("solution" in cell.metadata.get("tags", []) for cell in student.cells), c
+        kept = [cell.source for cell in student.cells if "student-check" in cell.metadata.get("tags", [])]
+        assert sum(src.count("checks.check_") for src in kept) == len(calls), c
+        assert all(not cell.get("outputs") for cell in student.cells if "student-check" in cell.metadata.get("tags", []))
+        found += len(calls)
+    assert found >= 8  # most exercises end with a check
