@@ -810,24 +810,48 @@ def _edit_config(v: ResultsDir) -> Outcome:
 
 
 def _crispr_gain(v: ResultsDir) -> Outcome:
+    """Judged on the balanced accuracy sqrt(acc_ambig * acc_disambig) (chapter 6's pre-registered
+    measure, which answering "unknown" everywhere cannot raise); plain accuracy is shown beside
+    it, and a plain gain without a balanced one is named as the "unknown" artefact. Results from
+    before the balanced measure fall back to plain accuracy."""
     d = v.interval(C6, "delta_acc").scaled(100)
     if not d.has_ci:
         raise Missing(C6, "delta_acc interval")
     our = (f"{v.num(C6, 'orig_acc'):.1f} % → {v.num(C6, 'crispr_acc'):.1f} % ({v.num(C6, 'gain_pp'):+.1f} points); "
            f"paired change {d.text('+.1f')} points")
-    verdict = change_verdict(d.estimate, d.low, d.high, min(P2_GAINS))
-    reason = {"reproduced": "the paired interval excludes zero and the gain reaches the paper's smallest",
-              "partly": "a detectable gain, smaller than the paper's smallest",
-              "not reproduced": "the paired interval includes zero or lies below it: no gain at this scale"}[verdict]
-    if v.values(C6).get("by_unknown") is True:
-        # the pruned model answers "unknown" nearly always: right on every ambiguous item, wrong on
-        # every disambiguated one; an accuracy gain of that kind is not the paper's
-        our += (f"; \"unknown\" answers {100 * v.num(C6, 'orig_unknown'):.0f} % → "
-                f"{100 * v.num(C6, 'crispr_unknown'):.0f} %")
-        reason += "; the pruned model answers \"unknown\" nearly always, so any gain is not from reading the context"
-        if verdict == "reproduced":
-            verdict = "partly"
-    return Outcome(our, verdict, f"{reason} (BBQ {v.get(C6, 'category_name')})")
+    values = v.values(C6)
+    unknown = (f"\"unknown\" answers {100 * v.num(C6, 'orig_unknown'):.0f} % → "
+               f"{100 * v.num(C6, 'crispr_unknown'):.0f} %") if "orig_unknown" in values else None
+    if "delta_bal" not in values:
+        verdict = change_verdict(d.estimate, d.low, d.high, min(P2_GAINS))
+        reason = {"reproduced": "the paired interval excludes zero and the gain reaches the paper's smallest",
+                  "partly": "a detectable gain, smaller than the paper's smallest",
+                  "not reproduced": "the paired interval includes zero or lies below it: no gain at this scale"}[verdict]
+        if values.get("by_unknown") is True:
+            # the pruned model answers "unknown" nearly always: right on every ambiguous item, wrong on
+            # every disambiguated one; an accuracy gain of that kind is not the paper's
+            our += f"; {unknown}"
+            reason += "; the pruned model answers \"unknown\" nearly always, so any gain is not from reading the context"
+            if verdict == "reproduced":
+                verdict = "partly"
+        return Outcome(our, verdict, f"{reason} (BBQ {v.get(C6, 'category_name')})")
+    bal = v.interval(C6, "delta_bal").scaled(100)
+    our += (f"; balanced accuracy {v.num(C6, 'orig_balanced_accuracy'):.2f} → "
+            f"{v.num(C6, 'crispr_balanced_accuracy'):.2f} (paired {bal.text('+.1f')} points)")
+    if unknown:
+        our += f"; {unknown}"
+    verdict = change_verdict(bal.estimate, bal.low, bal.high, min(P2_GAINS))
+    reason = {"reproduced": "judged on balanced accuracy: its paired interval excludes zero and the gain reaches "
+                            "the paper's smallest",
+              "partly": "judged on balanced accuracy: a detectable gain, smaller than the paper's smallest",
+              "not reproduced": "judged on balanced accuracy: its paired interval includes zero or lies below it"}[verdict]
+    plain_gain = d.low is not None and d.low > 0
+    if plain_gain and verdict == "not reproduced":
+        reason += ("; the plain-accuracy gain is the \"unknown\" artefact (more \"unknown\" answers: right on "
+                   "ambiguous items, wrong on disambiguated ones)")
+    scoring = values.get("selection_scoring")
+    return Outcome(our, verdict, f"{reason} (BBQ {v.get(C6, 'category_name')}"
+                                 + (f", {scoring} option scoring" if scoring else "") + ")")
 
 
 def _crispr_std(v: ResultsDir) -> Outcome:
@@ -918,7 +942,10 @@ def _h2h_check(v: ResultsDir) -> None:
 
 def _h2h_bbq(v: ResultsDir) -> Outcome:
     _h2h_check(v)
-    t = v.table(C6, "h2h_bbq").set_index("condition")
+    t = v.table(C6, "h2h_bbq")
+    if "scoring" in t:  # one row per scoring: read the one chapter 6 chose n by
+        t = t[t["scoring"] == v.values(C6).get("selection_scoring", "summed")]
+    t = t.set_index("condition")
     ov = v.get(C6, "h2h_overlap")
     o = float(t.loc["original", "mean_accuracy"])
     edits = [c for c in t.index if c != "original"]
