@@ -637,8 +637,23 @@ def _g_exist(v: ResultsDir) -> tuple[str, str]:
 
 def _g_layer(v: ResultsDir) -> tuple[str, str]:
     layer, n = int(v.num(C4, "general_1_layer")), int(v.num(C4, "n_layers"))
-    return (f"layer {layer} of {n} ({_pct(v.num(C4, 'general_1_depth'))} of the depth)",
-            "shallow means layer ≤ max(2, layers / 8)")
+    our = f"layer {layer} of {n} ({_pct(v.num(C4, 'general_1_depth'))} of the depth)"
+    values = v.values(C4)
+    if "sink_layers" not in values:
+        return our, "shallow means layer ≤ max(2, layers / 8)"
+    sinks = [f"{values.get(f'sink_{k}_layers')} ({', '.join(values.get(f'sink_{k}_writers') or [])})"
+             for k in range(1, len(values["sink_layers"]) + 1)]
+    our += "; start-token sinks at " + "; ".join(sinks)
+    return our, ("shallow means layer ≤ max(2, layers / 8); judged on the sinks: a shallow sink exists "
+                 + ("and holds the query score's general neurons" if values.get("verdict_shallow_sink") == "reproduced"
+                    else "but the query score's general neurons sit in a deeper one"
+                    if values.get("verdict_shallow_sink") == "partly reproduced" else "nowhere"))
+
+
+def _g_layer_row(v: ResultsDir) -> Outcome:
+    """The layer claim, judged on the sinks when chapter 4 recorded them (both sinks named)."""
+    key = "verdict_shallow_sink" if "verdict_shallow_sink" in v.values(C4) else "verdict_layer"
+    return _ch4(key, _g_layer)(v)
 
 
 def _g_collapse(v: ResultsDir) -> tuple[str, str]:
@@ -1021,7 +1036,7 @@ CLAIMS: list[Claim] = [
     Claim("p1-general-exist", PAPER1, C4, "General neurons exist and are found at the start token", _P1_GENERAL,
           _ch4("verdict_exist", _g_exist)),
     Claim("p1-general-layer", PAPER1, C4, "General neurons sit in a shallow layer", "FFN layer 2 (of 32)",
-          _ch4("verdict_layer", _g_layer)),
+          _g_layer_row),
     Claim("p1-general-collapse", PAPER1, C4, "Masking the two general neurons collapses arithmetic and reading "
           "comprehension", f"arithmetic {P1_ARITH[0]} % → {P1_ARITH[1]} %; RACE {P1_RACE[0]} % → {P1_RACE[1]} %",
           _ch4("verdict_collapse", _g_collapse)),

@@ -175,6 +175,17 @@ def test_crispr_gain_is_judged_on_balanced_accuracy(results):
     assert row["verdict"] == "reproduced" and "artefact" not in row["reason"]
 
 
+def test_general_layer_is_judged_on_both_sinks(results):
+    _write(results, "04_general_neurons", {**CH4, "sink_layers": ["L2", "L11"], "sink_1_layers": "L2",
+                                           "sink_1_writers": ["ffnL2N90", "ffnL2N430"], "sink_2_layers": "L11",
+                                           "sink_2_writers": ["ffnL11N1229", "ffnL11N1487"],
+                                           "verdict_shallow_sink": "partly reproduced"})
+    row = _rows(rp.compare(results)).loc["p1-general-layer"]
+    assert row["verdict"] == "partly"
+    assert row["our_value"].endswith("start-token sinks at L2 (ffnL2N90, ffnL2N430); L11 (ffnL11N1229, ffnL11N1487)")
+    assert "a shallow sink exists but the query score's general neurons sit in a deeper one" in row["reason"]
+
+
 def test_missing_chapters_and_keys_are_not_tested(results):
     t = _rows(rp.compare(results))
     # chapters 0 and 1 did not run
