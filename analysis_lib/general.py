@@ -81,6 +81,11 @@ __all__ = [
     "sum_answer",
     "sum_prompts",
     "verdict",
+    "start_residual",
+    "norm_profile",
+    "find_sinks",
+    "sink_writers",
+    "shallow_verdict",
 ]
 
 PROBE_SETS = ("commonwords", "arithmetic", "race")
@@ -456,6 +461,183 @@ def activation_profile(model, groups: Mapping[str, Sequence[str]], prompts: Sequ
                 "pct_layer": float((layer_abs < abs(starts[0])).mean() * 100),
             })
     return pd.DataFrame(rows), pd.DataFrame(summ)
+
+
+# ----------------------------------------------------------------------------- sinks
+
+
+def start_residual(model, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+    """The residual stream of every prompt across depth, and the FFN coefficients at position 0.
+
+    Runs each prompt (with the model's start token) once, with forward hooks on the decoder
+    layers and on the input of every ``down_proj``.
+
+    Returns:
+        ``norm_start`` ``[L + 1]`` (the L2 norm of the residual at position 0 after the
+        embedding, depth 0, and after every block l, depth l + 1; the same in every prompt, since
+        attention is causal), ``norm_other`` ``[n_prompts, L + 1]`` (median norm over the other
+        positions of each prompt), ``resid_start`` ``[L + 1, d_model]`` and ``m_start``
+        ``[L, d_mlp]`` (FFN coefficients at position 0), all from the first prompt for the
+        start-token quantities.
+    """
+    from .neurons import hf_layer, hf_model, unwrap
+
+    hf = hf_model(model)
+    L = arch(model).n_layers
+    prefix = [model.start_token_id] if model.start_token_id is not None else []
+    if not prefix:
+        raise StudyError("The start-token residual needs a model with a start token (start_token='none' has none).")
+    grabbed: dict[str, Any] = {}
+    handles = []
+    for l in range(L):
+        handles.append(hf_layer(model, l).register_forward_hook(
+            lambda mod, inp, out, l=l: grabbed.__setitem__(("out", l), (out[0] if isinstance(out, tuple) else out).detach())))
+        down = unwrap(unwrap(hf_layer(model, l).mlp).down_proj)
+        handles.append(down.register_forward_hook(
+            lambda mod, inp, out, l=l: grabbed.__setitem__(("m", l), inp[0].detach())))
+    emb = unwrap(hf.model.embed_tokens)
+    handles.append(emb.register_forward_hook(lambda mod, inp, out: grabbed.__setitem__(("emb",), out.detach())))
+    norm_start, norm_other, resid0, m0 = None, [], None, None
+    try:
+        for k, prompt in enumerate(prompts):
+            grabbed.clear()
+            ids = torch.tensor([prefix + token_ids(model, prompt)], device=model.cfg.device or "cpu")
+            with torch.inference_mode():
+                hf.model(input_ids=ids, use_cache=False)
+            emb_out = grabbed[("emb",)]
+            scale = getattr(unwrap(hf.model.embed_tokens), "embed_scale", None)
+            if scale is not None:  # Gemma scales the embedding inside the model, not in embed_tokens
+                emb_out = emb_out * scale.to(emb_out.dtype) if torch.is_tensor(scale) else emb_out * float(scale)
+            stack = torch.stack([emb_out[0]] + [grabbed[("out", l)][0] for l in range(L)]).float()  # [L+1, T, d]
+            norms = stack.norm(dim=-1).cpu().numpy()
+            norm_other.append(np.median(norms[:, 1:], axis=1) if norms.shape[1] > 1 else np.full(L + 1, np.nan))
+            if k == 0:
+                norm_start = norms[:, 0]
+                resid0 = stack[:, 0].cpu().numpy()
+                m0 = torch.stack([grabbed[("m", l)][0, 0] for l in range(L)]).float().cpu().numpy()
+    finally:
+        for h in handles:
+            h.remove()
+    return {"norm_start": norm_start, "norm_other": np.stack(norm_other), "resid_start": resid0, "m_start": m0}
+
+
+def norm_profile(res: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """One row per depth (0 = embedding, l + 1 = after block l): ``depth``, ``block`` (l, or -1
+    for the embedding), ``norm_start``, ``norm_other`` (median over prompts of each prompt's
+    median over its other positions) and ``ratio`` = norm_start / norm_other."""
+    ns = np.asarray(res["norm_start"], dtype=float)
+    no = np.nanmedian(np.asarray(res["norm_other"], dtype=float), axis=0)
+    return pd.DataFrame({"depth": np.arange(len(ns)), "block": np.arange(len(ns)) - 1, "norm_start": ns,
+                         "norm_other": no, "ratio": ns / no})
+
+
+def find_sinks(profile: pd.DataFrame, factor: float = 2.0, min_ratio: float = 5.0) -> pd.DataFrame:
+    """The attention sinks of a norm profile: where the start token's residual grows away from
+    the other positions, and where that growth is erased again.
+
+    A block *writes* when it multiplies the start-to-other norm ratio by at least ``factor``;
+    consecutive writing blocks form one sink, kept when the ratio after it is at least
+    ``min_ratio``. A later block that divides the ratio by at least ``factor`` *erases* it.
+
+    Returns:
+        One row per sink: ``sink`` (1, 2, ...), ``first_block``, ``last_block``, ``layers``
+        (``"L1–L2"``), ``norm_before`` / ``norm_after`` (start-token norm before the first and
+        after the last writing block), ``ratio_before`` / ``ratio_after``, ``erased_at`` (the
+        first erasing block after the sink, or -1).
+    """
+    p = profile.sort_values("depth").reset_index(drop=True)
+    r = p["ratio"].to_numpy(float)
+    ns = p["norm_start"].to_numpy(float)
+    blocks = p["block"].to_numpy(int)
+    writes = [i for i in range(1, len(r)) if r[i] >= factor * r[i - 1]]
+    erases = [i for i in range(1, len(r)) if r[i] * factor <= r[i - 1]]
+    groups: list[list[int]] = []
+    for i in writes:
+        if groups and i == groups[-1][-1] + 1:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    rows = []
+    for g in groups:
+        a, b = g[0], g[-1]
+        if r[b] < min_ratio:
+            continue
+        er = [e for e in erases if e > b]
+        first, last = int(blocks[a]), int(blocks[b])
+        rows.append({"sink": len(rows) + 1, "first_block": first, "last_block": last,
+                     "layers": f"L{first}" if first == last else f"L{first}–L{last}",
+                     "norm_before": float(ns[a - 1]), "norm_after": float(ns[b]),
+                     "ratio_before": float(r[a - 1]), "ratio_after": float(r[b]),
+                     "erased_at": int(blocks[er[0]]) if er else -1})
+    return pd.DataFrame(rows, columns=["sink", "first_block", "last_block", "layers", "norm_before", "norm_after",
+                                       "ratio_before", "ratio_after", "erased_at"])
+
+
+def sink_writers(model, res: Mapping[str, np.ndarray], sink: Mapping[str, Any], *, cover: float = 0.5,
+                 max_writers: int = 5) -> pd.DataFrame:
+    """The FFN neurons that write one sink: their write onto the start token's residual.
+
+    For each block l of the sink, neuron i adds ``m_i * w_i`` (``w_i`` = column i of
+    ``down_proj``) to the residual at position 0; its *write* is that vector's component along
+    the start residual after the sink's last block, ``m_i (w_i · u)``. Neurons are ranked by
+    write over the sink's blocks; the writers are the fewest top ones whose writes sum to at
+    least ``cover`` of the sink's summed positive FFN write (at most ``max_writers``). In a
+    model that normalises the FFN output before adding it (Gemma), the write is measured before
+    that norm and is a ranking, not an exact share.
+
+    Returns:
+        Columns ``id``, ``layer``, ``m_start``, ``write``, ``share`` (of the summed positive write),
+        ``writer`` (True for the chosen ones), the top ``max_writers`` rows.
+    """
+    from .neurons import hf_layer, unwrap
+
+    u = np.asarray(res["resid_start"][int(sink["last_block"]) + 1], dtype=np.float64)
+    u = u / np.linalg.norm(u)
+    rows = []
+    for l in range(int(sink["first_block"]), int(sink["last_block"]) + 1):
+        W = unwrap(unwrap(hf_layer(model, l).mlp).down_proj).weight.detach().double().cpu().numpy()  # [d_model, d_mlp]
+        m = np.asarray(res["m_start"][l], dtype=np.float64)
+        write = m * (u @ W)
+        for i in np.argsort(-write)[:max_writers]:
+            rows.append({"id": f"ffnL{l}N{int(i)}", "layer": l, "m_start": float(m[i]), "write": float(write[i]),
+                         "total_positive": float(write[write > 0].sum())})
+    df = pd.DataFrame(rows)
+    total = df.groupby("layer")["total_positive"].first().sum()
+    df = df.drop(columns="total_positive").sort_values("write", ascending=False).head(max_writers).reset_index(drop=True)
+    df["share"] = df["write"] / total if total > 0 else np.nan
+    cum = df["share"].cumsum().to_numpy()
+    k = int(np.searchsorted(cum, cover) + 1) if np.isfinite(cum).all() else 1
+    df["writer"] = np.arange(len(df)) < min(k, max_writers)
+    return df
+
+
+def shallow_verdict(sinks: pd.DataFrame, general_layers: Sequence[int], n_layers: int, *,
+                    shallow_depth: float = 0.125) -> dict[str, Any]:
+    """Verdict on "general neurons sit in a shallow layer" (the paper: layer 2 of 32).
+
+    A sink is *shallow* when its last block is within the first ``shallow_depth`` of the layers
+    (at most layer ``max(2, n_layers // 8)``, as for the chapter's layer verdict). ``reproduced``
+    when the query score's general neurons sit in a shallow sink; ``partly reproduced`` when the
+    model has a shallow sink but the general neurons sit deeper; ``not reproduced`` when it has
+    no shallow sink.
+
+    Returns:
+        ``{"verdict", "shallow" (list of layer labels), "deep" (list), "general_sink" (label or
+        None)}``.
+    """
+    limit = max(2, int(n_layers * shallow_depth))
+    shallow = [r.layers for r in sinks.itertuples() if r.last_block <= limit]
+    deep = [r.layers for r in sinks.itertuples() if r.last_block > limit]
+    gl = {int(x) for x in general_layers}
+    home = [r.layers for r in sinks.itertuples() if any(r.first_block <= g <= r.last_block for g in gl)]
+    general_sink = home[0] if home else None
+    if general_sink is not None and general_sink in shallow:
+        v = "reproduced"
+    elif shallow:
+        v = "partly reproduced"
+    else:
+        v = "not reproduced"
+    return {"verdict": v, "shallow": shallow, "deep": deep, "general_sink": general_sink, "limit": limit}
 
 
 # ----------------------------------------------------------------------------- random control

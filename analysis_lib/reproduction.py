@@ -638,8 +638,23 @@ def _g_exist(v: ResultsDir) -> tuple[str, str]:
 
 def _g_layer(v: ResultsDir) -> tuple[str, str]:
     layer, n = int(v.num(C4, "general_1_layer")), int(v.num(C4, "n_layers"))
-    return (f"layer {layer} of {n} ({_pct(v.num(C4, 'general_1_depth'))} of the depth)",
-            "shallow means layer ≤ max(2, layers / 8)")
+    our = f"layer {layer} of {n} ({_pct(v.num(C4, 'general_1_depth'))} of the depth)"
+    values = v.values(C4)
+    if "sink_layers" not in values:
+        return our, "shallow means layer ≤ max(2, layers / 8)"
+    sinks = [f"{values.get(f'sink_{k}_layers')} ({', '.join(values.get(f'sink_{k}_writers') or [])})"
+             for k in range(1, len(values["sink_layers"]) + 1)]
+    our += "; start-token sinks at " + "; ".join(sinks)
+    return our, ("shallow means layer ≤ max(2, layers / 8); judged on the sinks: a shallow sink exists "
+                 + ("and holds the query score's general neurons" if values.get("verdict_shallow_sink") == "reproduced"
+                    else "but the query score's general neurons sit in a deeper one"
+                    if values.get("verdict_shallow_sink") == "partly reproduced" else "nowhere"))
+
+
+def _g_layer_row(v: ResultsDir) -> Outcome:
+    """The layer claim, judged on the sinks when chapter 4 recorded them (both sinks named)."""
+    key = "verdict_shallow_sink" if "verdict_shallow_sink" in v.values(C4) else "verdict_layer"
+    return _ch4(key, _g_layer)(v)
 
 
 def _g_collapse(v: ResultsDir) -> tuple[str, str]:
@@ -820,24 +835,48 @@ def _edit_config(v: ResultsDir) -> Outcome:
 
 
 def _crispr_gain(v: ResultsDir) -> Outcome:
+    """Judged on the balanced accuracy sqrt(acc_ambig * acc_disambig) (chapter 6's pre-registered
+    measure, which answering "unknown" everywhere cannot raise); plain accuracy is shown beside
+    it, and a plain gain without a balanced one is named as the "unknown" artefact. Results from
+    before the balanced measure fall back to plain accuracy."""
     d = v.interval(C6, "delta_acc").scaled(100)
     if not d.has_ci:
         raise Missing(C6, "delta_acc interval")
     our = (f"{v.num(C6, 'orig_acc'):.1f} % → {v.num(C6, 'crispr_acc'):.1f} % ({v.num(C6, 'gain_pp'):+.1f} points); "
            f"paired change {d.text('+.1f')} points")
-    verdict = change_verdict(d.estimate, d.low, d.high, min(P2_GAINS))
-    reason = {"reproduced": "the paired interval excludes zero and the gain reaches the paper's smallest",
-              "partly": "a detectable gain, smaller than the paper's smallest",
-              "not reproduced": "the paired interval includes zero or lies below it: no gain at this scale"}[verdict]
-    if v.values(C6).get("by_unknown") is True:
-        # the pruned model answers "unknown" nearly always: right on every ambiguous item, wrong on
-        # every disambiguated one; an accuracy gain of that kind is not the paper's
-        our += (f"; \"unknown\" answers {100 * v.num(C6, 'orig_unknown'):.0f} % → "
-                f"{100 * v.num(C6, 'crispr_unknown'):.0f} %")
-        reason += "; the pruned model answers \"unknown\" nearly always, so any gain is not from reading the context"
-        if verdict == "reproduced":
-            verdict = "partly"
-    return Outcome(our, verdict, f"{reason} (BBQ {v.get(C6, 'category_name')})")
+    values = v.values(C6)
+    unknown = (f"\"unknown\" answers {100 * v.num(C6, 'orig_unknown'):.0f} % → "
+               f"{100 * v.num(C6, 'crispr_unknown'):.0f} %") if "orig_unknown" in values else None
+    if "delta_bal" not in values:
+        verdict = change_verdict(d.estimate, d.low, d.high, min(P2_GAINS))
+        reason = {"reproduced": "the paired interval excludes zero and the gain reaches the paper's smallest",
+                  "partly": "a detectable gain, smaller than the paper's smallest",
+                  "not reproduced": "the paired interval includes zero or lies below it: no gain at this scale"}[verdict]
+        if values.get("by_unknown") is True:
+            # the pruned model answers "unknown" nearly always: right on every ambiguous item, wrong on
+            # every disambiguated one; an accuracy gain of that kind is not the paper's
+            our += f"; {unknown}"
+            reason += "; the pruned model answers \"unknown\" nearly always, so any gain is not from reading the context"
+            if verdict == "reproduced":
+                verdict = "partly"
+        return Outcome(our, verdict, f"{reason} (BBQ {v.get(C6, 'category_name')})")
+    bal = v.interval(C6, "delta_bal").scaled(100)
+    our += (f"; balanced accuracy {v.num(C6, 'orig_balanced_accuracy'):.2f} → "
+            f"{v.num(C6, 'crispr_balanced_accuracy'):.2f} (paired {bal.text('+.1f')} points)")
+    if unknown:
+        our += f"; {unknown}"
+    verdict = change_verdict(bal.estimate, bal.low, bal.high, min(P2_GAINS))
+    reason = {"reproduced": "judged on balanced accuracy: its paired interval excludes zero and the gain reaches "
+                            "the paper's smallest",
+              "partly": "judged on balanced accuracy: a detectable gain, smaller than the paper's smallest",
+              "not reproduced": "judged on balanced accuracy: its paired interval includes zero or lies below it"}[verdict]
+    plain_gain = d.low is not None and d.low > 0
+    if plain_gain and verdict == "not reproduced":
+        reason += ("; the plain-accuracy gain is the \"unknown\" artefact (more \"unknown\" answers: right on "
+                   "ambiguous items, wrong on disambiguated ones)")
+    scoring = values.get("selection_scoring")
+    return Outcome(our, verdict, f"{reason} (BBQ {v.get(C6, 'category_name')}"
+                                 + (f", {scoring} option scoring" if scoring else "") + ")")
 
 
 def _crispr_std(v: ResultsDir) -> Outcome:
@@ -928,7 +967,10 @@ def _h2h_check(v: ResultsDir) -> None:
 
 def _h2h_bbq(v: ResultsDir) -> Outcome:
     _h2h_check(v)
-    t = v.table(C6, "h2h_bbq").set_index("condition")
+    t = v.table(C6, "h2h_bbq")
+    if "scoring" in t:  # one row per scoring: read the one chapter 6 chose n by
+        t = t[t["scoring"] == v.values(C6).get("selection_scoring", "summed")]
+    t = t.set_index("condition")
     ov = v.get(C6, "h2h_overlap")
     o = float(t.loc["original", "mean_accuracy"])
     edits = [c for c in t.index if c != "original"]
@@ -1004,7 +1046,7 @@ CLAIMS: list[Claim] = [
     Claim("p1-general-exist", PAPER1, C4, "General neurons exist and are found at the start token", _P1_GENERAL,
           _ch4("verdict_exist", _g_exist)),
     Claim("p1-general-layer", PAPER1, C4, "General neurons sit in a shallow layer", "FFN layer 2 (of 32)",
-          _ch4("verdict_layer", _g_layer)),
+          _g_layer_row),
     Claim("p1-general-collapse", PAPER1, C4, "Masking the two general neurons collapses arithmetic and reading "
           "comprehension", f"arithmetic {P1_ARITH[0]} % → {P1_ARITH[1]} %; RACE {P1_RACE[0]} % → {P1_RACE[1]} %",
           _ch4("verdict_collapse", _g_collapse)),

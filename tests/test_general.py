@@ -285,3 +285,65 @@ def test_metric_scale_and_condition_table_hand_computed():
     assert wide.loc["original", "race"] == "38.1 [30.0, 45.0]"
     assert wide.loc["general", "neutral"] == "363.00 [300.46, 420.00]"
     assert wide.loc["chance"].tolist() == ["25", "–"]
+
+
+# ----------------------------------------------------------------------------- sinks
+
+
+def test_start_residual_matches_the_hidden_states(model):
+    """The hook-read residual at every depth equals Hugging Face's hidden states (which hold the
+    embedding and the output of every block but the last, whose entry is after the final norm),
+    and the start token's norm is the same whatever follows it (attention is causal)."""
+    prompts = ["The nurse said that", "3+5="]
+    res = general.start_residual(model, prompts)
+    ids = torch.tensor([[model.start_token_id] + general.token_ids(model, prompts[0])])
+    with torch.inference_mode():
+        hs = model.original_model(input_ids=ids, output_hidden_states=True).hidden_states
+    L = len(hs) - 1
+    ref = torch.stack([h[0, 0] for h in hs[:L]]).float().numpy()  # depths 0 .. L-1
+    np.testing.assert_allclose(res["resid_start"][:L], ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(res["norm_start"][:L], np.linalg.norm(ref, axis=-1), rtol=1e-5)
+    other = general.start_residual(model, prompts[1:])
+    np.testing.assert_allclose(other["norm_start"], res["norm_start"], rtol=1e-4)
+    assert res["m_start"].shape == (L, model.cfg.d_mlp) and res["norm_other"].shape == (2, L + 1)
+
+
+def test_find_sinks_and_the_shallow_verdict_by_hand():
+    """Ratios 1, 2.5, 5, 11, 10, 1.2, 180, 170 over depths 0-7 (blocks -1..6). Writing blocks
+    multiply the ratio by >= 2: block 0 (2.5), block 1 (2.0), block 2 (2.2) -> one sink L0-L2
+    (ratio 11 >= 5), and block 5 (150x) -> a second sink L5; block 4 divides 10 by 8.3 >= 2, so
+    it erases the first sink. With 40 layers the shallow limit is max(2, 40 // 8) = 5: both are
+    shallow; with 8 layers the limit is 2 and only L0-L2 is."""
+    ratio = np.array([1, 2.5, 5, 11, 10, 1.2, 180, 170])
+    other = np.full(8, 10.0)
+    prof = pd.DataFrame({"depth": np.arange(8), "block": np.arange(8) - 1, "norm_start": ratio * other,
+                         "norm_other": other, "ratio": ratio})
+    s = general.find_sinks(prof)
+    assert list(s.layers) == ["L0–L2", "L5"]
+    assert s.loc[0, "erased_at"] == 4 and s.loc[1, "erased_at"] == -1
+    assert s.loc[0, "norm_before"] == 10.0 and s.loc[0, "norm_after"] == 110.0
+    v = general.shallow_verdict(s, general_layers=[5], n_layers=8)
+    assert v["verdict"] == "partly reproduced" and v["shallow"] == ["L0–L2"] and v["general_sink"] == "L5"
+    assert general.shallow_verdict(s, [1], 8)["verdict"] == "reproduced"
+    assert general.shallow_verdict(s.iloc[1:], [5], 8)["verdict"] == "not reproduced"
+
+
+def test_sink_writers_sum_to_the_ffn_write(model):
+    """Each writer's write m·(w·u) is recomputed from the weights, and the FFN output at the start
+    token projected on u equals the sum of all neurons' writes (down_proj has no bias here)."""
+    res = general.start_residual(model, ["The nurse said that"])
+    prof = general.norm_profile(res)
+    sinks = general.find_sinks(prof)
+    assert len(sinks) >= 1
+    row = sinks.iloc[-1].to_dict()
+    w = general.sink_writers(model, res, row, cover=0.8)
+    assert w["writer"].iloc[0] and w["write"].is_monotonic_decreasing
+    u = res["resid_start"][row["last_block"] + 1]
+    u = u / np.linalg.norm(u)
+    l = int(w.layer.iloc[0])
+    W = model.original_model.model.layers[l].mlp.down_proj.weight.detach().double().numpy()
+    i = NeuronId.parse(w.id.iloc[0]).index
+    assert w.write.iloc[0] == pytest.approx(res["m_start"][l][i] * (u @ W[:, i]), rel=1e-6)
+    writes = res["m_start"][l].astype(np.float64) * (u @ W)
+    ffn_out = W @ res["m_start"][l].astype(np.float64)
+    assert writes.sum() == pytest.approx(ffn_out @ u, rel=1e-6)

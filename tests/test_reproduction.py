@@ -156,6 +156,36 @@ def test_crispr_gain_by_answering_unknown_is_only_partly(results):
     assert "not from reading the context" in row["reason"]
 
 
+def test_crispr_gain_is_judged_on_balanced_accuracy(results):
+    # plain accuracy rises detectably (+8 points, [+3, +13]) but the balanced accuracy
+    # sqrt(acc_ambig * acc_disambig) does not (+1 point, [-2, +4]): the "unknown" artefact
+    _write(results, "06_crispr", {**CH6, "delta_bal": ci(0.01, -0.02, 0.04, 96), "orig_balanced_accuracy": 0.30,
+                                  "crispr_balanced_accuracy": 0.31, "orig_unknown": 0.04, "crispr_unknown": 0.60,
+                                  "selection_scoring": "official"}, transfer_categories=["Age"])
+    row = _rows(rp.compare(results)).loc["p2-gain"]
+    assert row["verdict"] == "not reproduced"
+    assert "balanced accuracy 0.30 → 0.31 (paired +1.0 [-2.0, +4.0] points)" in row["our_value"]
+    assert row["reason"].startswith("judged on balanced accuracy: its paired interval includes zero")
+    assert 'the plain-accuracy gain is the "unknown" artefact' in row["reason"]
+    assert "official option scoring" in row["reason"]
+    # a balanced gain of 8 points ([+3, +13]) reaches the paper's smallest (+6.05): reproduced, no artefact
+    _write(results, "06_crispr", {**CH6, "delta_bal": ci(0.08, 0.03, 0.13, 96), "orig_balanced_accuracy": 0.30,
+                                  "crispr_balanced_accuracy": 0.38}, transfer_categories=["Age"])
+    row = _rows(rp.compare(results)).loc["p2-gain"]
+    assert row["verdict"] == "reproduced" and "artefact" not in row["reason"]
+
+
+def test_general_layer_is_judged_on_both_sinks(results):
+    _write(results, "04_general_neurons", {**CH4, "sink_layers": ["L2", "L11"], "sink_1_layers": "L2",
+                                           "sink_1_writers": ["ffnL2N90", "ffnL2N430"], "sink_2_layers": "L11",
+                                           "sink_2_writers": ["ffnL11N1229", "ffnL11N1487"],
+                                           "verdict_shallow_sink": "partly reproduced"})
+    row = _rows(rp.compare(results)).loc["p1-general-layer"]
+    assert row["verdict"] == "partly"
+    assert row["our_value"].endswith("start-token sinks at L2 (ffnL2N90, ffnL2N430); L11 (ffnL11N1229, ffnL11N1487)")
+    assert "a shallow sink exists but the query score's general neurons sit in a deeper one" in row["reason"]
+
+
 def test_missing_chapters_and_keys_are_not_tested(results):
     t = _rows(rp.compare(results))
     # chapters 0 and 1 did not run
