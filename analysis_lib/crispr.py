@@ -28,8 +28,9 @@ official code (``evaluate.py``, ``scoring`` mode) ranks options by the product o
 probabilities, and its T5 tokenizer ends every option with ``</s>``; ``official`` therefore adds
 ``log p(EOS | prompt, c)``, the tokenizer's end-of-sequence token after the option (``<|im_end|>``
 for SmolLM2), read at the option's last position in the same pass. Summed scores favour short
-options: the 3-5 token "unknown" answers pay for every extra token. The attribution
-differentiates the summed log-probability (the official attribution also includes ``</s>``).
+options: the 3-5 token "unknown" answers pay for every extra token. The attribution reads ŷ and
+α, and differentiates, the score of the scoring it is given (:func:`attribute`'s ``scoring``):
+with ``official`` the end token enters the gradient, as ``</s>`` does in the official code.
 All three options of an item are scored in **one** forward pass: the sequence is
 ``[start] prompt opt0 opt1 opt2`` with a 4-D attention mask in which every option attends to
 the prompt and to its own earlier tokens only, and with position ids that restart after the
@@ -37,8 +38,10 @@ prompt for each option. This is exactly the three separate forward passes (check
 tests against :func:`analysis_lib.scoring.continuation_logprobs`) at a third of the cost.
 
 **Attribution** (gradient x activation). For an item with gold answer y, the biased output is
-the most probable *wrong* option ``ŷ = argmax_{c != y} log P(c)`` and ``α = P(ŷ)`` (sequence
-probability, detached). For every unit i and position t, ``A_i[t] = h_i[t] * ∂ log P(·)/∂h_i[t]``
+the most probable *wrong* option ``ŷ = argmax_{c != y} S(c)`` under the option score ``S`` of the
+chosen scoring (``S = log P(c)`` for ``summed``, ``log P(c) + log p(EOS | c)`` for ``official``,
+``log P(c) / n_c`` for ``length_normalised``) and ``α = exp S(ŷ)`` (detached: the sequence
+probability under ``summed``). For every unit i and position t, ``A_i[t] = h_i[t] * ∂ S(·)/∂h_i[t]``
 (the official code differentiates the *log*-probability, method_spec §6 B4). The token
 aggregate is the **max over all prompt and answer positions** of that option's sequence
 (method_spec §6 B2; the other options' positions and padding are excluded; the start token is
@@ -497,9 +500,10 @@ class Attribution:
         n_attn: number of attention units (then ``n_ffn + l * n_heads * d_head + h * d_head + j``).
         d_mlp, n_heads, d_head, n_layers: the sizes that map unit indices to ids.
         instances: one row per (instruction, item): gold label, biased option, α and the option
-            log-probabilities.
+            scores ``score0..2`` under ``scoring``.
         skill_lambda: λ.
         seconds: wall time of the attribution.
+        scoring: the option score the attribution read and differentiated (:data:`SCORINGS`).
     """
 
     scores: dict[str, np.ndarray]
@@ -513,6 +517,7 @@ class Attribution:
     instances: pd.DataFrame
     skill_lambda: float = 1.0
     seconds: float = 0.0
+    scoring: str = "summed"
 
     def unit_ids(self, units: str = "ffn") -> list[NeuronId]:
         """The ids of the units of a universe, in unit-index order."""
@@ -618,17 +623,19 @@ def _masked_max_mean(a: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
 
 
 
-def _forward_backward(model, packed: "_Packed", names: Sequence[str], y: Tensor, targets: Sequence[Tensor] | None = None):
+def _forward_backward(model, packed: "_Packed", names: Sequence[str], y: Tensor, targets: Sequence[Tensor] | None = None,
+                      scoring: str = "summed"):
     """One forward pass with the activations at the hooks ``names`` kept, then one backward
     pass per target (a ``[B]`` tensor of option indices: the biased option ŷ and the gold y by
-    default).
+    default) of the option score under ``scoring`` (:func:`option_score`, here on tensors).
 
     Must run with gradients enabled and (for speed) under :class:`_Frozen`.
 
     Returns:
-        ``(logprob [B, 3], activations, [gradients per target], y_hat)``; activations and
+        ``(score [B, 3], activations, [gradients per target], y_hat)``; activations and
         gradients are lists in the order of ``names`` (``hook_z`` as ``[B, T, heads, d_head]``).
     """
+    scoring = check_scoring(scoring)
     acts: dict[str, Tensor] = {}
 
     def grabber(name):
@@ -641,7 +648,13 @@ def _forward_backward(model, packed: "_Packed", names: Sequence[str], y: Tensor,
         return grab
 
     with model.hooks(fwd_hooks=[(n, grabber(n)) for n in names]):
-        lp, _ = _option_logprobs(model, packed)
+        out = _option_logprobs(model, packed, with_end=scoring == "official")
+    if scoring == "summed":
+        lp = out[0]
+    elif scoring == "length_normalised":
+        lp = out[0] / out[1].to(out[0].device, out[0].dtype)
+    else:
+        lp = out[0] + out[2]
     rows = torch.arange(lp.shape[0], device=lp.device)
     wrong = lp.detach().clone()
     wrong[rows, y] = float("-inf")
@@ -660,17 +673,19 @@ def option_gradients(
     instruction: str,
     option: int,
     hook: str,
+    scoring: str = "summed",
 ) -> tuple[float, Tensor, Tensor, Tensor]:
-    """Activation and gradient of ``log P(option)`` at one hook, for one item (for checks and plots).
+    """Activation and gradient of an option's score at one hook, for one item (for checks and plots).
 
     Args:
         row: one BBQ item (a mapping or namedtuple with context, question, ans0..ans2, label).
         instruction: the instruction text.
-        option: which option's log-probability to differentiate.
+        option: which option's score to differentiate.
         hook: a bridge hook name, e.g. ``"blocks.3.mlp.hook_post"``.
+        scoring: the option score (:data:`SCORINGS`; ``summed`` is ``log P(option)``).
 
     Returns:
-        ``(log P(option), activation [T, ...], gradient [T, ...], segment [T])`` in the packed
+        ``(score, activation [T, ...], gradient [T, ...], segment [T])`` in the packed
         layout (``segment``: -1 prompt, j option j), so ``activation * gradient`` is the
         per-position attribution that :func:`attribute` aggregates.
     """
@@ -681,7 +696,7 @@ def option_gradients(
     with _Frozen(model), torch.enable_grad():
         y = torch.tensor([int(frame["label"].iloc[0])], device=packed.tokens.device)
         lp, tensors, grads, _ = _forward_backward(
-            model, packed, [hook], y, targets=[torch.tensor([option], device=packed.tokens.device)]
+            model, packed, [hook], y, targets=[torch.tensor([option], device=packed.tokens.device)], scoring=scoring
         )
     return float(lp[0, option].detach()), tensors[0][0].detach(), grads[0][0][0].detach(), packed.segment[0]
 
@@ -694,12 +709,13 @@ def attribute(
     units: str = "ffn",
     skill_lambda: float = 1.0,
     batch_size: int = 8,
+    scoring: str = "summed",
 ) -> Attribution:
     """CRISPR attribution over every (instruction, item) (see the module docstring).
 
     One forward pass per batch of packed items (all three options at once) gives the option
-    log-probabilities, the biased option ŷ and α; two backward passes give the gradients of
-    ``log P(ŷ)`` and ``log P(y)`` with respect to every unit's activation (bridge hooks
+    scores under ``scoring``, the biased option ŷ and α; two backward passes give the gradients of
+    ``S(ŷ)`` and ``S(y)`` with respect to every unit's activation (bridge hooks
     ``blocks.{l}.mlp.hook_post`` and, with ``units="ffn+attn"``, ``blocks.{l}.attn.hook_z``).
     Parameters are frozen during the pass (no weight gradients are computed) and restored.
 
@@ -710,7 +726,10 @@ def attribute(
         units: ``"ffn"`` or ``"ffn+attn"``.
         skill_lambda: λ of the skill term.
         batch_size: packed items per forward pass.
+        scoring: the option score S that picks ŷ, gives α = exp S(ŷ) and is differentiated
+            (:data:`SCORINGS`; ``official`` includes the end token, as the official code's ``</s>``).
     """
+    scoring = check_scoring(scoring)
     if units not in ("ffn", "ffn+attn"):
         raise StudyError(f"units must be 'ffn' or 'ffn+attn', not {units!r}.")
     if len(items) == 0:
@@ -736,7 +755,7 @@ def attribute(
         for idx in _batches(len(prompts), batch_size, lengths):
             packed = _pack(model, [prompts[i] for i in idx], [options[i] for i in idx], dtype)
             y = torch.as_tensor(labels[idx], device=packed.tokens.device)
-            lp, tensors, (g_b, g_g), y_hat = _forward_backward(model, packed, names, y)
+            lp, tensors, (g_b, g_g), y_hat = _forward_backward(model, packed, names, y, scoring=scoring)
             alpha = lp.detach()[torch.arange(len(idx), device=lp.device), y_hat].exp().double().cpu().numpy()
             seg = packed.segment
             keep_b = (seg == -1) | (seg == y_hat[:, None])
@@ -766,7 +785,7 @@ def attribute(
                 rows.append({
                     "instruction": int(i // n_items), "example_id": int(items["example_id"].iloc[i % n_items]),
                     "label": int(labels[i]), "biased": int(y_hat[b]), "alpha": float(alpha[b]),
-                    "logprob0": lpn[b, 0], "logprob1": lpn[b, 1], "logprob2": lpn[b, 2],
+                    "score0": lpn[b, 0], "score1": lpn[b, 1], "score2": lpn[b, 2],
                 })
             del tensors, g_b, g_g
     total = len(prompts)
@@ -777,7 +796,7 @@ def attribute(
         scores={v: s / total for v, s in sums.items()},
         per_instruction=per_ins / n_items,
         n_ffn=n_ffn, n_attn=n_attn, d_mlp=d_mlp, n_heads=H, d_head=dh, n_layers=L,
-        instances=inst, skill_lambda=float(skill_lambda), seconds=time.perf_counter() - t0,
+        instances=inst, skill_lambda=float(skill_lambda), seconds=time.perf_counter() - t0, scoring=scoring,
     )
 
 

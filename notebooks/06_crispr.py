@@ -196,9 +196,12 @@ results.add("category_name", category)
 # ## Bias neurons by activation × gradient
 #
 # For every (instruction, item) pair the biased output ŷ is the most probable wrong option and
-# α = P(ŷ) its sequence probability. For every FFN neuron (the input units of `down_proj`,
-# bridge hook `blocks.{l}.mlp.hook_post`) and every token position t, the attribution is
-# h·∂log P/∂h. It is aggregated by its maximum over the prompt and answer tokens, once for ŷ
+# α = P(ŷ) its probability, both read under the selection scoring: with the official scoring,
+# P(ŷ) is the probability of the answer's tokens *and* of the end token after them, as in the
+# official code, whose T5 answers end with `</s>`. For every FFN neuron (the input units of
+# `down_proj`, bridge hook `blocks.{l}.mlp.hook_post`) and every token position t, the
+# attribution is h·∂log P/∂h, the gradient taken through that same score (end token
+# included). It is aggregated by its maximum over the prompt and answer tokens, once for ŷ
 # and once for the gold answer y, and combined as
 # B = α·max A(ŷ) − λ·max(0, α·max A(y)) with λ = 1 (the clamp per item). The *skill term*
 # removes neurons that also drive the right answer. B is averaged over items and instructions
@@ -206,7 +209,7 @@ results.add("category_name", category)
 
 # %%
 attr = crispr.attribute(lm, attr_items, instructions, units="ffn+attn" if attn_universe else "ffn",
-                        batch_size=8)
+                        batch_size=8, scoring=selection_scoring)
 ranking = crispr.top_neurons(attr, 10)
 pd.DataFrame({"neuron": [str(n) for n in ranking],
               "B": [attr.scores["crispr"][crispr.rank_units(attr)[k]] for k in range(10)]},
@@ -219,12 +222,12 @@ results.add("share_biased_unknown", float((inst["biased"] == 2).mean()), fmt=".0
 results.add("top_neuron", str(ranking[0]))
 results.add("top10", [str(n) for n in ranking])
 results.add_time("attr_seconds", attr.seconds)
-acc_attr = float((inst[["logprob0", "logprob1", "logprob2"]].to_numpy().argmax(1) == inst["label"]).mean())
+acc_attr = float((inst[["score0", "score1", "score2"]].to_numpy().argmax(1) == inst["label"]).mean())
 results.add("attr_item_accuracy", acc_attr, fmt=".0%")
 
 # %% [markdown]
 # The most probable wrong option has a mean probability α = {glue:text}`alpha_mean` on the
-# attribution items (a sequence probability, so small for multi-token answers), and it is the
+# attribution items (a probability of the whole answer, so small for multi-token answers), and it is the
 # "unknown" answer in {glue:text}`share_biased_unknown` of them. The top neuron is
 # {glue:text}`top_neuron`; the attribution took {glue:text}`attr_seconds` s.
 #
@@ -335,12 +338,19 @@ glue("delta_bal_verdict", "an interval that excludes zero" if d_bal.excludes_zer
 shift_text, by_unknown = crispr.answer_shift(summ["original"], summ["CRISPR"], d_sdis)
 glue("shift_text", shift_text, display=False)
 results.add("by_unknown", by_unknown)
-# the original and the pruned model under every scoring, in one sentence each
+# the original and the pruned model under every scoring, in one sentence each, with the paired
+# interval of the balanced accuracy's change under that scoring
 mt = main_table.set_index(["scoring", "condition"])
+d_bal_by = {sc: d_bal if sc == selection_scoring else
+            crispr.paired_change(main["CRISPR"], main["original"], "balanced_accuracy", scoring=sc,
+                                 n_boot=n_boot, seed=seed) for sc in crispr.SCORINGS}
+results.add("delta_bal_by_scoring", {sc: {"estimate": d.estimate, "low": d.low, "high": d.high}
+                                     for sc, d in d_bal_by.items()})
 results.add("scoring_text", " ".join(
     f"{sc.replace('_', '-').capitalize()}: accuracy {100 * mt.loc[(sc, 'original'), 'mean_accuracy']:.1f} % → "
     f"{100 * mt.loc[(sc, 'CRISPR'), 'mean_accuracy']:.1f} %, balanced accuracy "
-    f"{mt.loc[(sc, 'original'), 'balanced_accuracy']:.2f} → {mt.loc[(sc, 'CRISPR'), 'balanced_accuracy']:.2f}, "
+    f"{mt.loc[(sc, 'original'), 'balanced_accuracy']:.2f} → {mt.loc[(sc, 'CRISPR'), 'balanced_accuracy']:.2f} "
+    f"(paired change {d_bal_by[sc].estimate:+.3f} [{d_bal_by[sc].low:+.3f}, {d_bal_by[sc].high:+.3f}]), "
     f"\"unknown\" {100 * mt.loc[(sc, 'original'), 'share_unknown']:.0f} % → "
     f"{100 * mt.loc[(sc, 'CRISPR'), 'share_unknown']:.0f} %."
     for sc in crispr.SCORINGS))

@@ -108,14 +108,20 @@ def test_summary_on_hand_made_scores():
     assert s["share_unknown"] == pytest.approx(2 / 8)
 
 
-def test_attribution_matches_finite_differences(model64, plain_items):
-    """h * dlogP/dh at one (position, unit) equals the finite-difference change of log P when
-    that activation is scaled by (1 + eps), divided by eps."""
+@pytest.mark.parametrize("scoring", ["summed", "official"])
+def test_attribution_matches_finite_differences(model64, plain_items, scoring):
+    """h * dS/dh at one (position, unit) equals the finite-difference change of the option score
+    S (log P, or log P + log p(end) for "official") when that activation is scaled by (1 + eps),
+    divided by eps."""
     layer, option = 5, 1
     hook = f"blocks.{layer}.mlp.hook_post"
     row = plain_items.iloc[0].to_dict()
     ins = crispr.INSTRUCTIONS[0]
-    lp, act, grad, seg = crispr.option_gradients(model64, row, ins, option, hook)
+
+    def score(sc):
+        return crispr.option_score(sc.logprob, sc.n_tokens, scoring, sc.logprob_end)[0, 0, option]
+
+    lp, act, grad, seg = crispr.option_gradients(model64, row, ins, option, hook, scoring=scoring)
     attr = act * grad  # [T, d_mlp]
     # other options' positions cannot influence this option: zero gradient there
     assert attr[(seg != -1) & (seg != option)].abs().max().item() == 0.0
@@ -133,7 +139,7 @@ def test_attribution_matches_finite_differences(model64, plain_items):
 
             with model64.hooks(fwd_hooks=[(hook, h)]):
                 sc = crispr.score_items(model64, pd.DataFrame([row]), [ins])
-            return sc.logprob[0, 0, option]
+            return score(sc)
 
         fd = (perturb(+1) - perturb(-1)) / (2 * eps)
         a = attr[t, i].item()
@@ -141,29 +147,35 @@ def test_attribution_matches_finite_differences(model64, plain_items):
         checks += 1
     assert checks == 3
     sc0 = crispr.score_items(model64, pd.DataFrame([row]), [ins])
-    assert sc0.logprob[0, 0, option] == pytest.approx(lp, abs=1e-9)
+    assert score(sc0) == pytest.approx(lp, abs=1e-9)
 
 
-def test_attribution_aggregates_and_is_deterministic(model, plain_items):
+@pytest.mark.parametrize("scoring", ["summed", "official"])
+def test_attribution_aggregates_and_is_deterministic(model, plain_items, scoring):
     items = plain_items.iloc[:1]
     ins = crispr.INSTRUCTIONS[:1]
-    a1 = crispr.attribute(model, items, ins)
-    a2 = crispr.attribute(model, items, ins)
+    a1 = crispr.attribute(model, items, ins, scoring=scoring)
+    a2 = crispr.attribute(model, items, ins, scoring=scoring)
+    assert a1.scoring == scoring
     for v in crispr.VARIANTS:
         np.testing.assert_array_equal(a1.scores[v], a2.scores[v])
     assert crispr.top_neurons(a1, 20) == crispr.top_neurons(a2, 20)
     inst = a1.instances.iloc[0].to_dict()
     inst.update({k: int(inst[k]) for k in ("label", "biased")})
     alpha = inst["alpha"]
-    # the biased option is the most probable wrong one, alpha its probability
-    lps = [inst[f"logprob{k}"] for k in range(3)]
+    # the option scores are those of score_items under the scoring (the end token included
+    # for "official"); the biased option is the most probable wrong one, alpha exp(its score)
+    lps = [inst[f"score{k}"] for k in range(3)]
+    sc = crispr.score_items(model, items, ins)
+    expect_scores = crispr.option_score(sc.logprob, sc.n_tokens, scoring, sc.logprob_end)[0, 0]
+    np.testing.assert_allclose(lps, expect_scores, rtol=1e-5, atol=1e-5)
     wrong = [k for k in range(3) if k != inst["label"]]
     assert inst["biased"] == max(wrong, key=lambda k: lps[k])
     assert alpha == pytest.approx(np.exp(lps[inst["biased"]]), rel=1e-5)
     # no_skill = alpha * max over the prompt + biased-answer positions of h * grad
     layer = 7
     _, act, grad, seg = crispr.option_gradients(model, items.iloc[0].to_dict(), ins[0], inst["biased"],
-                                                f"blocks.{layer}.mlp.hook_post")
+                                                f"blocks.{layer}.mlp.hook_post", scoring=scoring)
     keep = (seg == -1) | (seg == inst["biased"])
     expect = alpha * (act * grad)[keep].max(0).values.double().numpy()
     got = a1.scores["no_skill"][layer * a1.d_mlp : (layer + 1) * a1.d_mlp]
