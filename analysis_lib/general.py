@@ -470,23 +470,22 @@ def start_residual(model, prompts: Sequence[str]) -> dict[str, np.ndarray]:
     """The residual stream of every prompt across depth, and the FFN coefficients at position 0.
 
     Runs each prompt (with the model's start token) once, with forward hooks on the decoder
-    layers and on the input of every ``down_proj``.
+    layers and on the input of every ``down_proj``. A model run without a start token
+    (``start_token="none"``) has each prompt's first token at position 0.
 
     Returns:
         ``norm_start`` ``[L + 1]`` (the L2 norm of the residual at position 0 after the
-        embedding, depth 0, and after every block l, depth l + 1; the same in every prompt, since
-        attention is causal), ``norm_other`` ``[n_prompts, L + 1]`` (median norm over the other
+        embedding, depth 0, and after every block l, depth l + 1; the same in every prompt when
+        position 0 is a start token, since attention is causal, and the median over prompts
+        without one), ``norm_other`` ``[n_prompts, L + 1]`` (median norm over the other
         positions of each prompt), ``resid_start`` ``[L + 1, d_model]`` and ``m_start``
-        ``[L, d_mlp]`` (FFN coefficients at position 0), all from the first prompt for the
-        start-token quantities.
+        ``[L, d_mlp]`` (FFN coefficients at position 0), from the first prompt.
     """
     from .neurons import hf_layer, hf_model, unwrap
 
     hf = hf_model(model)
     L = arch(model).n_layers
     prefix = [model.start_token_id] if model.start_token_id is not None else []
-    if not prefix:
-        raise StudyError("The start-token residual needs a model with a start token (start_token='none' has none).")
     grabbed: dict[str, Any] = {}
     handles = []
     for l in range(L):
@@ -497,7 +496,7 @@ def start_residual(model, prompts: Sequence[str]) -> dict[str, np.ndarray]:
             lambda mod, inp, out, l=l: grabbed.__setitem__(("m", l), inp[0].detach())))
     emb = unwrap(hf.model.embed_tokens)
     handles.append(emb.register_forward_hook(lambda mod, inp, out: grabbed.__setitem__(("emb",), out.detach())))
-    norm_start, norm_other, resid0, m0 = None, [], None, None
+    norm_start, norm_other, resid0, m0 = [], [], None, None
     try:
         for k, prompt in enumerate(prompts):
             grabbed.clear()
@@ -511,14 +510,15 @@ def start_residual(model, prompts: Sequence[str]) -> dict[str, np.ndarray]:
             stack = torch.stack([emb_out[0]] + [grabbed[("out", l)][0] for l in range(L)]).float()  # [L+1, T, d]
             norms = stack.norm(dim=-1).cpu().numpy()
             norm_other.append(np.median(norms[:, 1:], axis=1) if norms.shape[1] > 1 else np.full(L + 1, np.nan))
+            norm_start.append(norms[:, 0])
             if k == 0:
-                norm_start = norms[:, 0]
                 resid0 = stack[:, 0].cpu().numpy()
                 m0 = torch.stack([grabbed[("m", l)][0, 0] for l in range(L)]).float().cpu().numpy()
     finally:
         for h in handles:
             h.remove()
-    return {"norm_start": norm_start, "norm_other": np.stack(norm_other), "resid_start": resid0, "m_start": m0}
+    start = norm_start[0] if prefix else np.median(np.stack(norm_start), axis=0)
+    return {"norm_start": start, "norm_other": np.stack(norm_other), "resid_start": resid0, "m_start": m0}
 
 
 def norm_profile(res: Mapping[str, np.ndarray]) -> pd.DataFrame:
@@ -609,6 +609,67 @@ def sink_writers(model, res: Mapping[str, np.ndarray], sink: Mapping[str, Any], 
     k = int(np.searchsorted(cum, cover) + 1) if np.isfinite(cum).all() else 1
     df["writer"] = np.arange(len(df)) < min(k, max_writers)
     return df
+
+
+@dataclass
+class SinkSurvey:
+    """The sinks of one model under several start-token policies (:func:`sink_survey`).
+
+    Attributes:
+        profiles: :func:`norm_profile` rows with ``start`` (the policy: the token at position 0,
+            or ``"first word"`` without a start token).
+        sinks: :func:`find_sinks` rows with ``start``.
+        writers: :func:`sink_writers` rows of every sink with ``start`` and ``sink`` (its layers).
+        masking: :func:`run_conditions` rows (conditions ``"<start> sink <layers>"`` and their
+            ``random`` draws) with ``start``; empty when no task sizes were given.
+    """
+
+    profiles: pd.DataFrame
+    sinks: pd.DataFrame
+    writers: pd.DataFrame
+    masking: pd.DataFrame
+
+
+#: the name of the "no start token" policy in tables and text: position 0 holds each prompt's first word
+FIRST_WORD = "first word"
+
+
+def sink_survey(model, prompts: Sequence[str], *, starts: Sequence[str | None] = ("default", None),
+                sizes: Mapping[str, int | None] | None = None, n_random: int = 0, seed: int = 0,
+                cover: float = 0.8) -> SinkSurvey:
+    """Norm profile, sinks, sink writers and (with ``sizes``) the masking of each sink's writers
+    against ``n_random`` random same-layer draws, for one model under several start-token policies.
+
+    Args:
+        starts: start-token policies: ``"default"`` (the model's own), ``None`` (no start token:
+            position 0 holds each prompt's first word, where a model without a BOS token of its own
+            may build its sink) or a token string.
+        sizes: capability task sizes for the masking (:func:`run_conditions`); ``None`` skips it.
+            The tasks run under the same start-token policy as the sink.
+    """
+    profiles, sinks, writers, masking = [], [], [], []
+    for start in starts:
+        policy = model.start_token if start == "default" else start
+        with start_token_policy(model, policy):
+            label = model.start_token or FIRST_WORD
+            res = start_residual(model, list(prompts))
+            prof = norm_profile(res)
+            found = find_sinks(prof)
+            profiles.append(prof.assign(start=label))
+            sinks.append(found.assign(start=label))
+            conditions, kinds = {"original": []}, {"original": "original"}
+            for srow in found.to_dict("records"):
+                w = sink_writers(model, res, srow, cover=cover)
+                writers.append(w.assign(start=label, sink=srow["layers"]))
+                name = f"{label} sink {srow['layers']}"
+                conditions[name], kinds[name] = w[w.writer]["id"].tolist(), name
+                for k, d in enumerate(random_same_layer(model, conditions[name], n_random, seed=seed + 2000 + srow["sink"])):
+                    conditions[f"{name} random {k + 1}"], kinds[f"{name} random {k + 1}"] = d, f"random {name}"
+            if sizes and len(conditions) > 1:
+                table, _ = run_conditions(model, conditions, sizes, seed, kinds=kinds)
+                masking.append(table.assign(start=label))
+    cat = lambda xs: pd.concat(xs, ignore_index=True) if xs else pd.DataFrame()  # noqa: E731
+    return SinkSurvey(cat(profiles), cat(sinks), cat(writers), cat(masking))
 
 
 def shallow_verdict(sinks: pd.DataFrame, general_layers: Sequence[int], n_layers: int, *,

@@ -59,6 +59,7 @@ replicate_random = None  # random draws per second architecture (None: the profi
 replicate_probes = None  # CommonWords, arithmetic and RACE probes per second architecture (None: the profile's)
 sink_random = None  # random same-layer draws per sink-writer masking (None: the profile's)
 profile_models = None  # other models whose start-token norm profile is drawn (None: the profile's)
+other_sizes = None  # task sizes for masking the other models' sink writers (None: the profile's)
 
 # %% tags=["remove-cell"]
 from analysis_lib.pipeline import resolve_profile
@@ -90,7 +91,7 @@ results = Results("04_general_neurons", dict(
     sums=sums, n_cna_random=n_cna_random, alt_start_tokens=alt_start_tokens, alt_per_set=alt_per_set,
     replicate_models=replicate_models,
     replicate_random=replicate_random, replicate_probes=replicate_probes, sink_random=sink_random,
-    profile_models=profile_models))
+    profile_models=profile_models, other_sizes=other_sizes))
 lm = models.load_model(model, device=device, dtype=dtype)
 cw_all = to_frame(load_commonwords(seed))
 cw_eval = cw_all if not commonwords_split else cw_all[cw_all.split == commonwords_split].reset_index(drop=True)
@@ -545,33 +546,24 @@ plt.close(fig)
 
 # %% tags=["remove-cell"]
 t = time.perf_counter()
-sink_res = general.start_residual(lm, list(probes.prompt))
-prof = general.norm_profile(sink_res)
-sinks = general.find_sinks(prof)
+survey = general.sink_survey(lm, list(probes.prompt), starts=("default",), sizes=control_sizes, n_random=sink_random,
+                             seed=seed)
+prof, sinks, writers, sink_table = survey.profiles, survey.sinks, survey.writers, survey.masking
 q_rank_score = scan.set_mean("q_start").mean(axis=1).to_numpy()
 q_order = np.argsort(-q_rank_score, kind="stable")
 q_rank = np.empty_like(q_order)
 q_rank[q_order] = np.arange(1, len(q_order) + 1)
 d_mlp_ = scan.shape[1]
-writer_tabs, sink_conditions, sink_kinds = [], {"original": []}, {"original": "original"}
-for srow in sinks.to_dict("records"):
-    w = general.sink_writers(lm, sink_res, srow, cover=0.8)
-    w["query_rank"] = [int(q_rank[NeuronId.parse(i).layer * d_mlp_ + NeuronId.parse(i).index]) for i in w.id]
-    w.insert(0, "sink", srow["layers"])
-    writer_tabs.append(w)
-    ids = list(w[w.writer].id)
-    name = f"sink {srow['layers']}"
-    sink_conditions[name], sink_kinds[name] = ids, name
-    for k, d in enumerate(general.random_same_layer(lm, ids, sink_random, seed=seed + 2000 + srow["sink"])):
-        sink_conditions[f"{name} random {k + 1}"], sink_kinds[f"{name} random {k + 1}"] = d, f"random {name}"
-writers = pd.concat(writer_tabs, ignore_index=True) if writer_tabs else pd.DataFrame()
-sink_table, _ = general.run_conditions(lm, sink_conditions, control_sizes, seed, kinds=sink_kinds)
+if len(writers):
+    writers["query_rank"] = [int(q_rank[NeuronId.parse(i).layer * d_mlp_ + NeuronId.parse(i).index]) for i in writers.id]
+    writers = writers[["sink"] + [c for c in writers.columns if c not in ("sink", "start")]]
+sink_name = {r.layers: f"{r.start} sink {r.layers}" for r in sinks.itertuples()}
 results.time("sinks", time.perf_counter() - t)
 results.table("norm_profile", prof.assign(model=model))
 results.table("sinks", sinks.assign(model=model))
 results.table("sink_writers", writers.assign(model=model))
 results.table("sink_masking", sink_table.assign(model=model))
-sink_vs = pd.concat([general.general_vs_random(sink_table, f"sink {r.layers}", random_kind=f"random sink {r.layers}")
+sink_vs = pd.concat([general.general_vs_random(sink_table, sink_name[r.layers], random_kind=f"random {sink_name[r.layers]}")
                      .assign(sink=r.layers) for r in sinks.itertuples()], ignore_index=True) if len(sinks) else pd.DataFrame()
 results.table("sink_vs_random", sink_vs.assign(model=model))
 results.add("n_sinks", len(sinks))
@@ -579,8 +571,8 @@ results.add("sink_random", sink_random)
 results.add("sink_layers", [str(x) for x in sinks.layers])
 sink_sentences = []
 for r in sinks.itertuples():
-    ids = sink_conditions[f"sink {r.layers}"]
     sub = writers[writers.sink == r.layers].set_index("id")
+    ids = list(sub.index[sub.writer])
     wtxt = ", ".join(f"{i} (m = {sub.loc[i, 'm_start']:,.1f}, query rank {int(sub.loc[i, 'query_rank'])})" for i in ids)
     er = f", erased at block {r.erased_at}" if r.erased_at >= 0 else ", never erased"
     sent = (f"Sink {r.sink} is written at {r.layers}: the start token's norm goes from {r.norm_before:,.0f} to "
@@ -614,34 +606,63 @@ glue("shallow_text", (
     f"{', '.join(sv['shallow']) or 'none'}; deeper ones: {', '.join(sv['deep']) or 'none'}. The general neurons "
     f"found by the query score sit in the sink at {sv['general_sink'] or 'no sink found here'}."), display=False)
 
-# profiles of the other models (norms only; their writers are not masked here)
+# the other models: sinks under their own start token and with the first word at position 0,
+# their writers, and the writers masked against random same-layer draws (perplexity and sums)
 t = time.perf_counter()
 profiles = [prof.assign(model=model)]
-other_sinks = []
+other_sinks, other_tables = [], {"sinks": [], "writers": [], "masking": []}
 for name in profile_models:
     if name == model:
         continue
     m2 = models.load_model(name, device=device, dtype=dtype)
     try:
-        p2 = general.norm_profile(general.start_residual(m2, list(probes.prompt)))
+        sv2 = general.sink_survey(m2, list(probes.prompt), starts=("default", None), sizes=other_sizes,
+                                  n_random=sink_random, seed=seed)
     finally:
         del m2
-    profiles.append(p2.assign(model=name))
-    s2 = general.find_sinks(p2)
-    other_sinks.append(f"{name}: " + (", ".join(f"{r.layers} (norm {r.norm_before:,.0f} → {r.norm_after:,.0f}, "
-                                                 f"{r.ratio_after:.0f} times the other positions)"
-                                                 for r in s2.itertuples()) or "no sink by this rule"))
+    profiles.append(sv2.profiles.assign(model=name))
+    for k in other_tables:
+        other_tables[k].append(getattr(sv2, k).assign(model=name))
+    vs2 = {f"{r.start} sink {r.layers}": general.general_vs_random(
+               sv2.masking[sv2.masking.start == r.start], f"{r.start} sink {r.layers}",
+               random_kind=f"random {r.start} sink {r.layers}").set_index("task")
+           for r in sv2.sinks.itertuples()} if len(sv2.masking) else {}
+    parts = []
+    for start, g in sv2.sinks.groupby("start", sort=False) if len(sv2.sinks) else []:
+        found = []
+        for r in g.itertuples():
+            w = sv2.writers[(sv2.writers.start == start) & (sv2.writers.sink == r.layers) & sv2.writers.writer]
+            txt = (f"{r.layers} (norm {r.norm_before:,.0f} → {r.norm_after:,.0f}, {r.ratio_after:.0f} times the "
+                   f"other positions; written by {', '.join(w.id)}")
+            v2 = vs2.get(f"{start} sink {r.layers}")
+            if v2 is not None and "neutral" in v2.index:
+                o, tg, lo, hi = (v2.loc["neutral", c] for c in ("original", "target", "random_min", "random_max"))
+                txt += (f"; masking them changes perplexity by {100 * (tg / o - 1):+.0f} %, random same-layer draws "
+                        f"{100 * (lo / o - 1):+.1f} to {100 * (hi / o - 1):+.1f} %")
+            if v2 is not None and "arithmetic_1digit" in v2.index:
+                a = v2.loc["arithmetic_1digit"]
+                txt += (f", and one-digit addition from {100 * a.original:.0f} % to {100 * a.target:.0f} % "
+                        f"(random: {100 * a.random_min:.0f}–{100 * a.random_max:.0f} %)")
+            found.append(txt + ")")
+        parts.append(f"with {start} at position 0, " + "; ".join(found))
+    none_for = [st for st in sv2.profiles.start.unique() if st not in set(sv2.sinks.start if len(sv2.sinks) else [])]
+    parts += [f"with {st} at position 0, no sink by this rule" for st in none_for]
+    other_sinks.append(f"{name}: " + "; ".join(parts))
 results.time("profiles", time.perf_counter() - t)
 all_profiles = pd.concat(profiles, ignore_index=True)
 results.table("norm_profiles", all_profiles)
-glue("other_sinks_text", ("The same rule on the other models: " + "; ".join(other_sinks) + ".") if other_sinks else
+for k, v in other_tables.items():
+    if v:
+        results.table(f"other_{k}", pd.concat(v, ignore_index=True))
+glue("other_sinks_text", ("The same rule on the other models, each with its own start token and with the prompt's "
+                          "first word at position 0: " + ". ".join(other_sinks) + ".") if other_sinks else
      "This profile draws the norm profile of the default model only; the full profile adds the other models.",
      display=False)
 
 fig, ax = plt.subplots(figsize=(9, 4.2))
-for name, g in all_profiles.groupby("model", sort=False):
-    line, = ax.plot(g.depth, g.norm_start, marker="o", ms=3, label=f"{name}: start token")
-    ax.plot(g.depth, g.norm_other, ls="--", color=line.get_color(), lw=1, label=f"{name}: other positions (median)")
+for (name, start), g in all_profiles.groupby(["model", "start"], sort=False):
+    line, = ax.plot(g.depth, g.norm_start, marker="o", ms=3, label=f"{name}, position 0 = {start}")
+    ax.plot(g.depth, g.norm_other, ls="--", color=line.get_color(), lw=1, label=f"{name}, other positions (median)")
 for r in sinks.itertuples():
     ax.axvspan(r.first_block + 0.5, r.last_block + 1.5, color="orange", alpha=0.2)
 ax.set_yscale("log")
@@ -659,12 +680,22 @@ writers.round(3) if len(writers) else pd.DataFrame({"note": ["no sink found"]})
 # ```{glue:figure} fig_sinks
 # :name: fig-general-sinks
 #
-# The L2 norm of the residual stream at the start token (solid) and the median over the other
+# The L2 norm of the residual stream at position 0 (solid) and the median over the other
 # positions of the probe prompts (dashed), after the embedding and after every block, for each
-# model drawn. The shaded bands mark the sinks of the default model found by the rule above.
+# model drawn: the default model with its start token, the other models with their own start
+# token and with the prompt's first word at position 0 (no start token). The shaded bands mark
+# the sinks of the default model found by the rule above.
 # ```
 #
-# {glue:text}`sink_text` {glue:text}`shallow_text` {glue:text}`other_sinks_text`
+# {glue:text}`sink_text` {glue:text}`shallow_text`
+#
+# A model trained without a start token of its own may build its sink on whatever token comes
+# first rather than on the token we put there: Qwen2.5 has no BOS token, and the study puts its
+# document separator `<|endoftext|>` at position 0 (chapter {ref}`ch-model`). So each other
+# model is drawn twice, with its own start token and with the prompt's first word at position
+# 0, and each sink found is traced to its writers and masked against random same-layer draws
+# (perplexity of neutral text and one-digit sums, run under the same start-token policy).
+# {glue:text}`other_sinks_text`
 
 # %% [markdown]
 # ## Start-token sensitivity

@@ -347,3 +347,37 @@ def test_sink_writers_sum_to_the_ffn_write(model):
     writes = res["m_start"][l].astype(np.float64) * (u @ W)
     ffn_out = W @ res["m_start"][l].astype(np.float64)
     assert writes.sum() == pytest.approx(ffn_out @ u, rel=1e-6)
+
+
+def test_start_residual_without_a_start_token(model):
+    """With no start token, position 0 is each prompt's first word: the norm there is the median
+    over prompts of Hugging Face's hidden-state norms at position 0, and the policy is restored."""
+    prompts = ["The nurse said that", "3+5=", "My neighbour is"]
+    start_id = model.start_token_id
+    with general.start_token_policy(model, None):
+        res = general.start_residual(model, prompts)
+    assert model.start_token_id == start_id
+    norms = []
+    for p in prompts:
+        ids = torch.tensor([general.token_ids(model, p)])
+        with torch.inference_mode():
+            hs = model.original_model(input_ids=ids, output_hidden_states=True).hidden_states
+        norms.append([float(h[0, 0].float().norm()) for h in hs[:-1]])
+    L = len(norms[0])
+    np.testing.assert_allclose(res["norm_start"][:L], np.median(np.array(norms), axis=0), rtol=1e-5)
+
+
+def test_sink_survey_repeats_the_steps(model):
+    """One start policy, no masking: the survey's profile, sinks and writers are those of the
+    steps run by hand, labelled with the start token."""
+    prompts = ["The nurse said that", "3+5="]
+    sv = general.sink_survey(model, prompts, starts=("default",))
+    res = general.start_residual(model, prompts)
+    prof = general.norm_profile(res)
+    sinks = general.find_sinks(prof)
+    assert set(sv.profiles.start) == {model.start_token} and sv.masking.empty
+    pd.testing.assert_frame_equal(sv.profiles.drop(columns="start"), prof)
+    pd.testing.assert_frame_equal(sv.sinks.drop(columns="start"), sinks)
+    by_hand = pd.concat([general.sink_writers(model, res, r, cover=0.8).assign(sink=r["layers"])
+                         for r in sinks.to_dict("records")], ignore_index=True)
+    pd.testing.assert_frame_equal(sv.writers.drop(columns="start"), by_hand)
