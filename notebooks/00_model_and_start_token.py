@@ -154,10 +154,19 @@ plt.close(fig)
 # ```{exercise} The bias score of a word
 # :label: ex-ch0-bias-score
 #
+# *Difficulty: ★☆☆, about 10 minutes.*
+#
 # The study measures a word's gender lean as $b(w) = \log p(\text{" man"}) - \log p(\text{" woman"})$
 # after the word's prompt. Write `bias_score(logp_man, logp_woman)` and check it with
 # `checks.check_bias_score(bias_score)`. Then compute $b$ for "nurse" from the table
 # `probe` above: is it positive or negative, and what does that mean?
+#
+# :::{admonition} Hint
+# :class: dropdown
+# `bias_score` is one subtraction. For "nurse", keep the rows of `probe` with this chapter's
+# `model`, `word == "nurse"` and `kind == "noun"`; indexed by `target`, their `logprob` column
+# holds $\log p(\text{" man"})$ and $\log p(\text{" woman"})$.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -189,10 +198,19 @@ bias_score(*nurse_noun.set_index("target").logprob[[" man", " woman"]])
 # ```{exercise} What sits at position 0?
 # :label: ex-ch0-start
 #
+# *Difficulty: ★☆☆, about 10 minutes.*
+#
 # Load the default model with `start_token="none"` and with `start_token="<|endoftext|>"`
 # (`models.load_model(model, start_token=...)`) and print `models.str_tokens(m, "The nurse is a")`
 # for each. How many tokens does each prompt have, and which token does the last position
 # attend to first? Why does paper 1 care which token sits at position 0?
+#
+# :::{admonition} Hint
+# :class: dropdown
+# Each `load_model` call with another `start_token` takes a few seconds (the weights come from
+# the cache). `models.str_tokens` lists the tokens as strings, position 0 first; under causal
+# masking every position can attend to position 0.
+# :::
 # ```
 
 # %% [markdown] tags=["solution"]

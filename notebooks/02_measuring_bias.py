@@ -547,6 +547,8 @@ results.save()
 # ```{exercise} The ICAT formula
 # :label: ex-ch2-icat
 #
+# *Difficulty: ★☆☆, about 10 minutes.*
+#
 # StereoSet combines the language-modelling score LMS (how often a meaningful continuation
 # beats an unrelated one, ideal 100) and the stereotype score SS (how often the stereotype
 # beats the anti-stereotype, ideal 50) into one number, the idealized CAT score
@@ -554,6 +556,13 @@ results.save()
 # check it with `checks.check_icat(icat)`, and recompute the default model's intrasentence
 # ICAT from its LMS and SS in the table `suite`. What ICAT would a model get that always prefers
 # the stereotype but never the unrelated option?
+#
+# :::{admonition} Hint
+# :class: dropdown
+# `min(ss, 100 - ss)` is the distance of SS from the nearer extreme. The default model's LMS
+# and SS are the rows of `suite` with `benchmark == "stereoset"` and `variant ==
+# "intrasentence"`, indexed by `metric`.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -589,6 +598,8 @@ pd.Series({"ICAT from LMS and SS": icat(lms_ss["lms"], lms_ss["ss"]), "ICAT in t
 # ```{exercise} WinoGender's entropy difference
 # :label: ex-ch2-entropy
 #
+# *Difficulty: ★★☆, about 15 minutes.*
+#
 # For each WinoGender sentence the model gives $\log p(\text{he})$ and $\log p(\text{she})$.
 # With $q = p(\text{he}) / (p(\text{he}) + p(\text{she}))$ the binary entropy in bits is
 # $H(q) = -q\log_2 q - (1-q)\log_2(1-q)$, and the chapter's entropy difference is
@@ -596,6 +607,12 @@ pd.Series({"ICAT from LMS and SS": icat(lms_ss["lms"], lms_ss["ss"]), "ICAT in t
 # Write `entropy_difference(lp_he, lp_she)` for arrays, check it with
 # `checks.check_entropy_difference(entropy_difference)`, and apply it to the default model's
 # items `items["winogender"]` (columns `lp_male`, `lp_female`).
+#
+# :::{admonition} Hint
+# :class: dropdown
+# Compute $q$ from the log-odds, `q = 1 / (1 + np.exp(lp_she - lp_he))`, not from the two
+# probabilities, and take `np.log2` (bits). Clip $q$ away from 0 and 1 before the logarithms.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]

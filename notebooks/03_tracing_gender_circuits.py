@@ -624,6 +624,8 @@ plt.close(fig)
 # ```{exercise} The log-probability increase of one FFN neuron
 # :label: ex-ch3-lpi
 #
+# *Difficulty: ★★★, about 30 minutes.*
+#
 # Write `log_prob_increase(model, prompt, target, layer, index)` for an FFN value neuron
 # ({ref}`methods-readout`): run the prompt with a cache; take the residual stream before the layer's
 # FFN at the last position, $x$ = `blocks.{layer}.hook_resid_mid`; the neuron's subvalue is
@@ -634,6 +636,15 @@ plt.close(fig)
 # `neurons.final_norm_gain(model)`, then the unembedding `neurons.lm_head(model)`. Check it on
 # the chapter's strongest FFN value neuron with
 # `checks.check_log_prob_increase(log_prob_increase, lm, prompt=nurse_prompt, target=nurse.target, neuron=top_ffn)`.
+#
+# :::{admonition} Hint
+# :class: dropdown
+# `model.run_with_cache(models.encode(model, prompt).tokens)` gives the cache. Write one inner
+# function `logp(h)` that maps a residual vector to the target's log-probability
+# (`final_norm_gain(model) * h / scale`, times the transposed weight of `lm_head(model)`, then
+# `log_softmax`) and call it on $x + v$ and on $x$. The output row is `neurons.hf_layer(model,
+# layer).mlp.down_proj.weight[:, index]`.
+# :::
 # ```
 
 # %% tags=["remove-cell"]
@@ -680,6 +691,8 @@ checks.check_log_prob_increase(log_prob_increase, lm, prompt=nurse_prompt, targe
 # ```{exercise} Reading a neuron's name
 # :label: ex-ch3-names
 #
+# *Difficulty: ★☆☆, about 15 minutes.*
+#
 # The study names neurons like the paper: `ffnL2N7003` is FFN neuron 7003 of layer 2, and
 # `attnL18H7D40P0` is dimension 40 of head 7's value vector in layer 18, read at source
 # position 0. Write `neuron_name(kind, layer, index_or_head, dim=None, position=None)` and
@@ -688,6 +701,12 @@ checks.check_log_prob_increase(log_prob_increase, lm, prompt=nurse_prompt, targe
 # neurons (`da.per_prompt_topk["attn_value"]`, one list of ids per prompt; the dataset-level
 # ranking sums a neuron over positions, so its ids carry no position) to find the share that
 # read from position 0, the start token.
+#
+# :::{admonition} Hint
+# :class: dropdown
+# f-strings build the names; a regular expression such as `r"P(\d+)$"` reads the position
+# back. Flatten `da.per_prompt_topk["attn_value"]` into one list of ids before counting.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]

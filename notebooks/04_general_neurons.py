@@ -829,6 +829,8 @@ results.time("total", time.perf_counter() - T0)
 # ```{exercise} How unusual is the damage?
 # :label: ex-ch4-pvalue
 #
+# *Difficulty: ★☆☆, about 10 minutes.*
+#
 # Masking two random neurons of the same layer is the control for masking the two general
 # neurons. With the damage $\delta = $ (accuracy as is) $-$ (accuracy masked) of the general
 # neurons and $\delta_1, \dots, \delta_n$ of the $n$ random draws, the one-sided permutation
@@ -837,6 +839,13 @@ results.time("total", time.perf_counter() - T0)
 # with `checks.check_empirical_p(empirical_p)`, and compute it for one-digit addition from
 # `control_table` (columns `condition`, `kind`, `task`, `value`). What is the smallest p-value
 # that this chapter's number of draws can give?
+#
+# :::{admonition} Hint
+# :class: dropdown
+# Count the random draws whose damage is at least the observed one. In `control_table`, keep
+# `task == "arithmetic_1digit"`; a condition's damage is the `value` of `condition ==
+# "original"` minus its own `value`; the random draws are the rows with `kind == "random"`.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -875,6 +884,8 @@ pd.Series({"damage, general neurons": damage_general, "p-value": empirical_p(dam
 # ```{exercise} Mask a neuron with a hook
 # :label: ex-ch4-mask
 #
+# *Difficulty: ★★☆, about 20 minutes.*
+#
 # Masking an FFN neuron sets its coefficient to zero at every position. Write
 # `masked_logits(model, prompt, neurons)` that takes `[(layer, index), ...]`, adds forward hooks
 # on `blocks.{layer}.mlp.hook_post` that zero those indices, and returns the last position's
@@ -883,6 +894,13 @@ pd.Series({"damage, general neurons": damage_general, "p-value": empirical_p(dam
 # `checks.check_masked_logits(masked_logits, lm, neurons=tuple(general_ids))`: the check
 # compares with the study's `editing.mask_neurons` and verifies that the model is unchanged
 # afterwards. Which answer does the model give to "3+5=" with and without the general neurons?
+#
+# :::{admonition} Hint
+# :class: dropdown
+# A hook gets `(activation, hook)` and returns the edited activation: set `act[..., index] =
+# 0.0`. Make each hook with a small factory `zero(index)`, so that every hook keeps its own
+# index (a lambda written in a loop would see only the last one).
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]

@@ -783,13 +783,20 @@ glue("paper_text", ne.paper_comparison_text(results.values), display=False)
 # ```{exercise} Do two neurons add up?
 # :label: ex-ch5-additivity
 #
-# *Difficulty: ★★☆, about 15 minutes.* Masking a neuron changes every word's $b$. If effects
-# were additive, masking neurons A and B together would change $b$ by the sum of their single
+# *Difficulty: ★★☆, about 15 minutes.*
+#
+# Masking a neuron changes every word's $b$. If effects were additive, masking neurons A and B together would change $b$ by the sum of their single
 # changes. Write `predict_joint(b0, b_a, b_b)` that returns that prediction (an array, one
 # value per word), check it with `checks.check_predict_joint(predict_joint)`, then measure the
 # real joint $b$ for the first two one-shot neurons on the test words with
 # `mask_neurons(lm, [a, b])` and `ne.mean_abs_bias` and compare the mean signed $b$.
-# *Hint:* each single change is `b_a - b0`.
+#
+# :::{admonition} Hint
+# :class: dropdown
+# Each single change is `b_a - b0`; the prediction adds both changes to `b0`.
+# `mask_neurons(lm, neurons)` is a context manager, and the second element of
+# `ne.mean_abs_bias(lm, prompts)` is the per-word $b$.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -832,13 +839,21 @@ pd.Series({"unedited mean b": b0_test.mean(),
 # ```{exercise} Heads that share a value
 # :label: ex-ch5-gqa
 #
-# *Difficulty: ★★☆, about 15 minutes.* Under grouped-query attention, query head $h$ reads the
-# values of key/value group $h \,//\, (n_\text{heads} / n_\text{kv})$. Write
+# *Difficulty: ★★★, about 25 minutes.*
+#
+# Under grouped-query attention, query head $h$ reads the values of key/value group $h \,//\, (n_\text{heads} / n_\text{kv})$. Write
 # `kv_group(head, n_heads, n_kv_heads)` returning that group, check it with
 # `checks.check_kv_group(kv_group)`, and use it to find, in the one-shot selection, attention
 # neurons `attnL{l}H{h}D{j}` that share layer, group and dimension. For such a set, compare the
 # guard perplexity change of each neuron alone with that of the set (`es.SetScorer(lm, [], guard)`
-# has `ppl_ratio`). *Hint:* `ne` and `es` are imported; `sel["kv_groups"]` is the chapter's answer.
+# has `ppl_ratio`).
+#
+# :::{admonition} Hint
+# :class: dropdown
+# `ne` and `es` are imported, and `sel["kv_groups"]` is the chapter's answer to compare with.
+# Each key/value group serves `n_heads // n_kv_heads` query heads, so integer division gives
+# the group.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -871,13 +886,20 @@ sel["kv_groups"]
 # ```{exercise} How much of the bias went away?
 # :label: ex-ch5-reduction
 #
-# *Difficulty: ★☆☆, about 10 minutes.* A change in a bias metric is easiest to read as the
-# share of the distance to the ideal value that was removed:
+# *Difficulty: ★☆☆, about 10 minutes.*
+#
+# A change in a bias metric is easiest to read as the share of the distance to the ideal value that was removed:
 # $1 - |\text{after} - \text{ideal}| / |\text{before} - \text{ideal}|$ (1 = all bias removed,
 # 0 = no change, negative = worse). Write `relative_reduction(before, after, ideal=0.0)`, check
 # it with `checks.check_relative_reduction(relative_reduction)`, and compute it for the chosen
-# edit and for the best random draw matched to it. *Hint:* the table `table` has `mean_abs_b`,
-# and `controls` the draws.
+# edit and for the best random draw matched to it.
+#
+# :::{admonition} Hint
+# :class: dropdown
+# The table `table` has `mean_abs_b` (before and after the edit), and `controls` holds the
+# random draws, with the change `d_mean_abs_b` of each; keep the draws whose `control_for` is
+# the chosen edit.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]

@@ -132,6 +132,11 @@ def test_exercises_render_and_student_edition_hides_solutions(quick_book, tmp_pa
         page = (html / f"{c}.html").read_text()
         assert page.count('class="exercise admonition"') >= 2, f"{c} needs at least two exercises"
         assert 'class="solution dropdown admonition"' in page, f"{c} shows no solution"
+        for ex in _soup(html / f"{c}.html").select("div.exercise"):  # difficulty, time and hint render
+            assert EXERCISE_HEADER.match(ex.select_one(".admonition-title ~ p, section > p, p").get_text().strip()) \
+                or "Difficulty:" in ex.get_text(), f"{c}: an exercise shows no difficulty"
+            hints = [a for a in ex.select("div.admonition.dropdown") if "Hint" in a.get_text()]
+            assert len(hints) == 1, f"{c}: an exercise shows {len(hints)} hint dropdowns"
     student = tmp_path / "student"
     pipeline.build_student_edition(student, source_book=quick_book / "book")
     for c in pipeline.chapters():
@@ -146,6 +151,44 @@ def test_exercises_render_and_student_edition_hides_solutions(quick_book, tmp_pa
     assert any(cell.cell_type == "code" and "checks.check_bias_score(bias_score)" in cell.source
                for cell in first.cells), "the student edition lost the exercise's check call"
 
+
+
+#: Every exercise opens with its difficulty and a time estimate, in this one format, and ends
+#: with a hint in a dropdown (ARENA's practice): ★☆☆ a warm-up of a few lines, ★★☆ the
+#: chapter's core skill, ★★★ a stretch that needs the model's internals or a re-run.
+EXERCISE_HEADER = re.compile(r"^\*Difficulty: (★☆☆|★★☆|★★★), about (\d+) minutes\.\*$")
+EXERCISE_HINT = ":::{admonition} Hint\n:class: dropdown\n"
+
+
+def _exercise_blocks() -> dict[str, str]:
+    """Every ``{exercise}`` directive of the chapter sources (comment marks removed), by label."""
+    blocks = {}
+    for path in sorted(pipeline.notebooks_dir().glob("*.py")):
+        text = re.sub(r"(?m)^# ?", "", path.read_text())
+        for m in re.finditer(r"(?ms)^```\{exercise\}[^\n]*\n:label: (\S+)\n(.*?)^```$", text):
+            blocks[f"{path.stem}:{m.group(1)}"] = m.group(2)
+    return blocks
+
+
+def test_every_exercise_has_a_difficulty_a_time_and_a_hint():
+    blocks = _exercise_blocks()
+    assert len(blocks) >= 2 * len(pipeline.chapters()), sorted(blocks)
+    problems = []
+    for name, body in blocks.items():
+        first = body.strip().split("\n")[0]
+        m = EXERCISE_HEADER.match(first)
+        if not m:
+            problems.append(f"{name}: first line {first!r} is not like '*Difficulty: ★★☆, about 15 minutes.*'")
+        elif not 5 <= int(m.group(2)) <= 60:
+            problems.append(f"{name}: {m.group(2)} minutes is not a time for one exercise (5 to 60)")
+        hint = body.split(EXERCISE_HINT, 1)
+        if len(hint) != 2 or not hint[1].split(":::", 1)[0].strip():
+            problems.append(f"{name}: no hint (a ':::{{admonition}} Hint' with ':class: dropdown' and a text)")
+        elif hint[1].split(":::", 1)[1].strip():
+            problems.append(f"{name}: the hint is not the last part of the exercise")
+        if "*Hint:*" in body:
+            problems.append(f"{name}: an inline *Hint:* besides the dropdown")
+    assert problems == [], "\n".join(problems)
 
 
 def test_make_student_builds_from_the_makefile_command(quick_book, tmp_path):
