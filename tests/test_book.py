@@ -209,6 +209,48 @@ def test_make_student_builds_from_the_makefile_command(quick_book, tmp_path):
     assert (html / "book" / "00_model_and_start_token.html").is_file()
     assert "Student edition" in (html / "book" / "intro.html").read_text()
 
+# ----------------------------------------------------------------------------- make lab
+
+
+def test_lab_pairs_each_chapter_with_a_notebook_that_keeps_its_outputs(tmp_path):
+    """`make lab`'s pairing (jupytext.toml): notebooks/NN.py <-> lab/NN.ipynb. Syncing leaves
+    the tracked source byte for byte as it is, and an edit of the source keeps the outputs."""
+    import subprocess
+    import sys
+
+    import nbformat
+
+    root = pipeline.repo_root()
+    chapter = "00_model_and_start_token"
+    shutil.copy(root / "jupytext.toml", tmp_path)
+    (tmp_path / "notebooks").mkdir()
+    source = tmp_path / "notebooks" / f"{chapter}.py"
+    shutil.copy(pipeline.notebooks_dir() / f"{chapter}.py", source)
+    original = source.read_text()
+
+    def sync():
+        subprocess.run([sys.executable, "-m", "jupytext", "--sync", str(source.relative_to(tmp_path))],
+                       cwd=tmp_path, check=True, capture_output=True, text=True)
+
+    sync()
+    paired = tmp_path / "lab" / f"{chapter}.ipynb"
+    assert paired.is_file() and source.read_text() == original
+    nb = nbformat.read(paired, as_version=4)
+    code = next(c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", []))
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="kept\n")]
+    nbformat.write(nb, paired)
+    source.write_text(original.replace("# # The model and the start token", "# # The model and the start token (edited)"))
+    os.utime(source, (paired.stat().st_mtime + 5,) * 2)  # the source is the newer file
+    sync()
+    nb = nbformat.read(paired, as_version=4)
+    assert "(edited)" in "".join(c.source for c in nb.cells)
+    assert any(o.get("text") == "kept\n" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    make = (root / "Makefile").read_text()
+    assert re.search(r"(?m)^lab: .*lab-installed", make) and '".[lab]"' in make and "Jupytext Notebook" in make
+    assert "lab = [" in (root / "pyproject.toml").read_text()
+    assert re.search(r"(?m)^lab/$", (root / ".gitignore").read_text())
+
+
 # ----------------------------------------------------------------------------- front matter: intro, glossary, bibliography
 
 _CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]+)`")
