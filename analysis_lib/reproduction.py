@@ -1220,7 +1220,7 @@ def plot_verdicts(table: pd.DataFrame, ax=None):
     from .plots import label
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(9, 4.4))
+        _, ax = plt.subplots(figsize=(7, 4.4))
     names = {c: c.replace("_", " ", 1).replace("_", " ") for c in CHAPTERS.values()}
     data = table.assign(chapter_label=pd.Categorical(table.chapter.map(names), categories=list(names.values())),
                         verdict=pd.Categorical(table.verdict, categories=list(VERDICTS)))

@@ -119,20 +119,21 @@ results.add("p_female_noun_engineer", float(pf_noun["engineer"]), fmt=".2f")
 # "The engineer is a".
 
 # %% tags=["remove-cell"]
-fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(8, 4.4), sharey=True)
 for ax, kind in zip(axes, ["noun", "pronoun"]):
     sub = probe[(probe.kind == kind) & (probe.gender == "female")]
     sns.barplot(data=sub, x="word", y="p_female", hue="model", ax=ax)
     ax.axhline(0.5, color="grey", lw=1, ls="--")
     pair = "woman / (man + woman)" if kind == "noun" else "she / (he + she)"
-    plots.label(ax, "profession", f"share of the female token: {pair}", f"{kind} targets")
+    plots.label(ax, "profession", f"share of the female token:\n{pair}", f"{kind} targets")
     ax.tick_params(axis="x", rotation=30)
     ax.set_ylim(0, 1)
     if ax is not axes[-1] and ax.get_legend():
         ax.get_legend().remove()
+# one legend for both panels, above them, so that it hides no bar whatever the number of models
+sns.move_legend(axes[-1], "lower center", bbox_to_anchor=(-0.04, 1.1), ncol=3, title=None, frameon=False)
 fig.tight_layout()
-glue("fig_probe", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_probe", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_probe

@@ -204,16 +204,16 @@ results.add("share_single_token_by_model", "; ".join(f"{k}: {v:.0%}" for k, v in
 results.add("most_split_category_default",
             multi[multi["model"] == model].sort_values("multi_token").iloc[-1]["category"])
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.2))
 sns.barplot(data=multi, x="category", y="multi_token", hue="model", ax=axes[0])
-plots.label(axes[0], "category", "share of words split into several tokens", "Multi-token words")
+plots.label(axes[0], "category", "share of words split\ninto several tokens", "Multi-token words")
+axes[0].tick_params(axis="x", rotation=30)
 axes[0].set_ylim(0, 1)
 sns.countplot(data=tokenization, x="n_tokens", hue="model", ax=axes[1])
 plots.label(axes[1], "tokens per word (after a space)", "number of words", "Tokens per word")
 axes[1].get_legend().remove()
 fig.tight_layout()
-glue("fig_tokens", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_tokens", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_tokens

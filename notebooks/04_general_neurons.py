@@ -154,7 +154,7 @@ show.style.format({c: "{:.3g}" for c in show.columns if show[c].dtype.kind == "f
 
 # %% tags=["remove-cell"]
 sets = [s for s in general.PROBE_SETS if s in set(scan.prompts.set)]
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+fig, axes = plt.subplots(2, 1, figsize=(7.6, 8.0))
 top6 = gen_rank.head(6)
 long = top6.melt(id_vars="id", value_vars=[f"start_{s}" for s in sets], var_name="set", value_name="q")
 long["set"] = long.set.str.removeprefix("start_")
@@ -163,17 +163,16 @@ plots.label(axes[0], "mean query score at the start token", "neuron", "Top gener
 per_prompt = scan.per_prompt(general_ids + gender_ids[:1], "q_start")
 sns.stripplot(data=per_prompt, x="id", y="q_start", hue="set", dodge=True, ax=axes[1], size=6)
 axes[1].axhline(0, color="grey", lw=1)
-plots.label(axes[1], "neuron (last: top gender neuron)", "query score at the start token, per prompt", "Per prompt")
+plots.label(axes[1], "neuron (last: top gender neuron)", "query score at the\nstart token, per prompt", "Per prompt")
 fig.tight_layout()
-glue("fig_scan", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_scan", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_scan
 # :name: fig-general-scan
 #
-# Left: mean query score at the start token of the top general neurons, per probe set.
-# Right: the same score prompt by prompt for the two selected general neurons and the top
+# Top: mean query score at the start token of the top general neurons, per probe set.
+# Bottom: the same score prompt by prompt for the two selected general neurons and the top
 # gender neuron. A start score needs attention neurons that read the start token; for
 # SmolLM2 that holds on CommonWords and RACE prompts, while on 3-shot sums the important
 # attention neurons read the operands, so the start score is about zero there.
@@ -216,7 +215,7 @@ act_summary.style.format({"m_start": "{:.3g}", "sd_start": "{:.1g}", "mean_abs_o
                           "ratio": "{:,.0f}", "pct_layer": "{:.1f}"}).hide(axis="index")
 
 # %% tags=["remove-cell"]
-fig, ax = plt.subplots(figsize=(9, 4.2))
+fig, ax = plt.subplots(figsize=(8, 4.4))
 other = act_long[~act_long.at_start].assign(abs_m=lambda d: d.m.abs())
 start = act_long[act_long.at_start].drop_duplicates("id").assign(abs_m=lambda d: d.m.abs())
 order = [i for g in groups.values() for i in g]
@@ -224,10 +223,9 @@ sns.stripplot(data=other, x="id", y="abs_m", order=order, color="0.6", size=3, a
 sns.stripplot(data=start, x="id", y="abs_m", order=order, hue="group", size=11, marker="D", ax=ax, jitter=False)
 ax.set_yscale("log")
 ax.tick_params(axis="x", rotation=30)
-plots.label(ax, "neuron", "|coefficient| (log scale)", "Start token (diamond) versus every other position (grey)")
+plots.label(ax, "neuron", "|coefficient| (log scale)", "Start token (diamond) versus\nevery other position (grey)")
 fig.tight_layout()
-glue("fig_activation", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_activation", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_activation
@@ -326,9 +324,13 @@ general.condition_table(main_table)
 tasks = list(dict.fromkeys(control_table.task))
 titles = {"arithmetic_1digit": "1-digit addition", "arithmetic_2digit": "2-digit addition", "race": "RACE-middle",
           "piqa": "PIQA", "neutral": "perplexity (neutral text)", "commonwords": "CommonWords mean |b|"}
-fig, axes = plt.subplots(1, len(tasks), figsize=(2.3 * len(tasks) + 1, 4.2))
+n_cols = min(3, len(tasks))  # three panels to a row, whatever the number of tasks
+n_rows = -(-len(tasks) // n_cols)
+fig, axes = plt.subplots(n_rows, n_cols, figsize=(8, 3.4 * n_rows + 0.6), squeeze=False)
+for ax in axes.flat[len(tasks):]:
+    ax.remove()
 colors = {"original": "black", "general": sns.color_palette()[3], "gender": sns.color_palette()[0]}
-for ax, task in zip(np.atleast_1d(axes), tasks):
+for ax, task in zip(axes.flat, tasks):
     sub = control_table[control_table.task == task]
     acc = sub.metric.iloc[0] == "accuracy"
     f = 100 if acc else 1
@@ -343,12 +345,12 @@ for ax, task in zip(np.atleast_1d(axes), tasks):
         ax.axhline(100 * CHANCE[task], color="grey", ls="--", lw=1, label="chance")
     ax.set_xticks([])
     ax.set_xlim(-0.4, 1.9)
-    plots.label(ax, "", "accuracy (%)" if acc else ("perplexity" if task == "neutral" else "mean |b|"), titles.get(task, task))
-handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
-fig.legend(handles, labels, loc="lower center", ncol=5, frameon=False, bbox_to_anchor=(0.5, -0.04))
-fig.tight_layout(rect=(0, 0.07, 1, 1))
-glue("fig_ablation", fig, display=False)
-plt.close(fig)
+    plots.label(ax, "", "accuracy (%)" if acc else ("perplexity" if task == "neutral" else "mean |b|"),
+                titles.get(task, task).replace(" (", "\n("))
+handles, labels = axes.flat[0].get_legend_handles_labels()
+fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 0.0))
+fig.tight_layout(rect=(0, 0.6 / (3.4 * n_rows + 0.6) + 0.02, 1, 1))
+plots.glue_figure("fig_ablation", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_ablation
@@ -480,7 +482,7 @@ tab3 = first[first.top_orig].head(12)[["id", "layer", "imp_orig", "imp_masked", 
 tab3.style.format({c: "{:.3g}" for c in ["imp_orig", "imp_masked", "cna", "coef_orig", "coef_masked"]}).hide(axis="index")
 
 # %% tags=["remove-cell"]
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.6), gridspec_kw={"width_ratios": [1.5, 1]})
 top = cna[cna.top_orig]
 sns.scatterplot(data=top, x="coef_orig", y="coef_masked", hue="sign_flip", style="prompt", ax=axes[0], s=45,
                 palette={False: "0.5", True: sns.color_palette()[3]})
@@ -490,16 +492,18 @@ axes[0].axhline(0, color="grey", lw=0.8)
 axes[0].axvline(0, color="grey", lw=0.8)
 axes[0].set_xscale("symlog", linthresh=1)
 axes[0].set_yscale("symlog", linthresh=1)
-plots.label(axes[0], "coefficient, model as is", "coefficient, general neurons masked", "Top arithmetic neurons")
+plots.label(axes[0], "coefficient, model as is", "coefficient,\ngeneral neurons masked", "Top arithmetic neurons")
+sns.move_legend(axes[0], "upper left", fontsize=plots.MIN_FONT_PT, title_fontsize=plots.MIN_FONT_PT)
 flip = pd.DataFrame({"masked": ["general"] * len(cna_sum), "share": cna_sum.n_sign_flips / cna_sum.n_top})
 if cna_ctrl_sum is not None:
     flip = pd.concat([flip, pd.DataFrame({"masked": "random same layer", "share": cna_ctrl_sum.n_sign_flips / cna_ctrl_sum.n_top})])
 sns.stripplot(data=flip, x="masked", y="share", ax=axes[1], size=8, jitter=0.15)
-plots.label(axes[1], "neurons masked", "share of top-20 neurons whose coefficient flips sign", "Sign flips per sum")
+plots.label(axes[1], "neurons masked", "share of top-20 neurons\nwhose coefficient flips sign", "Sign flips per sum")
+masked_groups = list(dict.fromkeys(flip.masked))
+axes[1].set_xticks(range(len(masked_groups)), [m.replace(" same", "\nsame") for m in masked_groups])
 axes[1].set_ylim(-0.05, 1.05)
 fig.tight_layout()
-glue("fig_cna", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_cna", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_cna
@@ -638,7 +642,7 @@ glue("other_sinks_text", ("The same rule on the other models: " + "; ".join(othe
      "This profile draws the norm profile of the default model only; the full profile adds the other models.",
      display=False)
 
-fig, ax = plt.subplots(figsize=(9, 4.2))
+fig, ax = plt.subplots(figsize=(8, 4.6))
 for name, g in all_profiles.groupby("model", sort=False):
     line, = ax.plot(g.depth, g.norm_start, marker="o", ms=3, label=f"{name}: start token")
     ax.plot(g.depth, g.norm_other, ls="--", color=line.get_color(), lw=1, label=f"{name}: other positions (median)")

@@ -276,7 +276,7 @@ kv = sel["kv_groups"]
 results.add("n_kv_groups", len(kv))
 glue("kv_text", ne.kv_text(kv, guard_tol), display=False)
 
-fig, ax = plt.subplots(figsize=(6.4, 3.8))
+fig, ax = plt.subplots(figsize=(7.2, 5.2))
 names = {"one_shot": "one-shot", "joint_greedy": "joint greedy", "sign_aware": "sign-aware"}
 colors = dict(zip(names, sns.color_palette(plots.PALETTE)[:3]))
 for strat, sub in add.groupby("strategy", sort=False):
@@ -285,11 +285,10 @@ for strat, sub in add.groupby("strategy", sort=False):
 ax.axhline(0, color="grey", lw=0.8)
 ax.axhline(-float(b_sel.mean()), color="grey", lw=0.8, ls=":")
 plots.label(ax, "neurons masked (the first K of each strategy's selection)",
-            "change of mean signed b (selection words)", "Do single-neuron shifts add up?")
-ax.legend(fontsize=7.5, loc="lower left")
+            "change of mean signed b\n(selection words)", "Do single-neuron shifts add up?")
+ax.legend(fontsize=plots.MIN_FONT_PT + 1, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
 fig.tight_layout()
-glue("fig_additivity", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_additivity", fig)
 
 # %% [markdown]
 # (ch-editing-why)=
@@ -383,18 +382,17 @@ else:
     ft_neur_text = "The validation rule chose no edit, so there is nothing to fine-tune in the restricted variant."
 glue("ft_neur_text", ft_neur_text, display=False)
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.8))
 ft_colors = {"fine-tuned (LoRA)": "C2", "chosen edit, fine-tuned": "C9"}
 for c, h in ft_history.groupby("condition", sort=False):
     axes[0].plot(h.step, h.bias_loss, "o-", color=ft_colors.get(c, "C4"), label=c, ms=3)
     axes[1].plot(h.step, h.kl, "o-", color=ft_colors.get(c, "C4"), label=c, ms=3)
 plots.label(axes[0], "step", "mean b² (training prompts)", "bias term")
-plots.label(axes[1], "step", "mean KL per token (guard texts)", "KL term")
+plots.label(axes[1], "step", "mean KL per token\n(guard texts)", "KL term")
 axes[0].set_ylim(bottom=0)
-axes[0].legend(fontsize=8)
+axes[0].legend(fontsize=plots.MIN_FONT_PT + 1)
 fig.tight_layout()
-glue("fig_finetune", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_finetune", fig)
 
 # %% [markdown]
 # (ch-editing-finetune)=
@@ -568,7 +566,7 @@ cols = {"condition": "condition", "n_neurons": "neurons", "mean_abs_b": "mean |b
 
 # %% tags=["remove-cell"]
 glue("n_random_text", str(n_random), display=False)
-fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), gridspec_kw={"width_ratios": [1.5, 1]})
+fig, axes = plt.subplots(2, 1, figsize=(7.6, 9.6), gridspec_kw={"height_ratios": [1.7, 1]})
 ax = axes[0]
 pal = sns.color_palette(plots.PALETTE)
 palette = {"original": "black", "one-shot": pal[0], "joint greedy": pal[1], "sign-aware": pal[2],
@@ -587,25 +585,24 @@ ax.axvline(0, color="grey", lw=0.8, ls=":")
 ax.axhline(orig.mean_abs_b, color="grey", lw=0.8, ls="--")
 ax.set_xscale("symlog", linthresh=1)
 plots.label(ax, "neutral-text perplexity change (%)", "mean |b|, held-out test words", "bias against capability")
-ax.legend(fontsize=7, loc="upper left", ncol=2)
+ax.legend(fontsize=plots.MIN_FONT_PT + 1, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)
 ax = axes[1]
 lean_plot = table[table.group.isin(["original", "one-shot", "joint greedy", "sign-aware"])]
 ax.barh(range(len(lean_plot))[::-1], lean_plot.mean_b, color=[palette[g] for g in lean_plot.group])
-ax.set_yticks(range(len(lean_plot))[::-1], lean_plot.condition, fontsize=8)
+ax.set_yticks(range(len(lean_plot))[::-1], lean_plot.condition, fontsize=plots.MIN_FONT_PT + 1)
 ax.axvline(0, color="grey", lw=0.8)
 plots.label(ax, "mean signed b (test words; > 0 = male lean)", "", "which way the words lean")
 fig.tight_layout()
-glue("fig_edit_tradeoff", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_edit_tradeoff", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_edit_tradeoff
 # :name: fig-edit-tradeoff
 #
-# Left: each condition's mean $|b|$ on the held-out test words (95 % bootstrap interval)
+# Top: each condition's mean $|b|$ on the held-out test words (95 % bootstrap interval)
 # against its change in neutral-text perplexity; the dashed line is the original model, the
 # black ring the edit the validation rule chose, grey dots the random draws matched to each
-# edit. Down and towards zero perplexity is better. Right: the mean signed $b$ of the edits of
+# edit. Down and towards zero perplexity is better. Bottom: the mean signed $b$ of the edits of
 # each strategy: a bar that crosses to the other side of zero is an overshoot, a lean turned
 # round rather than removed.
 # ```

@@ -364,7 +364,7 @@ for sc in crispr.SCORINGS:
 # {glue:text}`delta_bal_ci`, {glue:text}`delta_bal_verdict`. {glue:text}`shift_text`
 
 # %% tags=["remove-cell"]
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
+fig, axes = plt.subplots(2, 1, figsize=(7.6, 8.4))
 sns.lineplot(data=grid_table.assign(n1=grid_table["n"] + 1), x="n1", y="balanced_accuracy", hue="scoring",
              marker="o", ax=axes[0])
 axes[0].axvline(n_star + 1, color="grey", ls="--", lw=1)
@@ -373,17 +373,16 @@ plots.label(axes[0], "pruned neurons n + 1 (log scale)", "dev balanced accuracy"
             "Choosing n on dev items")
 inst_tab = crispr.instruction_table(main, selection_scoring)
 sns.pointplot(data=inst_tab, x="instruction", y="accuracy", hue="condition", dodge=0.3, ax=axes[1])
-plots.label(axes[1], "instruction", f"test accuracy ({selection_scoring} scoring)", "Accuracy per instruction")
+plots.label(axes[1], "instruction", f"test accuracy\n({selection_scoring} scoring)", "Accuracy per instruction")
 fig.tight_layout()
-glue("fig_crispr_main", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_crispr_main", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_crispr_main
 # :name: fig-crispr-main
 #
-# Left: dev balanced accuracy for each number of pruned neurons under each scoring (the dashed
-# line marks the chosen n; the x axis shows n + 1 so that n = 0 fits a log scale). Right: test
+# Top: dev balanced accuracy for each number of pruned neurons under each scoring (the dashed
+# line marks the chosen n; the x axis shows n + 1 so that n = 0 fits a log scale). Bottom: test
 # accuracy of the original and the pruned model under each instruction (selection scoring).
 # CRISPR's claim is that pruning raises the accuracy *and* narrows the spread between
 # instructions.
@@ -522,8 +521,7 @@ sns.barplot(data=plot_tr, x="category", y="mean_accuracy", hue="condition", ax=a
 plots.label(ax, "BBQ category", "mean accuracy over instructions", f"Neurons found on {category}")
 ax.axhline(1 / 3, color="grey", ls="--", lw=1)
 fig.tight_layout()
-glue("fig_crispr_transfer", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_crispr_transfer", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_crispr_transfer

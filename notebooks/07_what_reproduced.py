@@ -100,11 +100,10 @@ for verdict in VERDICTS:
 results.table("comparison", table)
 
 # %% tags=["remove-cell"]
-fig, ax = plt.subplots(figsize=(9, 4.4))
+fig, ax = plt.subplots(figsize=(7, 4.4))
 reproduction.plot_verdicts(table, ax=ax)
 fig.tight_layout()
-glue("fig_verdicts", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_verdicts", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_verdicts
