@@ -67,7 +67,7 @@ lab: $(BIN)/.lab-installed  ## JupyterLab on the chapters (LAB_ARGS="--no-browse
 	mkdir -p $(LAB_SETTINGS)
 	printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' \
 	  > $(LAB_SETTINGS)/overrides.json
-	GENDER_NEURONS_RESULTS=$(CURDIR)/runs/results $(BIN)/jupyter lab $(LAB_ARGS)
+	GENDER_NEURONS_RESULTS=$(CURDIR)/runs/results $(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: install chromium
 	$(BIN)/python -m pytest -q
