@@ -106,6 +106,9 @@ def _hide_plain_index(styler: Styler) -> Styler:
 
 
 def _frame_html(frame: pd.DataFrame) -> str:
+    max_rows = pd.get_option("display.max_rows")
+    if max_rows is not None and len(frame) > max_rows:  # pandas' own cut (first and last rows), in words
+        return readable(frame)._repr_html_()
     return styled(frame).to_html()
 
 

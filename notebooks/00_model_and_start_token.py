@@ -67,6 +67,11 @@ print(f"{lm.study_name}: loaded from {lm.load_info.source} in {lm.load_info.seco
 # %% [markdown]
 # The tokens of the paper's running example. Position 0 holds the start token; the word
 # under study is read at its own position and the prediction at the last one.
+#
+# Tokens are shown in quotes, as Python writes a string (`' nurse'`), throughout the book:
+# most tokens of a sentence start with the space before their word, and that space is part
+# of the token. `' nurse'` and `'nurse'` are two different tokens with two different ids, so
+# without the quotes the leading space, and with it the difference, would be invisible.
 
 # %%
 tokens = models.str_tokens(lm, "The nurse is a")

@@ -137,7 +137,7 @@ KINDS = circuits.KINDS
 top = {k: list(da.tables[k].id) for k in KINDS}
 cols = ["id", "score", "mean", "important_position"]
 pd.concat({KIND_NAMES[k]: da.tables[k].head(8).set_index("rank")[cols] for k in KINDS},
-          axis=1)
+          names=["kind"])  # one block of rows per kind: a narrow table
 
 # %% [markdown]
 # `score` is the sum over the prompts, `mean` the average per prompt, and
@@ -252,7 +252,7 @@ spec = {k: circuits.gender_specificity(scores, k, top[k], **boot) for k in value
 lo_rank = {k: circuits.logodds_ranking(scores, k, top_k) for k in value_kinds}
 overlap = {k: len(set(top[k]) & set(lo_rank[k].id)) for k in value_kinds}
 cols = ["id", "mean", "important_position"]
-pd.concat({KIND_NAMES[k]: lo_rank[k].head(8).set_index("rank")[cols] for k in vk}, axis=1)
+pd.concat({KIND_NAMES[k]: lo_rank[k].head(8).set_index("rank")[cols] for k in vk}, names=["kind"])
 
 # %% tags=["remove-cell"]
 for k in value_kinds:

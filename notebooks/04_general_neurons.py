@@ -71,6 +71,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from IPython.display import Markdown
 from myst_nb import glue
 
 from analysis_lib import checks, general, models, plots
@@ -413,7 +414,8 @@ if bias_suite_profile:
     bias_wide = general.bias_wide(bias_table, list(main_conditions))
     glue("bias_suite_note", f"the bias suite ({bias_suite_profile} subsets)", display=False)
 else:
-    bias_wide = pd.DataFrame({"note": ["The bias suite runs in the full profile only (bias_suite_profile)."]})
+    bias_wide = Markdown("*Not run in this profile: the bias suite runs in the full profile only (parameter "
+                         "`bias_suite_profile`).*")
     glue("bias_suite_note", "the bias suite (full profile only)", display=False)
 
 # %% [markdown]
@@ -651,13 +653,12 @@ for r in sinks.itertuples():
 ax.set_yscale("log")
 plots.label(ax, "depth (0 = embedding, l + 1 = after block l)", "residual norm (log scale)",
             "The start token's residual norm across depth")
-ax.legend(fontsize=7)
+ax.legend(fontsize=plots.MIN_FONT_PT)
 fig.tight_layout()
-glue("fig_sinks", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_sinks", fig)
 
 # %% tags=["remove-input"]
-writers.round(3) if len(writers) else pd.DataFrame({"note": ["no sink found"]})
+writers.round(3) if len(writers) else Markdown("*No sink was found, so there are no writers to list.*")
 
 # %% [markdown]
 # ```{glue:figure} fig_sinks
@@ -753,12 +754,12 @@ if reps:
     results.add("verdict_replicate", r0["verdict"]["verdict"])
     glue("rep_text", general.replicate_text(s0), display=False)
 else:
-    replicate = pd.DataFrame({"note": ["No second model in this profile (replicate_models is empty); run the full profile."]})
+    replicate = None
     results.add("verdict_replicate", "not tested")
     glue("rep_text", "This profile runs no second model; the full profile adds Gemma 3 270M.", display=False)
 
 # %% tags=["remove-input"]
-replicate.T if "model" in replicate else replicate
+replicate.T if replicate is not None else None
 
 # %% [markdown]
 # {glue:text}`rep_text`

@@ -235,7 +235,7 @@ glue("refusals_text", "The joint guard refused " + "; ".join(
 # (mean $|b|$ {glue:text}`train_mean_abs_b` unedited) reduces bias for
 # {glue:text}`n_positive` of them. The strongest single effects:
 
-# %%
+# %% tags=["remove-input"]
 show = causal[["neuron", "kinds", "rank", "important_position", "effect", "effect_male", "effect_female", "shift"]]
 (show.head(12).rename(columns={"important_position": "position", "effect": "drop of mean |b|",
                                "effect_male": "on male-leaning words", "effect_female": "on female-leaning words",
@@ -335,7 +335,7 @@ plots.glue_figure("fig_additivity", fig)
 # $|b|$ and mean signed $b$ on the validation words (unedited: mean $|b|$
 # {glue:text}`val_orig_mean_abs_b`). {glue:text}`refusals_text` {glue:text}`choice_text`
 
-# %%
+# %% tags=["remove-input"]
 (vtable.rename(columns={"val_mean_abs_b": "mean |b| (validation)", "val_d_mean_abs_b": "change",
                         "val_mean_b": "mean b (validation)", "k": "K"})
  .style.format(precision=3).hide(axis="index"))
@@ -557,7 +557,7 @@ glue("ft_neur_eval", ft_neur_eval, display=False)
 # {glue:text}`n_random_text` random draws matched to that edit in number, kind and layer;
 # *flipped* is the share of test words whose sign of $b$ differs from the unedited model's.
 
-# %%
+# %% tags=["remove-input"]
 cols = {"condition": "condition", "n_neurons": "neurons", "mean_abs_b": "mean |b|", "d_mean_abs_b": "change",
         "d_mean_abs_b_low": "low", "d_mean_abs_b_high": "high", "random_d_min": "random: min",
         "random_d_max": "random: max", "mean_b": "mean b", "share_flipped": "flipped", "d_ppl_pct": "perplexity %"}
@@ -677,7 +677,7 @@ glue("suite_text", suite_text, display=False)
 #
 # {glue:text}`suite_text`
 
-# %%
+# %% tags=["remove-input"]
 piv.style.format(precision=3).hide(axis="index") if piv is not None else None
 
 # %% tags=["remove-cell"]
@@ -717,7 +717,7 @@ glue("rep_text", rep_text, display=False)
 # at the sizes of the parameter `replicate_sizes`, on the same test words and paragraphs.
 # {glue:text}`rep_text`
 
-# %%
+# %% tags=["remove-input"]
 (rep_table[["model", "condition", "n_neurons", "mean_abs_b", "d_mean_abs_b", "d_mean_abs_b_low",
             "d_mean_abs_b_high", "d_ppl_pct"]].style.format(precision=3).hide(axis="index")
  if rep_table is not None else None)

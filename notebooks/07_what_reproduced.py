@@ -121,7 +121,7 @@ plots.glue_figure("fig_verdicts", fig)
 # {glue:text}`n_not_tested` were not tested. {numref}`fig-reproduced-verdicts` breaks the
 # counts down by chapter; the tables below give every row.
 
-# %%
+# %% tags=["remove-input"]
 reproduction.verdict_counts(table, by="paper")
 
 # %% [markdown]

@@ -53,3 +53,8 @@ def test_tables_show_words_rounded_numbers_and_no_plain_index():
     wide = pd.concat({"FFN value": frame[["mean_abs_b"]], "FFN query": frame[["mean_abs_b"]]}, axis=1)
     assert list(tables.readable(wide).columns) == [("FFN value", "mean |b|"), ("FFN query", "mean |b|")]
     assert list(frame.columns) == ["mean_abs_b", "d_ppl_pct", "n_neurons", "model"]  # the data are untouched
+    long = pd.DataFrame({"mean_abs_b": np.arange(200) / 7})
+    cut = tables._frame_html(long)
+    assert "mean |b|" in cut and ("…" in cut or "..." in cut)  # pandas' truncated view, in words
+    with pd.option_context("display.max_rows", 500):
+        assert "row_heading" not in tables._frame_html(long) and ">28.429<" in tables._frame_html(long)
