@@ -133,11 +133,12 @@ for ax, kind in zip(axes, ["noun", "pronoun"]):
     plots.label(ax, "profession", f"share of the female token:\n{pair}", f"{kind} targets")
     ax.tick_params(axis="x", rotation=30)
     ax.set_ylim(0, 1)
-    if ax is not axes[-1] and ax.get_legend():
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend():
         ax.get_legend().remove()
-# one legend for both panels, above them, so that it hides no bar whatever the number of models
-sns.move_legend(axes[-1], "lower center", bbox_to_anchor=(-0.04, 1.1), ncol=3, title=None, frameon=False)
 fig.tight_layout()
+# one legend for both panels, above them, so that it hides no bar whatever the number of models
+fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
 plots.glue_figure("fig_probe", fig)
 
 # %% [markdown]

@@ -485,9 +485,9 @@ tab3.style.format({c: "{:.3g}" for c in ["imp_orig", "imp_masked", "cna", "coef_
 
 # %% tags=["remove-cell"]
 fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.6), gridspec_kw={"width_ratios": [1.5, 1]})
-top = cna[cna.top_orig]
-sns.scatterplot(data=top, x="coef_orig", y="coef_masked", hue="sign_flip", style="prompt", ax=axes[0], s=45,
-                palette={False: "0.5", True: sns.color_palette()[3]})
+top = cna[cna.top_orig].assign(**{"sign flips": lambda d: d.sign_flip.map({True: "yes", False: "no"})})
+sns.scatterplot(data=top, x="coef_orig", y="coef_masked", hue="sign flips", style="prompt", ax=axes[0], s=45,
+                palette={"no": "0.5", "yes": sns.color_palette()[3]}, hue_order=["no", "yes"])
 lim = np.nanmax(np.abs(top[["coef_orig", "coef_masked"]].to_numpy())) * 1.1
 axes[0].plot([-lim, lim], [-lim, lim], color="grey", lw=1, ls=":")
 axes[0].axhline(0, color="grey", lw=0.8)
@@ -495,7 +495,7 @@ axes[0].axvline(0, color="grey", lw=0.8)
 axes[0].set_xscale("symlog", linthresh=1)
 axes[0].set_yscale("symlog", linthresh=1)
 plots.label(axes[0], "coefficient, model as is", "coefficient,\ngeneral neurons masked", "Top arithmetic neurons")
-sns.move_legend(axes[0], "upper left", fontsize=plots.MIN_FONT_PT, title_fontsize=plots.MIN_FONT_PT)
+sns.move_legend(axes[0], "lower right", fontsize=plots.MIN_FONT_PT, title_fontsize=plots.MIN_FONT_PT)
 flip = pd.DataFrame({"masked": ["general"] * len(cna_sum), "share": cna_sum.n_sign_flips / cna_sum.n_top})
 if cna_ctrl_sum is not None:
     flip = pd.concat([flip, pd.DataFrame({"masked": "random same layer", "share": cna_ctrl_sum.n_sign_flips / cna_ctrl_sum.n_top})])
