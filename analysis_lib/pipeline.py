@@ -665,17 +665,18 @@ def write_execution_status(out_dir: Path | None = None) -> Path:
         "Every chapter was executed by papermill before the book was rendered (execution is off",
         "during the build). This table is written by `python -m analysis_lib book` from that run.",
         "",
-        "| chapter | profile | model | device | seconds | date | machine | status |",
-        "|---|---|---|---|---:|---|---|---|",
+        "| chapter | profile | model | run on | time (s) | date | status |",
+        "|---|---|---|---|---:|---|---|",
     ]
     for c in chapters():
         e = log.get(c)
+        name = c.replace("_", " ")  # words, so that the column can wrap in a narrow page
         if e is None:
-            lines.append(f"| {c} | – | – | – | – | – | – | not executed |")
+            lines.append(f"| {name} | – | – | – | – | – | not executed |")
         else:
             lines.append(
-                f"| [{c}]({c}.ipynb) | {e['profile']} | `{e['model']}` | {e['device']} | {e['seconds']} "
-                f"| {e['date']} | {e['machine']} | {e['status']} |"
+                f"| [{name}]({c}.ipynb) | {e['profile']} | {e['model']} | {e['device']} ({e['machine']}) "
+                f"| {e['seconds']} | {e['date']} | {e['status']} |"
             )
     out = out_dir / "execution_status.md"
     write_atomic(out, "\n".join(lines) + "\n")
@@ -729,12 +730,16 @@ def build_book(*, strict: bool = True, root: Path | None = None) -> Path:
 
 
 def prepare_book_root(root: Path) -> Path:
-    """Copy the book's sources (config, toc, prose pages) into ``root`` for a separate build."""
+    """Copy the book's sources (config, toc, ``_static`` styles, prose pages) into ``root`` for a
+    separate build."""
     root = Path(root)
     (root / "book").mkdir(parents=True, exist_ok=True)
     for name in ("_config.yml", "_toc.yml"):
         if not ((root / name).exists() and os.path.samefile(repo_root() / name, root / name)):
             shutil.copy(repo_root() / name, root / name)
+    static = repo_root() / "_static"  # the book's CSS (jupyter-book includes every .css in it)
+    if static.is_dir() and not ((root / "_static").exists() and os.path.samefile(static, root / "_static")):
+        shutil.copytree(static, root / "_static", dirs_exist_ok=True)
     prose = repo_root() / "book"  # the prose pages are sources of the checkout
     for src in prose.iterdir():
         dst = root / "book" / src.name

@@ -1163,9 +1163,15 @@ def verdict_counts(table: pd.DataFrame, by: str | None = None) -> pd.DataFrame |
 
 
 def verdict_list(table: pd.DataFrame, verdict: str) -> str:
-    """The ids of the claims with this verdict, as text (``"none"`` when there are none)."""
-    ids = list(table.id[table.verdict == verdict])
-    return ", ".join(ids) if ids else "none"
+    """The claims with this verdict, in words, as one text (``"none"`` when there are none).
+
+    Each claim is its ``claim`` text (from :data:`CLAIMS`, or the per-model override), with the
+    model in parentheses for the rows about another model than the chapter's (ids ``claim:model``);
+    the claims are separated by semicolons, since the texts hold commas.
+    """
+    rows = table[table.verdict == verdict]
+    items = [f"{r.claim} ({r.model})" if ":" in r.id else r.claim for r in rows.itertuples()]
+    return "; ".join(items) if items else "none"
 
 
 def verdict_colors() -> dict[str, Any]:
@@ -1214,7 +1220,7 @@ def plot_verdicts(table: pd.DataFrame, ax=None):
     from .plots import label
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(9, 4.4))
+        _, ax = plt.subplots(figsize=(7, 4.4))
     names = {c: c.replace("_", " ", 1).replace("_", " ") for c in CHAPTERS.values()}
     data = table.assign(chapter_label=pd.Categorical(table.chapter.map(names), categories=list(names.values())),
                         verdict=pd.Categorical(table.verdict, categories=list(VERDICTS)))

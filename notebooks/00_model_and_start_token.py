@@ -67,6 +67,11 @@ print(f"{lm.study_name}: loaded from {lm.load_info.source} in {lm.load_info.seco
 # %% [markdown]
 # The tokens of the paper's running example. Position 0 holds the start token; the word
 # under study is read at its own position and the prediction at the last one.
+#
+# Tokens are shown in quotes, as Python writes a string (`' nurse'`), throughout the book:
+# most tokens of a sentence start with the space before their word, and that space is part
+# of the token. `' nurse'` and `'nurse'` are two different tokens with two different ids, so
+# without the quotes the leading space, and with it the difference, would be invisible.
 
 # %%
 tokens = models.str_tokens(lm, "The nurse is a")
@@ -119,20 +124,22 @@ results.add("p_female_noun_engineer", float(pf_noun["engineer"]), fmt=".2f")
 # "The engineer is a".
 
 # %% tags=["remove-cell"]
-fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(8, 4.4), sharey=True)
 for ax, kind in zip(axes, ["noun", "pronoun"]):
     sub = probe[(probe.kind == kind) & (probe.gender == "female")]
     sns.barplot(data=sub, x="word", y="p_female", hue="model", ax=ax)
     ax.axhline(0.5, color="grey", lw=1, ls="--")
     pair = "woman / (man + woman)" if kind == "noun" else "she / (he + she)"
-    plots.label(ax, "profession", f"share of the female token: {pair}", f"{kind} targets")
+    plots.label(ax, "profession", f"share of the female token:\n{pair}", f"{kind} targets")
     ax.tick_params(axis="x", rotation=30)
     ax.set_ylim(0, 1)
-    if ax is not axes[-1] and ax.get_legend():
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend():
         ax.get_legend().remove()
 fig.tight_layout()
-glue("fig_probe", fig, display=False)
-plt.close(fig)
+# one legend for both panels, above them, so that it hides no bar whatever the number of models
+fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+plots.glue_figure("fig_probe", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_probe
@@ -154,10 +161,19 @@ plt.close(fig)
 # ```{exercise} The bias score of a word
 # :label: ex-ch0-bias-score
 #
+# *Difficulty: ★☆☆, about 10 minutes.*
+#
 # The study measures a word's gender lean as $b(w) = \log p(\text{" man"}) - \log p(\text{" woman"})$
 # after the word's prompt. Write `bias_score(logp_man, logp_woman)` and check it with
 # `checks.check_bias_score(bias_score)`. Then compute $b$ for "nurse" from the table
 # `probe` above: is it positive or negative, and what does that mean?
+#
+# :::{admonition} Hint
+# :class: dropdown
+# `bias_score` is one subtraction. For "nurse", keep the rows of `probe` with this chapter's
+# `model`, `word == "nurse"` and `kind == "noun"`; indexed by `target`, their `logprob` column
+# holds $\log p(\text{" man"})$ and $\log p(\text{" woman"})$.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -189,10 +205,19 @@ bias_score(*nurse_noun.set_index("target").logprob[[" man", " woman"]])
 # ```{exercise} What sits at position 0?
 # :label: ex-ch0-start
 #
+# *Difficulty: ★☆☆, about 10 minutes.*
+#
 # Load the default model with `start_token="none"` and with `start_token="<|endoftext|>"`
 # (`models.load_model(model, start_token=...)`) and print `models.str_tokens(m, "The nurse is a")`
 # for each. How many tokens does each prompt have, and which token does the last position
 # attend to first? Why does paper 1 care which token sits at position 0?
+#
+# :::{admonition} Hint
+# :class: dropdown
+# Each `load_model` call with another `start_token` takes a few seconds (the weights come from
+# the cache). `models.str_tokens` lists the tokens as strings, position 0 first; under causal
+# masking every position can attend to position 0.
+# :::
 # ```
 
 # %% [markdown] tags=["solution"]

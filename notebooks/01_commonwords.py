@@ -204,16 +204,16 @@ results.add("share_single_token_by_model", "; ".join(f"{k}: {v:.0%}" for k, v in
 results.add("most_split_category_default",
             multi[multi["model"] == model].sort_values("multi_token").iloc[-1]["category"])
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.2))
 sns.barplot(data=multi, x="category", y="multi_token", hue="model", ax=axes[0])
-plots.label(axes[0], "category", "share of words split into several tokens", "Multi-token words")
+plots.label(axes[0], "category", "share of words split\ninto several tokens", "Multi-token words")
+axes[0].tick_params(axis="x", rotation=30)
 axes[0].set_ylim(0, 1)
 sns.countplot(data=tokenization, x="n_tokens", hue="model", ax=axes[1])
 plots.label(axes[1], "tokens per word (after a space)", "number of words", "Tokens per word")
 axes[1].get_legend().remove()
 fig.tight_layout()
-glue("fig_tokens", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_tokens", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_tokens
@@ -278,12 +278,20 @@ sorted(p.relative_to(saved).as_posix() for p in saved.iterdir())
 # ```{exercise} One token or several?
 # :label: ex-ch1-single-token
 #
+# *Difficulty: ★☆☆, about 10 minutes.*
+#
 # The bias score reads the probability of a *single* next token, so every target (" man",
 # " woman", " he", " she") must be one token for the model in use. Write
 # `is_single_token(model, text)` with `models.token_ids` (which encodes `text` without the
 # start token) and check it with `checks.check_single_token(is_single_token, default_lm)`.
 # Which of the four targets would fail for a model whose tokenizer had no " she" token, and
 # what does the study do then?
+#
+# :::{admonition} Hint
+# :class: dropdown
+# `models.token_ids(model, text)` returns a list of ids: one token means a list of length one.
+# Keep the leading space: " she" and "she" are different tokens.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -317,11 +325,20 @@ checks.check_single_token(is_single_token, default_lm)
 # ```{exercise} The overlap rule
 # :label: ex-ch1-overlap
 #
+# *Difficulty: ★★☆, about 20 minutes.*
+#
 # Two terms *overlap* when they are equal after lower-casing and removing a final "s",
 # "es" or "ies" (→ "y") from the last word. Write `same_word(word, term)` and check it with
 # `checks.check_same_word(same_word)`. Then count, with your function, how many
 # (profession, reference term) pairs overlap across all reference lists of
 # `commonwords.reference_word_sets()`. Does it agree with the table above?
+#
+# :::{admonition} Hint
+# :class: dropdown
+# Build, for each side, the set of its variants (the lower-cased term, and the term with a
+# final "s", "es" or "ies" → "y" taken off its last word) and ask whether the two sets
+# intersect. `commonwords.reference_word_sets()` is a dict of lists: loop over its values.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]

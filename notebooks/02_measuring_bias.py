@@ -147,8 +147,8 @@ results.add("cw_noun_pron_rho", benchmarks.spearman_ci(paired["noun"], paired["p
 # are {glue:text}`cw_models_pron_mean_b`.
 
 # %% tags=["remove-cell"]
-g = sns.catplot(data=cw_items, x="category", y="b", hue="kind", col="model", col_wrap=min(3, len(names)),
-                kind="box", height=3.6, aspect=1.0, fliersize=2, linewidth=1)
+g = sns.catplot(data=cw_items, x="category", y="b", hue="kind", col="model", col_wrap=min(2, len(names)),
+                kind="box", height=3.3, aspect=1.0, fliersize=2, linewidth=1)
 g.map(plt.axhline, y=0, color="black", lw=0.8)
 g.map(plt.axhline, y=metrics.LOG2, color="grey", lw=0.8, ls=":")
 g.map(plt.axhline, y=-metrics.LOG2, color="grey", lw=0.8, ls=":")
@@ -156,8 +156,8 @@ g.set_axis_labels("category", "b(w) = log p(male) − log p(female)")
 g.set_titles("{col_name}")
 g.tick_params(axis="x", rotation=30)
 g.legend.set_title("template")
-glue("fig_distributions", g.figure, display=False)
-plt.close(g.figure)
+g.tight_layout()
+plots.glue_figure("fig_distributions", g.figure)
 
 # %% [markdown]
 # ```{glue:figure} fig_distributions
@@ -176,13 +176,13 @@ plt.close(g.figure)
 
 # %% tags=["remove-cell"]
 g = sns.catplot(data=cw_items, x="category", y="strongly gendered", hue="model", col="kind", kind="bar",
-                errorbar=("ci", 95), n_boot=n_boot, seed=seed, height=3.4, aspect=1.05)
+                errorbar=("ci", 95), n_boot=n_boot, seed=seed, height=3.0, aspect=1.0)
 g.set_axis_labels("category", "share of words with |b| > log 2")
 g.set_titles("{col_name} template")
 g.set(ylim=(0, 1))
 g.tick_params(axis="x", rotation=30)
-glue("fig_share", g.figure, display=False)
-plt.close(g.figure)
+g.tight_layout()
+plots.glue_figure("fig_share", g.figure)
 cats = benchmarks.category_summary(cw_items, n_boot=n_boot, seed=seed)
 results.table("categories", cats)
 noun_cats = cats[(cats["model"] == model) & (cats["kind"] == "noun") & (cats["category"] != "overall")]
@@ -232,14 +232,14 @@ results.table("top_words", top)
 results.add("top_k", top_k)
 noun_top = top[top["kind"] == "noun"].sort_values("b", ascending=False)
 g = sns.catplot(data=noun_top, x="b", y="word", hue="direction", col="category", kind="bar", sharey=False,
-                sharex=False, palette=plots.GENDER_COLORS, dodge=False, col_wrap=3, height=4.4, aspect=0.8,
+                sharex=False, palette=plots.GENDER_COLORS, dodge=False, col_wrap=2, height=3.3, aspect=1.0,
                 col_order=list(CATEGORIES))
 g.map(plt.axvline, x=0, color="black", lw=0.8)
 g.set_axis_labels("b(w)", "")
 g.set_titles("{col_name}")
 g.legend.set_title("leans")
-glue("fig_top_words", g.figure, display=False)
-plt.close(g.figure)
+g.tight_layout()
+plots.glue_figure("fig_top_words", g.figure)
 
 # %% [markdown]
 # ```{glue:figure} fig_top_words
@@ -294,14 +294,14 @@ results.add("prof_rho_pron", metrics.BootstrapResult(float(r1.rho), float(r1.low
 results.add("prof_matched_words", ", ".join(sorted(set(matched["word"]))))
 
 # %% tags=["remove-cell"]
-g = sns.lmplot(data=matched, x="share_women", y="b", hue="kind", col="model", col_wrap=min(3, len(names)),
-               height=3.4, aspect=1.0, scatter_kws={"s": 18}, seed=seed, n_boot=n_boot)
+g = sns.lmplot(data=matched, x="share_women", y="b", hue="kind", col="model", col_wrap=min(2, len(names)),
+               height=3.2, aspect=1.0, scatter_kws={"s": 18}, seed=seed, n_boot=n_boot)
 g.map(plt.axhline, y=0, color="black", lw=0.8)
-g.set_axis_labels("share of women in the occupation (IPUMS 2012)", "b(w) = log p(male) − log p(female)")
+g.set_axis_labels("share of women in the\noccupation (IPUMS 2012)", "b(w) = log p(male) − log p(female)")
 g.set_titles("{col_name}")
 g.legend.set_title("template")
-glue("fig_professions", g.figure, display=False)
-plt.close(g.figure)
+g.tight_layout()
+plots.glue_figure("fig_professions", g.figure)
 
 # %% [markdown]
 # ```{glue:figure} fig_professions
@@ -416,24 +416,30 @@ results.add("wb_n_pairs", ci("winobias", "test", "gap").n)
 results.add("wb_models_gap", benchmarks.per_model_text(suite, "winobias", "test", "gap", ".1f"))
 
 # %% tags=["remove-cell"]
+# one panel per metric, three to a row; the models are colours (legend on top), not axis labels,
+# so that the figure keeps its width whatever the number of models
 long = bench.assign(panel=bench["benchmark"] + " · " + bench["variant"].str.replace("Gender_identity", "gender")
-                    .str.replace("all", "").str.replace("test", "") + " · " + bench["metric"])
-long["panel"] = long["panel"].str.replace(" ·  · ", " · ")
+                    .str.replace("all", "").str.replace("test", "") + "\n" + bench["metric"].str.replace("_", " "))
+long["panel"] = long["panel"].str.replace(" · \n", "\n")
 long = long.melt(id_vars=["model", "panel", "ideal"], value_vars=["low", "estimate", "high"], value_name="value")
-g = sns.catplot(data=long, x="value", y="model", hue="model", col="panel", col_wrap=4, kind="point",
+panel_height = 1.2 + 0.2 * len(names)
+g = sns.catplot(data=long, x="value", y="model", hue="model", col="panel", col_wrap=3, kind="point",
                 estimator="median", errorbar=lambda v: (v.min(), v.max()), sharex=False, linestyle="none",
-                height=1.9 + 0.25 * len(names), aspect=2.0, legend=False)
+                height=panel_height, aspect=2.55 / panel_height, legend=True)
 g.map_dataframe(lambda data, **kw: plt.axvline(data["ideal"].iloc[0], color="grey", ls="--", lw=1))
-g.set_axis_labels("value (95% CI); dashed: ideal", "")
+g.set_axis_labels("", "")
+g.set(yticklabels=[])
 g.set_titles("{col_name}", size=10)
-glue("fig_benchmarks", g.figure, display=False)
-plt.close(g.figure)
+sns.move_legend(g, "lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(3, len(names)), title="model", frameon=False)
+g.figure.supxlabel("value with its 95% CI; dashed line: the ideal value")
+g.tight_layout()
+plots.glue_figure("fig_benchmarks", g.figure)
 
 # %% [markdown]
 # ```{glue:figure} fig_benchmarks
 # :name: fig-benchmarks
 #
-# Every benchmark metric with its 95 % bootstrap interval, one row per model. The dashed line
+# Every benchmark metric with its 95 % bootstrap interval, one colour per model. The dashed line
 # is the ideal value: 100 for LMS, ICAT and accuracies; 50 for SS and the pronoun-preference
 # share; 0.5 for the mean $q_\text{male}$; 0 for the entropy difference, the bias scores and
 # the gap.
@@ -547,6 +553,8 @@ results.save()
 # ```{exercise} The ICAT formula
 # :label: ex-ch2-icat
 #
+# *Difficulty: ★☆☆, about 10 minutes.*
+#
 # StereoSet combines the language-modelling score LMS (how often a meaningful continuation
 # beats an unrelated one, ideal 100) and the stereotype score SS (how often the stereotype
 # beats the anti-stereotype, ideal 50) into one number, the idealized CAT score
@@ -554,6 +562,13 @@ results.save()
 # check it with `checks.check_icat(icat)`, and recompute the default model's intrasentence
 # ICAT from its LMS and SS in the table `suite`. What ICAT would a model get that always prefers
 # the stereotype but never the unrelated option?
+#
+# :::{admonition} Hint
+# :class: dropdown
+# `min(ss, 100 - ss)` is the distance of SS from the nearer extreme. The default model's LMS
+# and SS are the rows of `suite` with `benchmark == "stereoset"` and `variant ==
+# "intrasentence"`, indexed by `metric`.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -589,6 +604,8 @@ pd.Series({"ICAT from LMS and SS": icat(lms_ss["lms"], lms_ss["ss"]), "ICAT in t
 # ```{exercise} WinoGender's entropy difference
 # :label: ex-ch2-entropy
 #
+# *Difficulty: ★★☆, about 15 minutes.*
+#
 # For each WinoGender sentence the model gives $\log p(\text{he})$ and $\log p(\text{she})$.
 # With $q = p(\text{he}) / (p(\text{he}) + p(\text{she}))$ the binary entropy in bits is
 # $H(q) = -q\log_2 q - (1-q)\log_2(1-q)$, and the chapter's entropy difference is
@@ -596,6 +613,12 @@ pd.Series({"ICAT from LMS and SS": icat(lms_ss["lms"], lms_ss["ss"]), "ICAT in t
 # Write `entropy_difference(lp_he, lp_she)` for arrays, check it with
 # `checks.check_entropy_difference(entropy_difference)`, and apply it to the default model's
 # items `items["winogender"]` (columns `lp_male`, `lp_female`).
+#
+# :::{admonition} Hint
+# :class: dropdown
+# Compute $q$ from the log-odds, `q = 1 / (1 + np.exp(lp_she - lp_he))`, not from the two
+# probabilities, and take `np.log2` (bits). Clip $q$ away from 0 and 1 before the logarithms.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]

@@ -137,7 +137,7 @@ KINDS = circuits.KINDS
 top = {k: list(da.tables[k].id) for k in KINDS}
 cols = ["id", "score", "mean", "important_position"]
 pd.concat({KIND_NAMES[k]: da.tables[k].head(8).set_index("rank")[cols] for k in KINDS},
-          axis=1)
+          names=["kind"])  # one block of rows per kind: a narrow table
 
 # %% [markdown]
 # `score` is the sum over the prompts, `mean` the average per prompt, and
@@ -205,16 +205,15 @@ for k in circuits.KINDS:
 n_layers = int(lm.cfg.n_layers)
 counts = circuits.layer_counts(da.tables, top_k, n_layers)
 lsum = circuits.layer_summary(da.tables, top_k, n_layers).set_index("kind")
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+fig, axes = plt.subplots(1, 3, figsize=(8.4, 3.4), sharey=True)
 for ax, (k, color) in zip(axes, zip(circuits.KINDS, sns.color_palette("colorblind"))):
     sub = counts[counts.kind == k]
     ax.bar(sub.layer, sub["count"], color=color, width=0.85)
     ax.axvline(lsum.loc[k, "median_layer"], color="black", ls="--", lw=1)
-    plots.label(ax, "layer", f"neurons among the top {top_k}" if ax is axes[0] else "", KIND_NAMES[k])
+    plots.label(ax, "layer", f"neurons among\nthe top {top_k}" if ax is axes[0] else "", KIND_NAMES[k])
     ax.set_xlim(-1, n_layers)
 fig.tight_layout()
-glue("fig_layers", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_layers", fig)
 for k in circuits.KINDS:
     results.add(f"median_layer_{k}", float(lsum.loc[k, "median_layer"]), fmt=".0f")
     results.add(f"deep_share_{k}", float(lsum.loc[k, "deep_share"]), fmt=".0%")
@@ -253,7 +252,7 @@ spec = {k: circuits.gender_specificity(scores, k, top[k], **boot) for k in value
 lo_rank = {k: circuits.logodds_ranking(scores, k, top_k) for k in value_kinds}
 overlap = {k: len(set(top[k]) & set(lo_rank[k].id)) for k in value_kinds}
 cols = ["id", "mean", "important_position"]
-pd.concat({KIND_NAMES[k]: lo_rank[k].head(8).set_index("rank")[cols] for k in vk}, axis=1)
+pd.concat({KIND_NAMES[k]: lo_rank[k].head(8).set_index("rank")[cols] for k in vk}, names=["kind"])
 
 # %% tags=["remove-cell"]
 for k in value_kinds:
@@ -376,13 +375,10 @@ path = circuits.circuit_path(lm, nurse_prompt, nurse.target, word="nurse")
 pd.crosstab(path.nodes.stage, path.nodes.category)
 
 # %% tags=["remove-cell"]
-fig, ax = plt.subplots(figsize=(11, 5.2))
-circuits.plot_path(ax, path)
+fig, ax = plt.subplots(figsize=(8, 5.4))
 plots.label(ax, "layer", "source position (token)", f"\"{nurse_prompt}\" → \"{nurse.target.strip()}\"")
-ax.set_xlim(-1, n_layers)
-fig.tight_layout()
-glue("fig_nurse_path", fig, display=False)
-plt.close(fig)
+circuits.plot_path(ax, path, n_layers=n_layers)
+plots.glue_figure("fig_nurse_path", fig)
 pn = path.nodes
 qn, an, vn = (pn[pn.stage == s] for s in ("query FFN", "attention", "value FFN"))
 results.add("nurse_query_median_layer", float(qn.layer.median()), fmt=".0f")
@@ -458,21 +454,20 @@ results.table("query_positions", qpos)
 results.table("attention_positions", apos)
 
 # %% tags=["remove-cell"]
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1, 2.2]})
+fig, axes = plt.subplots(2, 1, figsize=(7.4, 8.2), gridspec_kw={"height_ratios": [1, 1.25]})
 circuits.plot_shares(axes[0], shares)
 plots.label(axes[0], "position category", "share of the summed score", f"top-{top_k} neurons")
 circuits.plot_neuron_shares(axes[1], qpos.head(15))
 plots.label(axes[1], "FFN query neuron (rank order)", "share of its score", "top-15 query neurons")
 fig.tight_layout()
-glue("fig_positions", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_positions", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_positions
 # :name: fig-circuits-positions
 #
-# Left: share of the summed score of the top-50 attention value and FFN query neurons by
-# source position, with 95% bootstrap intervals over prompts. Right: the same split for each
+# Top: share of the summed score of the top-50 attention value and FFN query neurons by
+# source position, with 95% bootstrap intervals over prompts. Bottom: the same split for each
 # of the top-15 query neurons. Most of the query score comes from the start token; most of
 # the attention score comes from the start token and the other template tokens. The word's
 # own positions carry a small share of both.
@@ -547,14 +542,13 @@ results.table("shared_frequency", curves)
 fig, ax = plt.subplots(figsize=(8, 4.2))
 sns.lineplot(data=curves, x="rank", y="frequency", hue="kind", style="K", ax=ax, marker="o", markersize=3)
 ax.axhline(0.6, color="grey", ls=":", lw=1)
-ax.text(1, 0.61, "paper: ~60% at K = 10", fontsize=8, color="grey")
+ax.text(1, 0.61, "paper: ~60% at K = 10", fontsize=plots.MIN_FONT_PT, color="grey")
 ax.set_xscale("log")
 ax.set_ylim(0, 1.02)
-plots.label(ax, "neuron rank by shared frequency (log scale)", "fraction of prompts with the neuron in their top-K",
+plots.label(ax, "neuron rank by shared frequency (log scale)", "fraction of prompts with\nthe neuron in their top-K",
             "Shared frequency versus K")
 fig.tight_layout()
-glue("fig_shared", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_shared", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_shared
@@ -624,6 +618,8 @@ plt.close(fig)
 # ```{exercise} The log-probability increase of one FFN neuron
 # :label: ex-ch3-lpi
 #
+# *Difficulty: ★★★, about 30 minutes.*
+#
 # Write `log_prob_increase(model, prompt, target, layer, index)` for an FFN value neuron
 # ({ref}`methods-readout`): run the prompt with a cache; take the residual stream before the layer's
 # FFN at the last position, $x$ = `blocks.{layer}.hook_resid_mid`; the neuron's subvalue is
@@ -634,6 +630,15 @@ plt.close(fig)
 # `neurons.final_norm_gain(model)`, then the unembedding `neurons.lm_head(model)`. Check it on
 # the chapter's strongest FFN value neuron with
 # `checks.check_log_prob_increase(log_prob_increase, lm, prompt=nurse_prompt, target=nurse.target, neuron=top_ffn)`.
+#
+# :::{admonition} Hint
+# :class: dropdown
+# `model.run_with_cache(models.encode(model, prompt).tokens)` gives the cache. Write one inner
+# function `logp(h)` that maps a residual vector to the target's log-probability
+# (`final_norm_gain(model) * h / scale`, times the transposed weight of `lm_head(model)`, then
+# `log_softmax`) and call it on $x + v$ and on $x$. The output row is `neurons.hf_layer(model,
+# layer).mlp.down_proj.weight[:, index]`.
+# :::
 # ```
 
 # %% tags=["remove-cell"]
@@ -680,6 +685,8 @@ checks.check_log_prob_increase(log_prob_increase, lm, prompt=nurse_prompt, targe
 # ```{exercise} Reading a neuron's name
 # :label: ex-ch3-names
 #
+# *Difficulty: ★☆☆, about 15 minutes.*
+#
 # The study names neurons like the paper: `ffnL2N7003` is FFN neuron 7003 of layer 2, and
 # `attnL18H7D40P0` is dimension 40 of head 7's value vector in layer 18, read at source
 # position 0. Write `neuron_name(kind, layer, index_or_head, dim=None, position=None)` and
@@ -688,6 +695,12 @@ checks.check_log_prob_increase(log_prob_increase, lm, prompt=nurse_prompt, targe
 # neurons (`da.per_prompt_topk["attn_value"]`, one list of ids per prompt; the dataset-level
 # ranking sums a neuron over positions, so its ids carry no position) to find the share that
 # read from position 0, the start token.
+#
+# :::{admonition} Hint
+# :class: dropdown
+# f-strings build the names; a regular expression such as `r"P(\d+)$"` reads the position
+# back. Flatten `da.per_prompt_topk["attn_value"]` into one list of ids before counting.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]

@@ -72,6 +72,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from IPython.display import Markdown
 from myst_nb import glue
 
 from analysis_lib import checks, general, models, plots
@@ -155,7 +156,7 @@ show.style.format({c: "{:.3g}" for c in show.columns if show[c].dtype.kind == "f
 
 # %% tags=["remove-cell"]
 sets = [s for s in general.PROBE_SETS if s in set(scan.prompts.set)]
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+fig, axes = plt.subplots(2, 1, figsize=(7.6, 8.0))
 top6 = gen_rank.head(6)
 long = top6.melt(id_vars="id", value_vars=[f"start_{s}" for s in sets], var_name="set", value_name="q")
 long["set"] = long.set.str.removeprefix("start_")
@@ -164,17 +165,16 @@ plots.label(axes[0], "mean query score at the start token", "neuron", "Top gener
 per_prompt = scan.per_prompt(general_ids + gender_ids[:1], "q_start")
 sns.stripplot(data=per_prompt, x="id", y="q_start", hue="set", dodge=True, ax=axes[1], size=6)
 axes[1].axhline(0, color="grey", lw=1)
-plots.label(axes[1], "neuron (last: top gender neuron)", "query score at the start token, per prompt", "Per prompt")
+plots.label(axes[1], "neuron (last: top gender neuron)", "query score at the\nstart token, per prompt", "Per prompt")
 fig.tight_layout()
-glue("fig_scan", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_scan", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_scan
 # :name: fig-general-scan
 #
-# Left: mean query score at the start token of the top general neurons, per probe set.
-# Right: the same score prompt by prompt for the two selected general neurons and the top
+# Top: mean query score at the start token of the top general neurons, per probe set.
+# Bottom: the same score prompt by prompt for the two selected general neurons and the top
 # gender neuron. A start score needs attention neurons that read the start token; for
 # SmolLM2 that holds on CommonWords and RACE prompts, while on 3-shot sums the important
 # attention neurons read the operands, so the start score is about zero there.
@@ -217,7 +217,7 @@ act_summary.style.format({"m_start": "{:.3g}", "sd_start": "{:.1g}", "mean_abs_o
                           "ratio": "{:,.0f}", "pct_layer": "{:.1f}"}).hide(axis="index")
 
 # %% tags=["remove-cell"]
-fig, ax = plt.subplots(figsize=(9, 4.2))
+fig, ax = plt.subplots(figsize=(8, 4.4))
 other = act_long[~act_long.at_start].assign(abs_m=lambda d: d.m.abs())
 start = act_long[act_long.at_start].drop_duplicates("id").assign(abs_m=lambda d: d.m.abs())
 order = [i for g in groups.values() for i in g]
@@ -225,10 +225,9 @@ sns.stripplot(data=other, x="id", y="abs_m", order=order, color="0.6", size=3, a
 sns.stripplot(data=start, x="id", y="abs_m", order=order, hue="group", size=11, marker="D", ax=ax, jitter=False)
 ax.set_yscale("log")
 ax.tick_params(axis="x", rotation=30)
-plots.label(ax, "neuron", "|coefficient| (log scale)", "Start token (diamond) versus every other position (grey)")
+plots.label(ax, "neuron", "|coefficient| (log scale)", "Start token (diamond) versus\nevery other position (grey)")
 fig.tight_layout()
-glue("fig_activation", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_activation", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_activation
@@ -327,9 +326,13 @@ general.condition_table(main_table)
 tasks = list(dict.fromkeys(control_table.task))
 titles = {"arithmetic_1digit": "1-digit addition", "arithmetic_2digit": "2-digit addition", "race": "RACE-middle",
           "piqa": "PIQA", "neutral": "perplexity (neutral text)", "commonwords": "CommonWords mean |b|"}
-fig, axes = plt.subplots(1, len(tasks), figsize=(2.3 * len(tasks) + 1, 4.2))
+n_cols = min(3, len(tasks))  # three panels to a row, whatever the number of tasks
+n_rows = -(-len(tasks) // n_cols)
+fig, axes = plt.subplots(n_rows, n_cols, figsize=(8, 3.4 * n_rows + 0.6), squeeze=False)
+for ax in axes.flat[len(tasks):]:
+    ax.remove()
 colors = {"original": "black", "general": sns.color_palette()[3], "gender": sns.color_palette()[0]}
-for ax, task in zip(np.atleast_1d(axes), tasks):
+for ax, task in zip(axes.flat, tasks):
     sub = control_table[control_table.task == task]
     acc = sub.metric.iloc[0] == "accuracy"
     f = 100 if acc else 1
@@ -344,12 +347,12 @@ for ax, task in zip(np.atleast_1d(axes), tasks):
         ax.axhline(100 * CHANCE[task], color="grey", ls="--", lw=1, label="chance")
     ax.set_xticks([])
     ax.set_xlim(-0.4, 1.9)
-    plots.label(ax, "", "accuracy (%)" if acc else ("perplexity" if task == "neutral" else "mean |b|"), titles.get(task, task))
-handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
-fig.legend(handles, labels, loc="lower center", ncol=5, frameon=False, bbox_to_anchor=(0.5, -0.04))
-fig.tight_layout(rect=(0, 0.07, 1, 1))
-glue("fig_ablation", fig, display=False)
-plt.close(fig)
+    plots.label(ax, "", "accuracy (%)" if acc else ("perplexity" if task == "neutral" else "mean |b|"),
+                titles.get(task, task).replace(" (", "\n("))
+handles, labels = axes.flat[0].get_legend_handles_labels()
+fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 0.0))
+fig.tight_layout(rect=(0, 0.6 / (3.4 * n_rows + 0.6) + 0.02, 1, 1))
+plots.glue_figure("fig_ablation", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_ablation
@@ -412,7 +415,8 @@ if bias_suite_profile:
     bias_wide = general.bias_wide(bias_table, list(main_conditions))
     glue("bias_suite_note", f"the bias suite ({bias_suite_profile} subsets)", display=False)
 else:
-    bias_wide = pd.DataFrame({"note": ["The bias suite runs in the full profile only (bias_suite_profile)."]})
+    bias_wide = Markdown("*Not run in this profile: the bias suite runs in the full profile only (parameter "
+                         "`bias_suite_profile`).*")
     glue("bias_suite_note", "the bias suite (full profile only)", display=False)
 
 # %% [markdown]
@@ -481,26 +485,28 @@ tab3 = first[first.top_orig].head(12)[["id", "layer", "imp_orig", "imp_masked", 
 tab3.style.format({c: "{:.3g}" for c in ["imp_orig", "imp_masked", "cna", "coef_orig", "coef_masked"]}).hide(axis="index")
 
 # %% tags=["remove-cell"]
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
-top = cna[cna.top_orig]
-sns.scatterplot(data=top, x="coef_orig", y="coef_masked", hue="sign_flip", style="prompt", ax=axes[0], s=45,
-                palette={False: "0.5", True: sns.color_palette()[3]})
+fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.6), gridspec_kw={"width_ratios": [1.5, 1]})
+top = cna[cna.top_orig].assign(**{"sign flips": lambda d: d.sign_flip.map({True: "yes", False: "no"})})
+sns.scatterplot(data=top, x="coef_orig", y="coef_masked", hue="sign flips", style="prompt", ax=axes[0], s=45,
+                palette={"no": "0.5", "yes": sns.color_palette()[3]}, hue_order=["no", "yes"])
 lim = np.nanmax(np.abs(top[["coef_orig", "coef_masked"]].to_numpy())) * 1.1
 axes[0].plot([-lim, lim], [-lim, lim], color="grey", lw=1, ls=":")
 axes[0].axhline(0, color="grey", lw=0.8)
 axes[0].axvline(0, color="grey", lw=0.8)
 axes[0].set_xscale("symlog", linthresh=1)
 axes[0].set_yscale("symlog", linthresh=1)
-plots.label(axes[0], "coefficient, model as is", "coefficient, general neurons masked", "Top arithmetic neurons")
+plots.label(axes[0], "coefficient, model as is", "coefficient,\ngeneral neurons masked", "Top arithmetic neurons")
+sns.move_legend(axes[0], "lower right", fontsize=plots.MIN_FONT_PT, title_fontsize=plots.MIN_FONT_PT)
 flip = pd.DataFrame({"masked": ["general"] * len(cna_sum), "share": cna_sum.n_sign_flips / cna_sum.n_top})
 if cna_ctrl_sum is not None:
     flip = pd.concat([flip, pd.DataFrame({"masked": "random same layer", "share": cna_ctrl_sum.n_sign_flips / cna_ctrl_sum.n_top})])
 sns.stripplot(data=flip, x="masked", y="share", ax=axes[1], size=8, jitter=0.15)
-plots.label(axes[1], "neurons masked", "share of top-20 neurons whose coefficient flips sign", "Sign flips per sum")
+plots.label(axes[1], "neurons masked", "share of top-20 neurons\nwhose coefficient flips sign", "Sign flips per sum")
+masked_groups = list(dict.fromkeys(flip.masked))
+axes[1].set_xticks(range(len(masked_groups)), [m.replace(" same", "\nsame") for m in masked_groups])
 axes[1].set_ylim(-0.05, 1.05)
 fig.tight_layout()
-glue("fig_cna", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_cna", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_cna
@@ -659,7 +665,7 @@ glue("other_sinks_text", ("The same rule on the other models, each with its own 
      "This profile draws the norm profile of the default model only; the full profile adds the other models.",
      display=False)
 
-fig, ax = plt.subplots(figsize=(9, 4.2))
+fig, ax = plt.subplots(figsize=(8, 4.6))
 for (name, start), g in all_profiles.groupby(["model", "start"], sort=False):
     line, = ax.plot(g.depth, g.norm_start, marker="o", ms=3, label=f"{name}, position 0 = {start}")
     ax.plot(g.depth, g.norm_other, ls="--", color=line.get_color(), lw=1, label=f"{name}, other positions (median)")
@@ -668,13 +674,12 @@ for r in sinks.itertuples():
 ax.set_yscale("log")
 plots.label(ax, "depth (0 = embedding, l + 1 = after block l)", "residual norm (log scale)",
             "The start token's residual norm across depth")
-ax.legend(fontsize=7)
+ax.legend(fontsize=plots.MIN_FONT_PT)
 fig.tight_layout()
-glue("fig_sinks", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_sinks", fig)
 
 # %% tags=["remove-input"]
-writers.round(3) if len(writers) else pd.DataFrame({"note": ["no sink found"]})
+writers.round(3) if len(writers) else Markdown("*No sink was found, so there are no writers to list.*")
 
 # %% [markdown]
 # ```{glue:figure} fig_sinks
@@ -780,12 +785,12 @@ if reps:
     results.add("verdict_replicate", r0["verdict"]["verdict"])
     glue("rep_text", general.replicate_text(s0), display=False)
 else:
-    replicate = pd.DataFrame({"note": ["No second model in this profile (replicate_models is empty); run the full profile."]})
+    replicate = None
     results.add("verdict_replicate", "not tested")
     glue("rep_text", "This profile runs no second model; the full profile adds Gemma 3 270M.", display=False)
 
 # %% tags=["remove-input"]
-replicate.T if "model" in replicate else replicate
+replicate.T if replicate is not None else None
 
 # %% [markdown]
 # {glue:text}`rep_text`
@@ -860,6 +865,8 @@ results.time("total", time.perf_counter() - T0)
 # ```{exercise} How unusual is the damage?
 # :label: ex-ch4-pvalue
 #
+# *Difficulty: ★☆☆, about 10 minutes.*
+#
 # Masking two random neurons of the same layer is the control for masking the two general
 # neurons. With the damage $\delta = $ (accuracy as is) $-$ (accuracy masked) of the general
 # neurons and $\delta_1, \dots, \delta_n$ of the $n$ random draws, the one-sided permutation
@@ -868,6 +875,13 @@ results.time("total", time.perf_counter() - T0)
 # with `checks.check_empirical_p(empirical_p)`, and compute it for one-digit addition from
 # `control_table` (columns `condition`, `kind`, `task`, `value`). What is the smallest p-value
 # that this chapter's number of draws can give?
+#
+# :::{admonition} Hint
+# :class: dropdown
+# Count the random draws whose damage is at least the observed one. In `control_table`, keep
+# `task == "arithmetic_1digit"`; a condition's damage is the `value` of `condition ==
+# "original"` minus its own `value`; the random draws are the rows with `kind == "random"`.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -906,6 +920,8 @@ pd.Series({"damage, general neurons": damage_general, "p-value": empirical_p(dam
 # ```{exercise} Mask a neuron with a hook
 # :label: ex-ch4-mask
 #
+# *Difficulty: ★★☆, about 20 minutes.*
+#
 # Masking an FFN neuron sets its coefficient to zero at every position. Write
 # `masked_logits(model, prompt, neurons)` that takes `[(layer, index), ...]`, adds forward hooks
 # on `blocks.{layer}.mlp.hook_post` that zero those indices, and returns the last position's
@@ -914,6 +930,13 @@ pd.Series({"damage, general neurons": damage_general, "p-value": empirical_p(dam
 # `checks.check_masked_logits(masked_logits, lm, neurons=tuple(general_ids))`: the check
 # compares with the study's `editing.mask_neurons` and verifies that the model is unchanged
 # afterwards. Which answer does the model give to "3+5=" with and without the general neurons?
+#
+# :::{admonition} Hint
+# :class: dropdown
+# A hook gets `(activation, hook)` and returns the edited activation: set `act[..., index] =
+# 0.0`. Make each hook with a small factory `zero(index)`, so that every hook keeps its own
+# index (a lambda written in a loop would see only the last one).
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]

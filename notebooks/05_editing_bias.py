@@ -235,7 +235,7 @@ glue("refusals_text", "The joint guard refused " + "; ".join(
 # (mean $|b|$ {glue:text}`train_mean_abs_b` unedited) reduces bias for
 # {glue:text}`n_positive` of them. The strongest single effects:
 
-# %%
+# %% tags=["remove-input"]
 show = causal[["neuron", "kinds", "rank", "important_position", "effect", "effect_male", "effect_female", "shift"]]
 (show.head(12).rename(columns={"important_position": "position", "effect": "drop of mean |b|",
                                "effect_male": "on male-leaning words", "effect_female": "on female-leaning words",
@@ -276,7 +276,7 @@ kv = sel["kv_groups"]
 results.add("n_kv_groups", len(kv))
 glue("kv_text", ne.kv_text(kv, guard_tol), display=False)
 
-fig, ax = plt.subplots(figsize=(6.4, 3.8))
+fig, ax = plt.subplots(figsize=(7.2, 5.2))
 names = {"one_shot": "one-shot", "joint_greedy": "joint greedy", "sign_aware": "sign-aware"}
 colors = dict(zip(names, sns.color_palette(plots.PALETTE)[:3]))
 for strat, sub in add.groupby("strategy", sort=False):
@@ -285,11 +285,10 @@ for strat, sub in add.groupby("strategy", sort=False):
 ax.axhline(0, color="grey", lw=0.8)
 ax.axhline(-float(b_sel.mean()), color="grey", lw=0.8, ls=":")
 plots.label(ax, "neurons masked (the first K of each strategy's selection)",
-            "change of mean signed b (selection words)", "Do single-neuron shifts add up?")
-ax.legend(fontsize=7.5, loc="lower left")
+            "change of mean signed b\n(selection words)", "Do single-neuron shifts add up?")
+ax.legend(fontsize=plots.MIN_FONT_PT + 1, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
 fig.tight_layout()
-glue("fig_additivity", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_additivity", fig)
 
 # %% [markdown]
 # (ch-editing-why)=
@@ -336,7 +335,7 @@ plt.close(fig)
 # $|b|$ and mean signed $b$ on the validation words (unedited: mean $|b|$
 # {glue:text}`val_orig_mean_abs_b`). {glue:text}`refusals_text` {glue:text}`choice_text`
 
-# %%
+# %% tags=["remove-input"]
 (vtable.rename(columns={"val_mean_abs_b": "mean |b| (validation)", "val_d_mean_abs_b": "change",
                         "val_mean_b": "mean b (validation)", "k": "K"})
  .style.format(precision=3).hide(axis="index"))
@@ -383,18 +382,17 @@ else:
     ft_neur_text = "The validation rule chose no edit, so there is nothing to fine-tune in the restricted variant."
 glue("ft_neur_text", ft_neur_text, display=False)
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.8))
 ft_colors = {"fine-tuned (LoRA)": "C2", "chosen edit, fine-tuned": "C9"}
 for c, h in ft_history.groupby("condition", sort=False):
     axes[0].plot(h.step, h.bias_loss, "o-", color=ft_colors.get(c, "C4"), label=c, ms=3)
     axes[1].plot(h.step, h.kl, "o-", color=ft_colors.get(c, "C4"), label=c, ms=3)
 plots.label(axes[0], "step", "mean b² (training prompts)", "bias term")
-plots.label(axes[1], "step", "mean KL per token (guard texts)", "KL term")
+plots.label(axes[1], "step", "mean KL per token\n(guard texts)", "KL term")
 axes[0].set_ylim(bottom=0)
-axes[0].legend(fontsize=8)
+axes[0].legend(fontsize=plots.MIN_FONT_PT + 1)
 fig.tight_layout()
-glue("fig_finetune", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_finetune", fig)
 
 # %% [markdown]
 # (ch-editing-finetune)=
@@ -559,7 +557,7 @@ glue("ft_neur_eval", ft_neur_eval, display=False)
 # {glue:text}`n_random_text` random draws matched to that edit in number, kind and layer;
 # *flipped* is the share of test words whose sign of $b$ differs from the unedited model's.
 
-# %%
+# %% tags=["remove-input"]
 cols = {"condition": "condition", "n_neurons": "neurons", "mean_abs_b": "mean |b|", "d_mean_abs_b": "change",
         "d_mean_abs_b_low": "low", "d_mean_abs_b_high": "high", "random_d_min": "random: min",
         "random_d_max": "random: max", "mean_b": "mean b", "share_flipped": "flipped", "d_ppl_pct": "perplexity %"}
@@ -568,7 +566,7 @@ cols = {"condition": "condition", "n_neurons": "neurons", "mean_abs_b": "mean |b
 
 # %% tags=["remove-cell"]
 glue("n_random_text", str(n_random), display=False)
-fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), gridspec_kw={"width_ratios": [1.5, 1]})
+fig, axes = plt.subplots(2, 1, figsize=(7.6, 9.6), gridspec_kw={"height_ratios": [1.7, 1]})
 ax = axes[0]
 pal = sns.color_palette(plots.PALETTE)
 palette = {"original": "black", "one-shot": pal[0], "joint greedy": pal[1], "sign-aware": pal[2],
@@ -587,25 +585,24 @@ ax.axvline(0, color="grey", lw=0.8, ls=":")
 ax.axhline(orig.mean_abs_b, color="grey", lw=0.8, ls="--")
 ax.set_xscale("symlog", linthresh=1)
 plots.label(ax, "neutral-text perplexity change (%)", "mean |b|, held-out test words", "bias against capability")
-ax.legend(fontsize=7, loc="upper left", ncol=2)
+ax.legend(fontsize=plots.MIN_FONT_PT + 1, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)
 ax = axes[1]
 lean_plot = table[table.group.isin(["original", "one-shot", "joint greedy", "sign-aware"])]
 ax.barh(range(len(lean_plot))[::-1], lean_plot.mean_b, color=[palette[g] for g in lean_plot.group])
-ax.set_yticks(range(len(lean_plot))[::-1], lean_plot.condition, fontsize=8)
+ax.set_yticks(range(len(lean_plot))[::-1], lean_plot.condition, fontsize=plots.MIN_FONT_PT + 1)
 ax.axvline(0, color="grey", lw=0.8)
 plots.label(ax, "mean signed b (test words; > 0 = male lean)", "", "which way the words lean")
 fig.tight_layout()
-glue("fig_edit_tradeoff", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_edit_tradeoff", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_edit_tradeoff
 # :name: fig-edit-tradeoff
 #
-# Left: each condition's mean $|b|$ on the held-out test words (95 % bootstrap interval)
+# Top: each condition's mean $|b|$ on the held-out test words (95 % bootstrap interval)
 # against its change in neutral-text perplexity; the dashed line is the original model, the
 # black ring the edit the validation rule chose, grey dots the random draws matched to each
-# edit. Down and towards zero perplexity is better. Right: the mean signed $b$ of the edits of
+# edit. Down and towards zero perplexity is better. Bottom: the mean signed $b$ of the edits of
 # each strategy: a bar that crosses to the other side of zero is an overshoot, a lean turned
 # round rather than removed.
 # ```
@@ -680,7 +677,7 @@ glue("suite_text", suite_text, display=False)
 #
 # {glue:text}`suite_text`
 
-# %%
+# %% tags=["remove-input"]
 piv.style.format(precision=3).hide(axis="index") if piv is not None else None
 
 # %% tags=["remove-cell"]
@@ -720,7 +717,7 @@ glue("rep_text", rep_text, display=False)
 # at the sizes of the parameter `replicate_sizes`, on the same test words and paragraphs.
 # {glue:text}`rep_text`
 
-# %%
+# %% tags=["remove-input"]
 (rep_table[["model", "condition", "n_neurons", "mean_abs_b", "d_mean_abs_b", "d_mean_abs_b_low",
             "d_mean_abs_b_high", "d_ppl_pct"]].style.format(precision=3).hide(axis="index")
  if rep_table is not None else None)
@@ -783,13 +780,20 @@ glue("paper_text", ne.paper_comparison_text(results.values), display=False)
 # ```{exercise} Do two neurons add up?
 # :label: ex-ch5-additivity
 #
-# *Difficulty: ★★☆, about 15 minutes.* Masking a neuron changes every word's $b$. If effects
-# were additive, masking neurons A and B together would change $b$ by the sum of their single
+# *Difficulty: ★★☆, about 15 minutes.*
+#
+# Masking a neuron changes every word's $b$. If effects were additive, masking neurons A and B together would change $b$ by the sum of their single
 # changes. Write `predict_joint(b0, b_a, b_b)` that returns that prediction (an array, one
 # value per word), check it with `checks.check_predict_joint(predict_joint)`, then measure the
 # real joint $b$ for the first two one-shot neurons on the test words with
 # `mask_neurons(lm, [a, b])` and `ne.mean_abs_bias` and compare the mean signed $b$.
-# *Hint:* each single change is `b_a - b0`.
+#
+# :::{admonition} Hint
+# :class: dropdown
+# Each single change is `b_a - b0`; the prediction adds both changes to `b0`.
+# `mask_neurons(lm, neurons)` is a context manager, and the second element of
+# `ne.mean_abs_bias(lm, prompts)` is the per-word $b$.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -832,13 +836,21 @@ pd.Series({"unedited mean b": b0_test.mean(),
 # ```{exercise} Heads that share a value
 # :label: ex-ch5-gqa
 #
-# *Difficulty: ★★☆, about 15 minutes.* Under grouped-query attention, query head $h$ reads the
-# values of key/value group $h \,//\, (n_\text{heads} / n_\text{kv})$. Write
+# *Difficulty: ★★★, about 25 minutes.*
+#
+# Under grouped-query attention, query head $h$ reads the values of key/value group $h \,//\, (n_\text{heads} / n_\text{kv})$. Write
 # `kv_group(head, n_heads, n_kv_heads)` returning that group, check it with
 # `checks.check_kv_group(kv_group)`, and use it to find, in the one-shot selection, attention
 # neurons `attnL{l}H{h}D{j}` that share layer, group and dimension. For such a set, compare the
 # guard perplexity change of each neuron alone with that of the set (`es.SetScorer(lm, [], guard)`
-# has `ppl_ratio`). *Hint:* `ne` and `es` are imported; `sel["kv_groups"]` is the chapter's answer.
+# has `ppl_ratio`).
+#
+# :::{admonition} Hint
+# :class: dropdown
+# `ne` and `es` are imported, and `sel["kv_groups"]` is the chapter's answer to compare with.
+# Each key/value group serves `n_heads // n_kv_heads` query heads, so integer division gives
+# the group.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -871,13 +883,20 @@ sel["kv_groups"]
 # ```{exercise} How much of the bias went away?
 # :label: ex-ch5-reduction
 #
-# *Difficulty: ★☆☆, about 10 minutes.* A change in a bias metric is easiest to read as the
-# share of the distance to the ideal value that was removed:
+# *Difficulty: ★☆☆, about 10 minutes.*
+#
+# A change in a bias metric is easiest to read as the share of the distance to the ideal value that was removed:
 # $1 - |\text{after} - \text{ideal}| / |\text{before} - \text{ideal}|$ (1 = all bias removed,
 # 0 = no change, negative = worse). Write `relative_reduction(before, after, ideal=0.0)`, check
 # it with `checks.check_relative_reduction(relative_reduction)`, and compute it for the chosen
-# edit and for the best random draw matched to it. *Hint:* the table `table` has `mean_abs_b`,
-# and `controls` the draws.
+# edit and for the best random draw matched to it.
+#
+# :::{admonition} Hint
+# :class: dropdown
+# The table `table` has `mean_abs_b` (before and after the edit), and `controls` holds the
+# random draws, with the change `d_mean_abs_b` of each; keep the draws whose `control_for` is
+# the chosen edit.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]

@@ -374,7 +374,7 @@ for sc in crispr.SCORINGS:
 # {glue:text}`delta_bal_ci`, {glue:text}`delta_bal_verdict`. {glue:text}`shift_text`
 
 # %% tags=["remove-cell"]
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
+fig, axes = plt.subplots(2, 1, figsize=(7.6, 8.4))
 sns.lineplot(data=grid_table.assign(n1=grid_table["n"] + 1), x="n1", y="balanced_accuracy", hue="scoring",
              marker="o", ax=axes[0])
 axes[0].axvline(n_star + 1, color="grey", ls="--", lw=1)
@@ -383,17 +383,16 @@ plots.label(axes[0], "pruned neurons n + 1 (log scale)", "dev balanced accuracy"
             "Choosing n on dev items")
 inst_tab = crispr.instruction_table(main, selection_scoring)
 sns.pointplot(data=inst_tab, x="instruction", y="accuracy", hue="condition", dodge=0.3, ax=axes[1])
-plots.label(axes[1], "instruction", f"test accuracy ({selection_scoring} scoring)", "Accuracy per instruction")
+plots.label(axes[1], "instruction", f"test accuracy\n({selection_scoring} scoring)", "Accuracy per instruction")
 fig.tight_layout()
-glue("fig_crispr_main", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_crispr_main", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_crispr_main
 # :name: fig-crispr-main
 #
-# Left: dev balanced accuracy for each number of pruned neurons under each scoring (the dashed
-# line marks the chosen n; the x axis shows n + 1 so that n = 0 fits a log scale). Right: test
+# Top: dev balanced accuracy for each number of pruned neurons under each scoring (the dashed
+# line marks the chosen n; the x axis shows n + 1 so that n = 0 fits a log scale). Bottom: test
 # accuracy of the original and the pruned model under each instruction (selection scoring).
 # CRISPR's claim is that pruning raises the accuracy *and* narrows the spread between
 # instructions.
@@ -532,8 +531,7 @@ sns.barplot(data=plot_tr, x="category", y="mean_accuracy", hue="condition", ax=a
 plots.label(ax, "BBQ category", "mean accuracy over instructions", f"Neurons found on {category}")
 ax.axhline(1 / 3, color="grey", ls="--", lw=1)
 fig.tight_layout()
-glue("fig_crispr_transfer", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_crispr_transfer", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_crispr_transfer
@@ -668,6 +666,8 @@ results.add_time("seconds_total", time.perf_counter() - t_start)
 # ```{exercise} The BBQ bias scores
 # :label: ex-ch6-bbq
 #
+# *Difficulty: ★★★, about 30 minutes.*
+#
 # BBQ counts an answer as *biased* when it names the stereotyped group (the target) for a
 # negative question, or the other person for a non-negative one. Among the answers that are
 # not "unknown", within a context condition, $\text{raw} = 2\,n_\text{biased} / n_\text{non-unknown} - 1$.
@@ -677,6 +677,14 @@ results.add_time("seconds_total", time.perf_counter() - t_start)
 # (answer indices; `polarity` is "neg"/"nonneg", `condition` "ambig"/"disambig") returning
 # `(s_dis, s_amb)`, check it with `checks.check_bbq_bias_scores`, and apply it to the
 # original model's test answers (`crispr.pooled_answers(main["original"])` gives the arrays).
+#
+# :::{admonition} Hint
+# :class: dropdown
+# Leave out the answers equal to `unknown` first. An answer is biased when the question is
+# negative and it names the target, or non-negative and it names the other person. Compute raw
+# once on `condition == "disambig"` and once on `"ambig"`; the ambiguous accuracy counts every
+# ambiguous item, "unknown" answers included.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -721,12 +729,21 @@ pd.DataFrame({"ours": ours_bbq, "chapter": [float(summ["original"][k].estimate) 
 # ```{exercise} The CRISPR score of a unit
 # :label: ex-ch6-score
 #
+# *Difficulty: ★★☆, about 15 minutes.*
+#
 # For one (instruction, item) the method takes each unit's attribution toward the biased option
 # $\hat y$, $a_t\,\partial \log P(\hat y)/\partial a_t$, and toward the gold answer $y$, at every
 # token $t$. The unit's score is $\alpha \max_t a_t g^{\hat y}_t - \lambda \max(0, \alpha \max_t a_t g^{y}_t)$
 # with $\alpha = P(\hat y)$. Write `crispr_score(act, grad_biased, grad_gold, alpha, lam)` for
 # `[tokens, units]` arrays and check it with `checks.check_crispr_score(crispr_score)`. Which
 # row of the ablation table above drops the second term, and what happened to accuracy there?
+#
+# :::{admonition} Hint
+# :class: dropdown
+# Work column-wise: `(act * grad_biased).max(0)` is the maximum over tokens for every unit at
+# once. Clamp only the second term at zero (`np.maximum(0.0, ...)`). The ablation row without
+# the second term is `no_skill`.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -760,10 +777,19 @@ ab.loc[["original", "crispr", "no_skill"], ["mean_accuracy"]]
 # ```{exercise} Another category, and the skill term
 # :label: ex-ch6-transfer
 #
+# *Difficulty: ★★★, about 45 minutes.*
+#
 # Re-run the chapter with `-p category=Age` and compare your numbers with the paper's
 # BBQ-Age row (43.60 → 60.32 for Flan-T5-base). Then rank by the `no_skill` variant
 # (`crispr.top_neurons(attr, n_star, "no_skill")`) and count how many of its top neurons are
 # also among the chapter's pruned `neurons`.
+#
+# :::{admonition} Hint
+# :class: dropdown
+# The re-run is a command, not a cell: `python -m analysis_lib run 06 --profile quick -p
+# category=Age` (minutes on a laptop). For the overlap, `crispr.overlap(a, b)` compares two
+# lists of neurons.
+# :::
 # ```
 
 # %% [markdown] tags=["solution"]

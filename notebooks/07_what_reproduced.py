@@ -100,11 +100,10 @@ for verdict in VERDICTS:
 results.table("comparison", table)
 
 # %% tags=["remove-cell"]
-fig, ax = plt.subplots(figsize=(9, 4.4))
+fig, ax = plt.subplots(figsize=(7, 4.4))
 reproduction.plot_verdicts(table, ax=ax)
 fig.tight_layout()
-glue("fig_verdicts", fig, display=False)
-plt.close(fig)
+plots.glue_figure("fig_verdicts", fig)
 
 # %% [markdown]
 # ```{glue:figure} fig_verdicts
@@ -122,7 +121,7 @@ plt.close(fig)
 # {glue:text}`n_not_tested` were not tested. {numref}`fig-reproduced-verdicts` breaks the
 # counts down by chapter; the tables below give every row.
 
-# %%
+# %% tags=["remove-input"]
 reproduction.verdict_counts(table, by="paper")
 
 # %% [markdown]
@@ -189,6 +188,8 @@ reproduction.style(table, chapters=["06"])
 # ```{exercise} A verdict from an interval and a tolerance
 # :label: ex-ch7-interval
 #
+# *Difficulty: ★☆☆, about 15 minutes.*
+#
 # Paper 1 says the most shared neurons appear in about 60 % of the prompts at K = 10. Our
 # chapter 3 gives an interval $[\ell, h]$ for the same statistic. Call the claim
 # *reproduced* when the interval overlaps the band $[0.6 - \tau, 0.6 + \tau]$, *partly* when it
@@ -197,6 +198,13 @@ reproduction.style(table, chapters=["06"])
 # `reproduction.check_interval_verdict(interval_verdict)`, and apply it with $\tau = 0.1$ to the
 # three `shared_mean_*_K10` intervals of `results/03_tracing_gender_circuits.json`. Which
 # verdicts change with $\tau = 0.05$?
+#
+# :::{admonition} Hint
+# :class: dropdown
+# The distance from the target to the interval is `max(low - target, target - high, 0.0)`:
+# zero when the interval contains the target. `reproduction.ResultsDir().interval(chapter,
+# key)` reads an interval with its `low` and `high`.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]
@@ -233,6 +241,8 @@ pd.DataFrame({"low": [iv.low for iv in shared.values()], "high": [iv.high for iv
 # ```{exercise} A verdict from a paired change
 # :label: ex-ch7-change
 #
+# *Difficulty: ★★☆, about 20 minutes.*
+#
 # CRISPR raised BBQ accuracy by between +6.1 and +22.9 points in the paper's Table 1. Chapter 6
 # records the paired change in pooled accuracy, `delta_acc`, with its 95 % interval (as a
 # fraction). Call the claim *reproduced* when the interval excludes 0 on the paper's side and
@@ -242,6 +252,13 @@ pd.DataFrame({"low": [iv.low for iv in shared.values()], "high": [iv.high for iv
 # `change_verdict(estimate, low, high, paper_change)` (a negative `paper_change` means the paper
 # reported a decrease), check it with `reproduction.check_change_verdict(change_verdict)`, and
 # apply it to `delta_acc` in points.
+#
+# :::{admonition} Hint
+# :class: dropdown
+# Multiply the estimate and both ends by the sign of `paper_change`, so that one rule covers
+# increases and decreases; then the interval excludes 0 on the paper's side when its lower end
+# is above 0. `delta_acc` is a fraction: multiply by 100 for points.
+# :::
 # ```
 
 # %% tags=["student", "remove-cell"]

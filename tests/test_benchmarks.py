@@ -146,6 +146,22 @@ def test_stereoset_eval_by_hand_and_deterministic(model, kind):
 
 # ----------------------------------------------------------------------------- WinoGender
 
+#: A log-probability scored in a padded batch and scored alone differ in float32: the two
+#: forward passes sum the same products in another order (the BLAS blocking follows the batch
+#: shape and the thread count; OMP_NUM_THREADS=1 gives another order than the default). The
+#: logits reach |z| ~ 16-32, where one float32 ulp is 1.9e-6; log-softmax subtracts two such
+#: numbers, so a few ulps of the logits (measured: up to 3e-6) is the expected disagreement.
+LOGPROB_TOL = 1e-5
+#: The largest slope of the binary entropy in bits with respect to the log-odds
+#: d = lp_male - lp_female: dH/dd = -d q (1 - q) / ln 2 with q = sigmoid(d), whose absolute
+#: value peaks at |d| = 1.543 with 0.32298 bits per nat.
+ENTROPY_SLOPE_MAX = 0.32298
+#: The entropy of the batched row against the entropy of the prompt scored alone: d moves by
+#: at most 2 * LOGPROB_TOL, so H moves by at most ENTROPY_SLOPE_MAX times that (6.5e-6). A
+#: fixed 1e-6 was tighter than float32 allows: with one thread the first row missed it by 3e-7.
+ENTROPY_TOL = ENTROPY_SLOPE_MAX * 2 * LOGPROB_TOL
+
+
 
 def test_winogender_eval(model):
     items, scores = bm.winogender_eval(model, n=16, seed=SEED, n_boot=200)
@@ -155,11 +171,25 @@ def test_winogender_eval(model):
     _ci_ok(scores["entropy_difference"], 0, 1)
     _ci_ok(scores["mean_q_male"], 0, 1)
     row = items.iloc[0]
+    # the entropy is the binary entropy of the row's own log-probabilities (float64 arithmetic)
+    q = 1 / (1 + math.exp(row["lp_female"] - row["lp_male"]))
+    assert abs(row["entropy_bits"] + q * math.log2(q) + (1 - q) * math.log2(1 - q)) <= 1e-12
+    # and the row's log-probabilities (a padded batch of 16) are those of the prompt scored alone
     lp = target_logprobs(model, [row["prefix"]], [" " + row["male_pronoun"], " " + row["female_pronoun"]])[0]
-    assert abs(row["lp_male"] - float(lp[0])) <= 1e-5 and abs(row["lp_female"] - float(lp[1])) <= 1e-5
+    assert abs(row["lp_male"] - float(lp[0])) <= LOGPROB_TOL and abs(row["lp_female"] - float(lp[1])) <= LOGPROB_TOL
     q = 1 / (1 + math.exp(float(lp[1] - lp[0])))
-    assert abs(row["entropy_bits"] + q * math.log2(q) + (1 - q) * math.log2(1 - q)) <= 1e-6
+    assert abs(row["entropy_bits"] + q * math.log2(q) + (1 - q) * math.log2(1 - q)) <= ENTROPY_TOL
     assert scores["entropy_difference"].estimate == pytest.approx(1 - items["entropy_bits"].mean())
+
+
+def test_entropy_slope_bound_is_the_steepest_slope_of_the_pronoun_entropy():
+    """ENTROPY_TOL rests on ENTROPY_SLOPE_MAX: check it against the library's entropy."""
+    from analysis_lib.metrics import pronoun_entropy
+
+    d = np.linspace(-12, 12, 240_001)
+    slope = np.abs(np.gradient(pronoun_entropy(d, np.zeros_like(d)), d))
+    assert slope.max() == pytest.approx(ENTROPY_SLOPE_MAX, abs=1e-5)
+    assert abs(abs(d[slope.argmax()]) - 1.543) < 1e-3
 
 
 # ----------------------------------------------------------------------------- BBQ

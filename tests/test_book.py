@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from analysis_lib import pipeline
+from analysis_lib import pipeline, plots, tables
 
 pytestmark = pytest.mark.book
 
@@ -132,6 +132,12 @@ def test_exercises_render_and_student_edition_hides_solutions(quick_book, tmp_pa
         page = (html / f"{c}.html").read_text()
         assert page.count('class="exercise admonition"') >= 2, f"{c} needs at least two exercises"
         assert 'class="solution dropdown admonition"' in page, f"{c} shows no solution"
+        for ex in _soup(html / f"{c}.html").select("div.exercise"):  # difficulty, time and hint render
+            first = ex.select_one("section > p")
+            assert first is not None and first.find("em") is not None, f"{c}: {ex.get('id')} opens with no difficulty"
+            assert EXERCISE_HEADER.match(f"*{first.get_text().strip()}*"), f"{c}: {first.get_text()!r}"
+            hints = [a for a in ex.select("div.dropdown.admonition") if a.select_one(".admonition-title").get_text() == "Hint"]
+            assert len(hints) == 1, f"{c}: {ex.get('id')} shows {len(hints)} hint dropdowns"
     student = tmp_path / "student"
     pipeline.build_student_edition(student, source_book=quick_book / "book")
     for c in pipeline.chapters():
@@ -146,6 +152,44 @@ def test_exercises_render_and_student_edition_hides_solutions(quick_book, tmp_pa
     assert any(cell.cell_type == "code" and "checks.check_bias_score(bias_score)" in cell.source
                for cell in first.cells), "the student edition lost the exercise's check call"
 
+
+
+#: Every exercise opens with its difficulty and a time estimate, in this one format, and ends
+#: with a hint in a dropdown (ARENA's practice): ★☆☆ a warm-up of a few lines, ★★☆ the
+#: chapter's core skill, ★★★ a stretch that needs the model's internals or a re-run.
+EXERCISE_HEADER = re.compile(r"^\*Difficulty: (★☆☆|★★☆|★★★), about (\d+) minutes\.\*$")
+EXERCISE_HINT = ":::{admonition} Hint\n:class: dropdown\n"
+
+
+def _exercise_blocks() -> dict[str, str]:
+    """Every ``{exercise}`` directive of the chapter sources (comment marks removed), by label."""
+    blocks = {}
+    for path in sorted(pipeline.notebooks_dir().glob("*.py")):
+        text = re.sub(r"(?m)^# ?", "", path.read_text())
+        for m in re.finditer(r"(?ms)^```\{exercise\}[^\n]*\n:label: (\S+)\n(.*?)^```$", text):
+            blocks[f"{path.stem}:{m.group(1)}"] = m.group(2)
+    return blocks
+
+
+def test_every_exercise_has_a_difficulty_a_time_and_a_hint():
+    blocks = _exercise_blocks()
+    assert len(blocks) >= 2 * len(pipeline.chapters()), sorted(blocks)
+    problems = []
+    for name, body in blocks.items():
+        first = body.strip().split("\n")[0]
+        m = EXERCISE_HEADER.match(first)
+        if not m:
+            problems.append(f"{name}: first line {first!r} is not like '*Difficulty: ★★☆, about 15 minutes.*'")
+        elif not 5 <= int(m.group(2)) <= 60:
+            problems.append(f"{name}: {m.group(2)} minutes is not a time for one exercise (5 to 60)")
+        hint = body.split(EXERCISE_HINT, 1)
+        if len(hint) != 2 or not hint[1].split(":::", 1)[0].strip():
+            problems.append(f"{name}: no hint (a ':::{{admonition}} Hint' with ':class: dropdown' and a text)")
+        elif hint[1].split(":::", 1)[1].strip():
+            problems.append(f"{name}: the hint is not the last part of the exercise")
+        if "*Hint:*" in body:
+            problems.append(f"{name}: an inline *Hint:* besides the dropdown")
+    assert problems == [], "\n".join(problems)
 
 
 def test_make_student_builds_from_the_makefile_command(quick_book, tmp_path):
@@ -165,6 +209,48 @@ def test_make_student_builds_from_the_makefile_command(quick_book, tmp_path):
     html = tmp_path / "student" / "book" / "_build" / "html"
     assert (html / "book" / "00_model_and_start_token.html").is_file()
     assert "Student edition" in (html / "book" / "intro.html").read_text()
+
+# ----------------------------------------------------------------------------- make lab
+
+
+def test_lab_pairs_each_chapter_with_a_notebook_that_keeps_its_outputs(tmp_path):
+    """`make lab`'s pairing (jupytext.toml): notebooks/NN.py <-> lab/NN.ipynb. Syncing leaves
+    the tracked source byte for byte as it is, and an edit of the source keeps the outputs."""
+    import subprocess
+    import sys
+
+    import nbformat
+
+    root = pipeline.repo_root()
+    chapter = "00_model_and_start_token"
+    shutil.copy(root / "jupytext.toml", tmp_path)
+    (tmp_path / "notebooks").mkdir()
+    source = tmp_path / "notebooks" / f"{chapter}.py"
+    shutil.copy(pipeline.notebooks_dir() / f"{chapter}.py", source)
+    original = source.read_text()
+
+    def sync():
+        subprocess.run([sys.executable, "-m", "jupytext", "--sync", str(source.relative_to(tmp_path))],
+                       cwd=tmp_path, check=True, capture_output=True, text=True)
+
+    sync()
+    paired = tmp_path / "lab" / f"{chapter}.ipynb"
+    assert paired.is_file() and source.read_text() == original
+    nb = nbformat.read(paired, as_version=4)
+    code = next(c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", []))
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="kept\n")]
+    nbformat.write(nb, paired)
+    source.write_text(original.replace("# # The model and the start token", "# # The model and the start token (edited)"))
+    os.utime(source, (paired.stat().st_mtime + 5,) * 2)  # the source is the newer file
+    sync()
+    nb = nbformat.read(paired, as_version=4)
+    assert "(edited)" in "".join(c.source for c in nb.cells)
+    assert any(o.get("text") == "kept\n" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    make = (root / "Makefile").read_text()
+    assert re.search(r"(?m)^lab: .*lab-installed", make) and '".[lab]"' in make and "Jupytext Notebook" in make
+    assert "lab = [" in (root / "pyproject.toml").read_text()
+    assert re.search(r"(?m)^lab/$", (root / ".gitignore").read_text())
+
 
 # ----------------------------------------------------------------------------- front matter: intro, glossary, bibliography
 
@@ -505,3 +591,117 @@ def test_math_is_typeset_offline(quick_book, browser):
         assert "book/glossary.html" in typeset and "book/05_editing_bias.html" in typeset, typeset
     finally:
         server.shutdown()
+
+
+# ----------------------------------------------------------------------------- readable figures and tables
+
+#: The readability rule for figures. A figure saved at ``dpi`` pixels per inch whose smallest
+#: font is plots.MIN_FONT_PT points is shown at (shown width / natural width) of its size, so
+#: its smallest text is MIN_FONT_PT * dpi / 72 * scale CSS pixels; at least plots.MIN_TEXT_PX
+#: (9 px) asks for this scale or more (0.65 at 110 dpi). Wide figures (1849 px shown at 660 px,
+#: labels of 5-6 px) were the problem of issue 20. plots.glue_figure enforces the font sizes.
+MIN_FIGURE_SCALE = plots.min_display_scale()
+
+
+def _chapter_and_status_pages() -> list[str]:
+    return [f"book/{c}.html" for c in pipeline.chapters()] + ["book/execution_status.html"]
+
+
+@pytest.mark.browser
+def test_figures_stay_readable_at_page_width(quick_book, browser):
+    """Every figure of every chapter, in Chromium at 1280 px: shown at no less than
+    MIN_FIGURE_SCALE of its natural width (for its own dpi), and a shrunk figure is shown as
+    wide as plots.PAGE_WIDTH_PX assumes."""
+    from PIL import Image
+
+    html = quick_book / "book" / "_build" / "html"
+    server = _serve(html)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    problems, n_figures, columns = [], 0, []
+    try:
+        for c in pipeline.chapters():
+            _open(browser, f"{base}/book/{c}.html")
+            images = browser.execute_script(
+                "return Array.from(document.querySelectorAll('article figure img, article .cell_output img'))"
+                ".filter(i => i.complete && i.naturalWidth > 0)"
+                ".map(i => ({src: i.getAttribute('src'), natural: i.naturalWidth, shown: i.getBoundingClientRect().width}))")
+            for img in images:
+                n_figures += 1
+                if img["natural"] > plots.PAGE_WIDTH_PX:  # shrunk: to the widest the page shows
+                    columns.append(img["shown"])
+                path = (html / "book" / unquote(urlsplit(img["src"]).path)).resolve()
+                dpi = Image.open(path).info.get("dpi", (plots.DPI,))[0]
+                scale = img["shown"] / img["natural"]
+                need = MIN_FIGURE_SCALE * plots.DPI / dpi  # the rule, for the image's own dpi
+                if scale < need - 1e-3:
+                    text_px = plots.MIN_FONT_PT * dpi / 72 * scale
+                    problems.append(f"{c}: {path.name} is {img['natural']} px wide, shown at {img['shown']:.0f} px "
+                                    f"(scale {scale:.2f} < {need:.2f}): {plots.MIN_FONT_PT}-pt text at {text_px:.1f} px")
+        assert n_figures >= len(pipeline.chapters()), n_figures
+        assert problems == [], "\n".join(problems)
+        # the widest a figure is shown is the width the rule (plots.MAX_WIDTH_IN) assumes
+        assert columns and all(abs(w - plots.PAGE_WIDTH_PX) <= 2 for w in columns), (columns, plots.PAGE_WIDTH_PX)
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.browser
+def test_wide_tables_scroll_inside_the_page(quick_book, browser):
+    """In Chromium at 1280 px, no table of a chapter or of the execution-status page runs past
+    the text column, unless it sits in a box that scrolls sideways (_static/tables.css) and
+    that box itself fits the column."""
+    html = quick_book / "book" / "_build" / "html"
+    server = _serve(html)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    problems, n_tables = [], 0
+    try:
+        for page in _chapter_and_status_pages():
+            _open(browser, f"{base}/{page}")
+            found = browser.execute_script("""
+                const art = document.querySelector('article.bd-article') || document.querySelector('article');
+                const right = art.getBoundingClientRect().right + 1;
+                const out = [];
+                for (const t of art.querySelectorAll('table')) {
+                  const r = t.getBoundingClientRect();
+                  if (r.width === 0) continue;  // not shown (a closed dropdown)
+                  let box = null;
+                  for (let el = t.parentElement; el && el !== art; el = el.parentElement) {
+                    if (['auto', 'scroll'].includes(getComputedStyle(el).overflowX)) { box = el; break; }
+                  }
+                  const fits = r.right <= right;
+                  const scrolls = box !== null && box.getBoundingClientRect().right <= right;
+                  out.push({fits: fits, scrolls: scrolls, width: Math.round(r.width),
+                            head: (t.querySelector('th, td') || {innerText: ''}).innerText.slice(0, 40)});
+                }
+                return out;""")
+            n_tables += len(found)
+            problems += [f"{page}: a table {t['width']} px wide (first cell {t['head']!r}) overflows the page"
+                         for t in found if not (t["fits"] or t["scrolls"])]
+        assert n_tables > 20, n_tables
+        assert problems == [], "\n".join(problems)
+    finally:
+        server.shutdown()
+
+
+def test_tables_have_word_headers_no_stray_index_and_no_note_cells(quick_book):
+    """Displayed tables have headers in words (no snake_case names but the study's notation,
+    like s_DIS), no bare 0, 1, 2, ... row index, and no one-cell "note" table standing in for
+    a sentence (analysis_lib.tables)."""
+    notation = {w for v in tables.WORDS.values() for w in v.split() if "_" in w}
+    html = quick_book / "book" / "_build" / "html"
+    problems = []
+    for page in _chapter_and_status_pages():
+        for table in _soup(html / page).select("article table"):
+            snake = [th.get_text(strip=True) for th in table.select("thead th")
+                     if any("_" in w and w not in notation for w in th.get_text(" ", strip=True).split())]
+            if snake:
+                problems.append(f"{page}: headers not in words: {snake[:5]}")
+            rows = [tr.find("th") for tr in table.select("tbody tr")]
+            labels = [th.get_text(strip=True) for th in rows if th is not None]
+            if len(labels) >= 2 and labels == [str(i) for i in range(len(labels))]:
+                problems.append(f"{page}: a table shows a bare row index 0..{len(labels) - 1}")
+            cells = table.select("td")
+            heads = [th.get_text(strip=True).lower() for th in table.select("thead th")]
+            if len(cells) == 1 and "note" in heads:
+                problems.append(f"{page}: a one-cell 'note' table ({cells[0].get_text(strip=True)[:60]!r})")
+    assert problems == [], "\n".join(problems)

@@ -296,7 +296,11 @@ def test_figure_and_styled_table(results):
     html = rp.style(t, chapters=["04"]).to_html()
     assert "p1-general-collapse" in html and "p2-gain" not in html
     assert list(rp.verdict_counts(t, by="paper").columns) == list(VERDICTS)
-    assert rp.verdict_list(t, "not tested").startswith("p1-nurse")
+    # the lists name claims in words (their texts from CLAIMS), not ids
+    listed = rp.verdict_list(t, "not tested")
+    assert listed.startswith(rp.CLAIMS[0].claim) and "p1-" not in listed
+    assert listed.split("; ")[:2] == list(t.claim[t.verdict == "not tested"][:2])
+    assert rp.verdict_list(t.iloc[:0], "reproduced") == "none"
 
 
 def test_second_architecture_edit_claim(tmp_path):
