@@ -227,7 +227,8 @@ def upstream_files(chapter: str, book_chapters: Iterable[str], log: dict[str, An
             continue
         names = entry.get("outputs")
         if names is None:
-            names = [p.name for p in sorted(results.glob(f"{c}*")) if p.name == f"{c}.json" or p.name.startswith(f"{c}__")]
+            names = [p.name for p in sorted(results.glob(f"{c}*"))
+                     if p.name == f"{c}.json" or p.name.startswith(f"{c}__")]
         for name in names:
             if not name.endswith(TIMING_SUFFIX):
                 out[name] = path_digest(results / name)
@@ -320,6 +321,7 @@ def store_entry(book: Path, chapter: str, key: str, *, inputs: dict[str, str], n
     """Store an executed chapter under its key, atomically (a temporary folder renamed into
     place). ``published`` names the results files (or folders) the execution published into
     ``results``; ``removed`` those it removed from there."""
+    published, removed = list(published), list(removed)
     folder = cache_dir(book) / chapter
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))

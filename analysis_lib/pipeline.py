@@ -999,7 +999,8 @@ def update_book_chapters(
         elif entry.is_dir():
             problems = _reuse(c, key, entry, nb, prof, out_dir, results)
             if not problems:
-                done.append(BookChapter(c, "reused", "inputs unchanged", out_dir / f"{c}.ipynb", time.perf_counter() - t0))
+                done.append(BookChapter(c, "reused", "inputs unchanged", out_dir / f"{c}.ipynb",
+                                        time.perf_counter() - t0))
                 e = read_execution_log(out_dir)[c]
                 print(f"{label}: reused (inputs unchanged; executed {e['date']} in {e['seconds']:.0f} s)", flush=True)
                 continue
