@@ -1,11 +1,14 @@
 # gender-neurons: two commands on a fresh machine.
-#   make book   create .venv, install, execute every chapter (full profile), render the book
+#   make book   create .venv, install, execute every chapter (full profile), render the book;
+#               a chapter whose inputs are unchanged is reused (make book FORCE=1 executes all)
 #   make test   the full test suite (what .ci/run runs on a clean clone)
 #   make lab    JupyterLab on the chapters (optional extra; outputs kept in lab/)
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 PROFILE ?= full
+# FORCE=1: execute every chapter again, even those whose inputs the execution cache finds unchanged
+FORCE   ?=
 # tested dependency versions; `make install CONSTRAINTS=` for the newest that pyproject.toml admits
 CONSTRAINTS ?= constraints.txt
 # Offline by design: nothing is downloaded at run time.
@@ -41,7 +44,7 @@ models: install  ## build the float-weight caches of the offline models
 	$(BIN)/python -m analysis_lib models --cache
 
 book: install
-	$(BIN)/python -m analysis_lib book --profile $(PROFILE) --progress
+	$(BIN)/python -m analysis_lib book --profile $(PROFILE) --progress $(if $(filter 1 yes true,$(FORCE)),--force)
 
 render: install
 	$(BIN)/python -m analysis_lib render
@@ -76,4 +79,4 @@ test-fast: install  ## unit tests only (no chapter execution, no browser)
 	$(BIN)/python -m pytest -q -m "not book and not browser"
 
 clean:
-	rm -rf book/_build book/*.ipynb book/execution_status.md book/_execution.json build results runs student
+	rm -rf book/_build book/.execution_cache book/*.ipynb book/execution_status.md book/_execution.json build results runs student

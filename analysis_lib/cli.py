@@ -2,7 +2,8 @@
 
 Commands:
   run CHAPTER      execute one chapter through papermill into runs/ (never into the book)
-  book             execute every chapter into book/, then render the book strictly
+  book             bring every chapter of book/ up to date (a chapter whose inputs are unchanged is reused
+                   from the execution cache; --force executes all), then render the book strictly
   render           render the book from already executed chapters
   student          build the student edition (solutions removed) from executed chapters
   chapters         list the chapters and their parameters
@@ -46,9 +47,11 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: OUTPUT/results)")
     r.add_argument("--progress", action="store_true", help="show papermill's progress bar")
 
-    b = sub.add_parser("book", help="execute every chapter, then render the book strictly")
+    b = sub.add_parser("book", help="execute every changed chapter (reusing the execution cache), then render strictly")
     b.add_argument("--profile", default="full", help="parameter profile (default full)")
-    b.add_argument("--only", nargs="*", help="execute only these chapters (others must exist in book/)")
+    b.add_argument("--only", nargs="*", help="bring only these chapters up to date (others must exist in book/)")
+    b.add_argument("--force", action="store_true",
+                   help="execute every chapter (of --only) even when the execution cache holds its unchanged inputs")
     b.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
                    help="override one parameter in every executed chapter, e.g. -p model=gemma3-270m")
     b.add_argument("--progress", action="store_true")
@@ -228,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline import parse_cli_parameters
 
             run_book(args.profile, only=args.only, progress=args.progress,
-                     parameters=parse_cli_parameters(args.parameter))
+                     parameters=parse_cli_parameters(args.parameter), force=args.force)
             return 0
         if args.command == "render":
             from .pipeline import build_book

@@ -10,6 +10,7 @@ holds an error output.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import fcntl
 import json
@@ -25,7 +26,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from . import errors
+from . import errors, execution_cache
 from .errors import ChapterError, ParameterError, StudyError
 from .results import RESULTS_ENV, STAGE_ENV, repo_root, results_dir
 
@@ -438,21 +439,52 @@ def run_chapter(
         ChapterError: a cell failed; names the chapter, the cell and the error. The partial
             notebook is kept under ``build/failed/`` beside the book folder, never in ``book/``.
     """
-    import papermill as pm
-
-    _quiet_papermill()
-    t0 = time.perf_counter()
     chapter = resolve_chapter(chapter)
-    nb = source_notebook(chapter)
-    profile, params = chapter_parameters(chapter, profile, parameters, nb=nb)
-    check_device(params.get("device"))
     out_dir = _writable_dir(Path(output_dir or book_dir()), BOOK_ENV if output_dir is None else None)
     if results is None:
         results = _writable_dir(results_dir(), RESULTS_ENV)
     else:
         results = _writable_dir(Path(results).resolve(), None)
+    return _execute(chapter, profile=profile, parameters=parameters, out_dir=out_dir, results=results,
+                    progress=progress).path
+
+
+@dataclasses.dataclass
+class _Executed:
+    """What one execution of a chapter did (for the execution cache)."""
+
+    path: Path  # the executed notebook
+    profile: str
+    params: dict[str, Any]
+    seconds: float
+    published: list[str]  # the results files (or folders) it published
+    removed: list[str]  # the results files that were there before and are gone after it
+    record: dict[str, Any]  # how and when it was executed (:func:`_execution_record`)
+
+
+def _results_names(results: Path) -> set[str]:
+    """The published results in a results folder (its locks and staging folders left out)."""
+    return {p.name for p in results.iterdir() if not p.name.startswith(".")}
+
+
+def _execute(chapter: str, *, profile: str, parameters: dict[str, Any] | None, out_dir: Path, results: Path,
+             progress: bool, nb=None, after_publish=None, key: str | None = None) -> _Executed:
+    """:func:`run_chapter`'s work, for a resolved chapter and writable folders.
+
+    ``after_publish(info)``, if given, is called after the results and the notebook are
+    published, still holding the chapter's lock (the execution cache stores them there);
+    ``key`` is the chapter's execution-cache key, recorded in the execution log.
+    """
+    import papermill as pm
+
+    _quiet_papermill()
+    t0 = time.perf_counter()
+    nb = nb if nb is not None else source_notebook(chapter)
+    profile, params = chapter_parameters(chapter, profile, parameters, nb=nb)
+    check_device(params.get("device"))
     final = out_dir / f"{chapter}.ipynb"
     with _chapter_lock(results, chapter), tempfile.TemporaryDirectory(prefix="chapter-") as tmp:
+        before = _results_names(results)
         stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{chapter}-", dir=results))
         src = Path(tmp) / f"{chapter}.src.ipynb"
         dst = Path(tmp) / f"{chapter}.ipynb"
@@ -481,6 +513,7 @@ def run_chapter(
             if errors:
                 raise ChapterError(f"Chapter {chapter} produced error outputs: {'; '.join(errors)}.")
             _tidy_executed_file(dst, profile)
+            published = sorted(p.name for p in stage.iterdir())
             _publish(stage, results)
             fd, tmp_final = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=out_dir)
             os.close(fd)
@@ -490,6 +523,11 @@ def run_chapter(
             finally:
                 if os.path.exists(tmp_final):
                     os.unlink(tmp_final)
+            seconds = time.perf_counter() - t0
+            info = _Executed(final, profile, params, seconds, published, sorted(before - _results_names(results)),
+                             _execution_record(profile, params, seconds))
+            if after_publish is not None:
+                after_publish(info)
         except KeyboardInterrupt:
             _stop_kernels(stage)  # else the kernel runs on, and papermill's thread waits for it at exit
             raise
@@ -512,8 +550,8 @@ def run_chapter(
                 else:
                     os.environ[k] = v
             shutil.rmtree(stage, ignore_errors=True)
-    _record_execution(out_dir, chapter, profile, params, time.perf_counter() - t0)
-    return final
+    _record_execution(out_dir, chapter, info.record, outputs=info.published, key=key)
+    return info
 
 
 _TCP_NOTE = []
@@ -629,43 +667,77 @@ def _publish(stage: Path, results: Path) -> None:
 EXECUTION_LOG = "_execution.json"
 
 
-def _record_execution(out_dir: Path, chapter: str, profile: str, params: dict[str, Any], seconds: float) -> None:
-    import datetime
-    import json
+def _now() -> str:
+    """The time an execution-log entry records (UTC, to the minute)."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _execution_record(profile: str, params: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """How and when a chapter was executed (kept in the log and in its execution-cache entry)."""
     import platform
 
-    from .results import write_atomic
-
-    path = out_dir / EXECUTION_LOG
-    log = json.loads(path.read_text()) if path.is_file() else {}
-    log[chapter] = {
+    return {
         "profile": profile,
         "model": params.get("model"),
         "device": params.get("device"),
         "seconds": round(seconds, 1),
-        "date": datetime.date.today().isoformat(),
+        "date": _now(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "status": "ok",
     }
-    write_atomic(path, json.dumps(log, indent=1, sort_keys=True))
+
+
+def read_execution_log(out_dir: Path) -> dict[str, Any]:
+    """The execution log of a book folder (``_execution.json``; empty when there is none)."""
+    path = Path(out_dir) / EXECUTION_LOG
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}  # a damaged log: the status page then says "not executed" until the next book
+
+
+def _record_execution(out_dir: Path, chapter: str, record: dict[str, Any], *, outputs: list[str],
+                      key: str | None = None, reused: bool = False) -> None:
+    """Record a chapter in the book folder's execution log: how and when it was executed
+    (``record``, from :func:`_execution_record`; for a reuse, the stored execution's), the
+    results files it published (``outputs``: later chapters' cache keys hash them) and its
+    execution-cache ``key``."""
+    from .results import write_atomic
+
+    log = read_execution_log(out_dir)
+    entry = {**record, "status": "executed"}
+    if reused:
+        entry.update(status="reused", reused=_now())
+    entry.update(outputs=list(outputs), key=key)
+    log[chapter] = entry
+    write_atomic(out_dir / EXECUTION_LOG, json.dumps(log, indent=1, sort_keys=True))
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write ``text`` atomically unless the file already holds it (Sphinx's incremental build
+    re-renders a page whose source file is newer than its last build)."""
+    from .results import write_atomic
+
+    if not (path.is_file() and path.read_text() == text):
+        write_atomic(path, text)
 
 
 def write_execution_status(out_dir: Path | None = None) -> Path:
-    """Write ``book/execution_status.md`` from the execution log (the book's status page)."""
-    import json
-
-    from .results import write_atomic
-
+    """Write ``book/execution_status.md`` from the execution log (the book's status page): how
+    and when each chapter was actually executed, and whether this book reused it from the
+    execution cache."""
     out_dir = Path(out_dir or book_dir())
-    path = out_dir / EXECUTION_LOG
-    log = json.loads(path.read_text()) if path.is_file() else {}
+    log = read_execution_log(out_dir)
     lines = [
         "# Execution status",
         "",
         "Every chapter was executed by papermill before the book was rendered (execution is off",
-        "during the build). This table is written by `python -m analysis_lib book` from that run.",
+        "during the build). This table is written by `python -m analysis_lib book`. A chapter",
+        "whose inputs (its code, its parameters, `analysis_lib`, the results of earlier chapters,",
+        "the data checksums, the model weights and the package versions) were unchanged since an",
+        "earlier execution was *reused* from the execution cache rather than executed again:",
+        "\"executed\" is when its notebook and results were computed, \"this book\" says which.",
         "",
-        "| chapter | profile | model | run on | time (s) | date | status |",
+        "| chapter | profile | model | run on | time (s) | date | this book |",
         "|---|---|---|---|---:|---|---|",
     ]
     for c in chapters():
@@ -673,13 +745,14 @@ def write_execution_status(out_dir: Path | None = None) -> Path:
         name = c.replace("_", " ")  # words, so that the column can wrap in a narrow page
         if e is None:
             lines.append(f"| {name} | – | – | – | – | – | not executed |")
-        else:
-            lines.append(
-                f"| [{name}]({c}.ipynb) | {e['profile']} | {e['model']} | {e['device']} ({e['machine']}) "
-                f"| {e['seconds']} | {e['date']} | {e['status']} |"
-            )
+            continue
+        status = f"reused {e.get('reused', '')} (inputs unchanged)" if e.get("status") == "reused" else "executed"
+        lines.append(
+            f"| [{name}]({c}.ipynb) | {e['profile']} | {e['model']} | {e['device']} ({e['machine']}) "
+            f"| {e['seconds']} | {e['date']} | {status} |"
+        )
     out = out_dir / "execution_status.md"
-    write_atomic(out, "\n".join(lines) + "\n")
+    _write_if_changed(out, "\n".join(lines) + "\n")
     return out
 
 
@@ -729,23 +802,28 @@ def build_book(*, strict: bool = True, root: Path | None = None) -> Path:
     return html
 
 
+def _copy_if_changed(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` unless ``dst`` is ``src`` or already holds its bytes (an unchanged
+    copy keeps its modification time, so Sphinx's incremental build does not re-render it)."""
+    if dst.exists() and (os.path.samefile(src, dst) or dst.read_bytes() == src.read_bytes()):
+        return
+    shutil.copy(src, dst)
+
+
 def prepare_book_root(root: Path) -> Path:
     """Copy the book's sources (config, toc, ``_static`` styles, prose pages) into ``root`` for a
     separate build."""
     root = Path(root)
     (root / "book").mkdir(parents=True, exist_ok=True)
     for name in ("_config.yml", "_toc.yml"):
-        if not ((root / name).exists() and os.path.samefile(repo_root() / name, root / name)):
-            shutil.copy(repo_root() / name, root / name)
+        _copy_if_changed(repo_root() / name, root / name)
     static = repo_root() / "_static"  # the book's CSS (jupyter-book includes every .css in it)
     if static.is_dir() and not ((root / "_static").exists() and os.path.samefile(static, root / "_static")):
         shutil.copytree(static, root / "_static", dirs_exist_ok=True)
     prose = repo_root() / "book"  # the prose pages are sources of the checkout
     for src in prose.iterdir():
-        dst = root / "book" / src.name
         if src.is_file() and src.suffix in {".md", ".bib", ".png", ".svg"} and src.name != "execution_status.md":
-            if not (dst.exists() and os.path.samefile(src, dst)):
-                shutil.copy(src, dst)
+            _copy_if_changed(src, root / "book" / src.name)
     return root
 
 
@@ -814,26 +892,171 @@ def build_student_edition(root: Path, source_book: Path | None = None) -> Path:
     return build_book(root=root)
 
 
+@dataclasses.dataclass
+class BookChapter:
+    """What :func:`update_book_chapters` did with one chapter."""
+
+    chapter: str
+    action: str  # "executed" or "reused"
+    reason: str  # why it was executed ("inputs unchanged" for a reuse)
+    path: Path  # the book's executed notebook
+    seconds: float  # wall-clock time of this step
+
+
+def _copy_into(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copyfile(src, dst)
+
+
+def _reuse(chapter: str, key: str, entry: Path, nb, profile: str, out_dir: Path, results: Path) -> list[str]:
+    """Publish a chapter's execution-cache entry as if it had just been executed.
+
+    Holding the chapter's lock: the entry is verified (every file against its sha256), its
+    results go through a staging folder and :func:`_publish` like an execution's, the results
+    files the execution removed are removed, and the executed notebook (with the source's
+    current prose spliced in when only the prose changed) is written when its bytes differ
+    from the book's.
+
+    Returns:
+        The entry's problems (nothing is published then); empty on success.
+    """
+    import nbformat
+
+    with _chapter_lock(results, chapter), tempfile.TemporaryDirectory(prefix="chapter-") as tmp:
+        problems = execution_cache.entry_problems(entry, key)
+        if problems:
+            return problems
+        meta = execution_cache.read_entry(entry)
+        notebook = entry / execution_cache.NOTEBOOK_FILE
+        if meta.get("prose") != execution_cache.prose_digest(nb):
+            try:
+                spliced = execution_cache.splice_prose(nbformat.read(notebook, as_version=4), nb, chapter)
+            except ValueError as exc:
+                return [str(exc)]
+            tidy_executed(spliced, profile)
+            notebook = Path(tmp) / f"{chapter}.ipynb"
+            nbformat.write(spliced, notebook)
+        stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{chapter}-", dir=results))
+        try:
+            for src in sorted((entry / execution_cache.RESULTS_FOLDER).iterdir()):
+                _copy_into(src, stage / src.name)
+            _publish(stage, results)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        for name in meta.get("removed", []):
+            gone = results / name
+            if gone.is_dir():
+                shutil.rmtree(gone)
+            elif gone.exists():
+                gone.unlink()
+        final = out_dir / f"{chapter}.ipynb"
+        data = notebook.read_bytes()
+        if not (final.is_file() and final.read_bytes() == data):
+            fd, tmp_final = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=out_dir)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp_final, final)
+            finally:
+                if os.path.exists(tmp_final):
+                    os.unlink(tmp_final)
+        execution_cache.touch(entry)
+    _record_execution(out_dir, chapter, meta["executed"], outputs=meta.get("published", []), key=key, reused=True)
+    return []
+
+
+def update_book_chapters(
+    profile: str = "quick", *, only: list[str] | None = None, progress: bool = False, out_dir: Path | None = None,
+    parameters: dict[str, Any] | None = None, force: bool = False,
+) -> list[BookChapter]:
+    """Bring the book's executed chapters up to date, reusing the execution cache.
+
+    For each chapter (in book order, or ``only`` these) the key of its inputs is computed
+    (:mod:`analysis_lib.execution_cache`); a verified entry of that key is republished, else
+    the chapter is executed and stored under the key. One line per chapter says which, and
+    why a chapter was executed.
+
+    Args:
+        profile, only, progress, parameters: as for :func:`run_book`.
+        out_dir: the book folder (default :func:`book_dir`); the store is its ``.execution_cache``.
+        force: execute every chapter, whatever the cache holds (the new executions replace
+            the entries of their keys).
+    """
+    out_dir = _writable_dir(Path(out_dir or book_dir()), BOOK_ENV if out_dir is None else None)
+    results = _writable_dir(results_dir(), RESULTS_ENV)
+    todo = [resolve_chapter(c) for c in (only or chapters())]
+    environment = execution_cache.environment_inputs()
+    done = []
+    for i, c in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        nb = source_notebook(c)
+        prof, params = chapter_parameters(c, profile, parameters, nb=nb)
+        log = read_execution_log(out_dir)
+        upstream = execution_cache.upstream_files(c, chapters(), log, results)
+        inputs = execution_cache.chapter_inputs(nb, params, environment, upstream)
+        key = execution_cache.key_of(inputs)
+        entry = execution_cache.entry_dir(out_dir, c, key)
+        label = f"{c} ({i}/{len(todo)}, {prof} profile)"
+        if force:
+            reason = "--force"
+        elif entry.is_dir():
+            problems = _reuse(c, key, entry, nb, prof, out_dir, results)
+            if not problems:
+                done.append(BookChapter(c, "reused", "inputs unchanged", out_dir / f"{c}.ipynb",
+                                        time.perf_counter() - t0))
+                e = read_execution_log(out_dir)[c]
+                print(f"{label}: reused (inputs unchanged; executed {e['date']} in {e['seconds']:.0f} s)", flush=True)
+                continue
+            execution_cache.remove_entry(entry)
+            print(f"note: the execution-cache entry of {c} ({entry}) is damaged ({'; '.join(problems)}); it was "
+                  "removed and the chapter is executed again.", file=sys.stderr, flush=True)
+            reason = "cache entry damaged"
+        else:
+            reason = execution_cache.change_reason(
+                execution_cache.latest_inputs(out_dir, c, (log.get(c) or {}).get("key")), inputs)
+        print(f"{label}: executing (reason: {reason}) ...", flush=True)
+
+        def store(info: _Executed, c=c, key=key, inputs=inputs, nb=nb) -> None:
+            try:
+                execution_cache.store_entry(
+                    out_dir, c, key, inputs=inputs, notebook=info.path, prose=execution_cache.prose_digest(nb),
+                    results=results, published=info.published, removed=info.removed, executed=info.record)
+            except OSError as exc:  # the chapter is published all the same; it is executed again next time
+                print(f"note: chapter {c} could not be stored in the execution cache ({exc.strerror or exc}); "
+                      "the next book executes it again.", file=sys.stderr, flush=True)
+
+        info = _execute(c, profile=profile, parameters=parameters, out_dir=out_dir, results=results,
+                        progress=progress, nb=nb, after_publish=store, key=key)
+        done.append(BookChapter(c, "executed", reason, info.path, time.perf_counter() - t0))
+        print(f"{c}: executed (reason: {reason}) in {info.seconds:.0f} s -> {info.path}", flush=True)
+    reused = sum(d.action == "reused" for d in done)
+    print(f"execution cache: {reused} chapter(s) reused, {len(done) - reused} executed "
+          f"({execution_cache.cache_dir(out_dir)})", flush=True)
+    return done
+
+
 def run_book(
     profile: str = "quick", *, only: list[str] | None = None, progress: bool = False, root: Path | None = None,
-    parameters: dict[str, Any] | None = None,
+    parameters: dict[str, Any] | None = None, force: bool = False,
 ) -> Path:
-    """Execute every chapter (or ``only`` these), then build the book.
+    """Bring every chapter (or ``only`` these) up to date, then build the book.
+
+    A chapter whose inputs are unchanged since it was last executed into this book folder is
+    reused from the execution cache (:func:`update_book_chapters`); ``force`` executes every
+    chapter.
 
     Args:
         profile: the parameter profile.
-        only: execute only these chapters (the others must already be executed).
+        only: consider only these chapters (the others must already be executed).
         progress: show papermill's progress bar.
         root: build in this directory instead of the checkout (its sources are copied there).
         parameters: overrides given to every executed chapter (e.g. ``{"model": ...}``).
+        force: execute every chapter (or every one of ``only``) even when its inputs are unchanged.
     """
     if root is not None:
         prepare_book_root(root)
-    out_dir = Path(root) / "book" if root is not None else book_dir()
-    todo = [resolve_chapter(c) for c in (only or chapters())]
-    for i, c in enumerate(todo, 1):
-        print(f"executing {c} ({i}/{len(todo)}, {profile} profile) ...", flush=True)
-        t0 = time.perf_counter()
-        path = run_chapter(c, profile=profile, parameters=parameters, progress=progress, output_dir=out_dir)
-        print(f"executed {c} ({profile}) in {time.perf_counter() - t0:.0f} s -> {path}", flush=True)
+    out_dir = Path(root) / "book" if root is not None else None
+    update_book_chapters(profile, only=only, progress=progress, out_dir=out_dir, parameters=parameters, force=force)
     return build_book(root=root)

@@ -705,3 +705,50 @@ def test_tables_have_word_headers_no_stray_index_and_no_note_cells(quick_book):
             if len(cells) == 1 and "note" in heads:
                 problems.append(f"{page}: a one-cell 'note' table ({cells[0].get_text(strip=True)[:60]!r})")
     assert problems == [], "\n".join(problems)
+
+
+# ----------------------------------------------------------------------------- execution cache (last: edits the quick book)
+
+
+def test_a_second_book_reuses_every_chapter_and_a_prose_edit_renders_one_page(quick_book, tmp_path, monkeypatch,
+                                                                               capsys):
+    """The quick book once more with nothing changed: every chapter is reused, the results are
+    the same bytes and no chapter page is rendered again; then one chapter's prose is edited:
+    it is reused with the new text, and its page is the only chapter page rendered again
+    (Sphinx's incremental build). Last in this file: it leaves the quick book's chapter 1 with
+    the edited prose."""
+    monkeypatch.setenv("GENDER_NEURONS_RESULTS", str(quick_book / "results"))
+    html = quick_book / "book" / "_build" / "html" / "book"
+
+    def stamps() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in html.glob("*.html")}
+
+    def results() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in (quick_book / "results").iterdir()
+                if p.is_file() and not p.name.startswith(".")}
+
+    before, results_before = stamps(), results()
+    capsys.readouterr()
+    pipeline.run_book("quick", root=quick_book)
+    out = capsys.readouterr().out
+    assert out.count("reused (inputs unchanged") == len(pipeline.chapters()), out
+    assert results() == results_before
+    after = stamps()
+    pages = {f"{c}.html" for c in pipeline.chapters()}  # (intro and the status page may be written again)
+    assert {n for n in pages if after[n] != before[n]} == set()
+
+    chapter, sentence = "01_commonwords", "A sentence the execution-cache test added."
+    src = tmp_path / "notebooks"
+    shutil.copytree(pipeline.notebooks_dir(), src)
+    text = (src / f"{chapter}.py").read_text()
+    cut = text.rindex("# %% [markdown]\n") + len("# %% [markdown]\n")
+    (src / f"{chapter}.py").write_text(f"{text[:cut]}# {sentence}\n#\n{text[cut:]}")
+    monkeypatch.setenv(pipeline.NOTEBOOKS_ENV, str(src))
+    pipeline.run_book("quick", root=quick_book)
+    out = capsys.readouterr().out
+    assert out.count("reused (inputs unchanged") == len(pipeline.chapters()), out
+    assert results() == results_before
+    assert sentence in (quick_book / "book" / f"{chapter}.ipynb").read_text()
+    assert sentence in (html / f"{chapter}.html").read_text()
+    last = stamps()
+    assert {n for n in pages if last[n] != after[n]} == {f"{chapter}.html"}

@@ -361,8 +361,8 @@ def test_book_progress_names_each_chapter_and_says_the_kernel_warning_once(tmp_p
     proc = _cli("book", "--only", "08", "09", "--progress", "--profile", "quick", env=env)
     # both chapters ran; the render then refuses the chapter that was not executed
     assert proc.returncode == 2 and "Chapters not executed yet: 10_not_run" in proc.stderr, proc.stderr
-    assert "executing 08_tiny (1/2, quick profile)" in proc.stdout
-    assert "executing 09_tiny (2/2, quick profile)" in proc.stdout
+    assert "08_tiny (1/2, quick profile): executing (reason: no cache entry)" in proc.stdout
+    assert "09_tiny (2/2, quick profile): executing (reason: no cache entry)" in proc.stdout
     assert "08_tiny: 100%" in proc.stderr and "09_tiny: 100%" in proc.stderr  # the bar names its chapter
     assert "Kernel is running over TCP" not in proc.stderr
     assert proc.stderr.count("over local TCP without encryption") == 1
