@@ -110,6 +110,7 @@ class _Stream:
         self.inner = model.original_model.model
         self.batches = batches  # (tokens [B, T], lengths)
         self.store: list[dict[int, torch.Tensor]] = [{} for _ in batches]
+        self.stale: int | None = 0  # the first layer whose stored input is out of date (None: none)
 
     def _run(self, start: int, hidden: torch.Tensor | None, tokens: torch.Tensor | None,
              capture: dict[int, torch.Tensor] | None) -> torch.Tensor:
@@ -273,13 +274,20 @@ class SetScorer:
 
     # -- base
     def _capture(self, start: int) -> None:
-        if not self.fast:
-            return
-        with mask_neurons(self.model, self.base) if self.base else contextlib.nullcontext():
-            self._bias.capture(start)
-            for stream in (self._guard, self._task):
-                if stream is not None:
-                    stream.capture(start)
+        """Mark every stream's stored inputs of layers ``start..`` stale; each is recomputed when
+        it is next used (:meth:`_fresh`), so a walk that never reads one stream (the one-shot walk
+        reads no bias) never pays for it."""
+        for stream in (self._bias, self._guard, self._task):
+            if stream is not None:
+                stream.stale = start if stream.stale is None else min(stream.stale, start)
+
+    def _fresh(self, stream: "_Stream") -> "_Stream":
+        """``stream`` with its stored inputs recomputed under the current base where stale."""
+        if self.fast and stream.stale is not None:
+            with mask_neurons(self.model, self.base) if self.base else contextlib.nullcontext():
+                stream.capture(stream.stale)
+            stream.stale = None
+        return stream
 
     def commit(self, neurons: Sequence[str]) -> None:
         """Make ``neurons`` the base edit (the stored residual streams are updated from the first
@@ -311,6 +319,7 @@ class SetScorer:
 
     def _fast_bias(self, sets: list[list[NeuronId]]) -> np.ndarray:
         out = np.empty((len(sets), len(self.prompts)))
+        self._fresh(self._bias)
         # sets that start at the same layer share passes (a pass runs from its shallowest set)
         by_start: dict[int, list[int]] = {}
         for i, s in enumerate(sets):
@@ -342,6 +351,7 @@ class SetScorer:
     def _nll(self, stream: "_SequenceStream", extra: Sequence[NeuronId]) -> float:
         """Summed NLL of the stream's scored tokens with base + ``extra`` masked (batched path)."""
         total = 0.0
+        self._fresh(stream)
         with mask_neurons(self.model, self.base) if self.base else contextlib.nullcontext():
             for b, (toks, lengths) in enumerate(stream.batches):
                 with _row_masks(self.model, [list(extra)], len(lengths)), torch.inference_mode():

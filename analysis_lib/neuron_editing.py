@@ -430,8 +430,8 @@ def kv_text(kv: pd.DataFrame, guard_tol: float) -> str:
     g = kv.sort_values("joint_ppl_ratio").iloc[-1]
     single, joint = 100 * (g.single_ppl_ratio_max - 1), 100 * (g.joint_ppl_ratio - 1)
     text = (f"{len(kv)} group(s) of attention neurons that the one-shot walk examined read the same value dimension "
-            f"of one key/value group. The costliest: {g.neurons}. Masked alone, none changes the guard perplexity by "
-            f"more than {single:+.1f} %; masked together they change it by {joint:+.1f} %")
+            f"of one key/value group. The costliest: {g.neurons}. Masked alone, the largest change of the guard "
+            f"perplexity by any one of them is {single:+.1f} %; masked together they change it by {joint:+.1f} %")
     if single <= 100 * guard_tol < joint:
         text += (f": a one-neuron guard of {100 * guard_tol:g} % would pass each of them, the joint guard kept "
                  f"{int(g.n_kept_one_shot)} of the {int(g.n)}")
@@ -445,9 +445,33 @@ def kv_text(kv: pd.DataFrame, guard_tol: float) -> str:
     return text
 
 
-def held_out_text(table: pd.DataFrame, chosen: str | None, one_shot: str | None, ceiling: float) -> str:
+def _draws_as_good(t: pd.DataFrame, controls: pd.DataFrame, chosen: str) -> str:
+    """The sentences of :func:`held_out_text` for an edit that some of its random draws match."""
+    e = t.loc[chosen]
+    own = controls[controls.control_for == chosen]
+    good = own[own.d_mean_abs_b <= e.d_mean_abs_b]
+    text = (f" It beats {len(own) - len(good)} of the {len(own)}; the "
+            + ("draw that does as well moves" if len(good) == 1 else f"{len(good)} draws that do as well move")
+            + f" the mean signed b to {', '.join(f'{m:+.3f}' for m in good.mean_b)} "
+            f"(unedited {t.loc['original'].mean_b:+.3f})")
+    rest = [c for c in t.index if c not in ("original", chosen) and pd.notna(t.loc[c].get("random_n", np.nan))
+            and t.loc[c].d_mean_abs_b_high < 0 and t.loc[c].d_mean_abs_b < t.loc[c].random_d_min]
+    text += "." if not rest else (
+        "; the edits of the grid that do go beyond every draw of their own size: "
+        + ", ".join(f"{c} ({t.loc[c].d_mean_abs_b:+.3f}, draws {t.loc[c].random_d_min:+.3f} to "
+                    f"{t.loc[c].random_d_max:+.3f})" for c in rest) + ".")
+    return text
+
+
+def held_out_text(table: pd.DataFrame, chosen: str | None, one_shot: str | None, ceiling: float,
+                  controls: pd.DataFrame | None = None) -> str:
     """The held-out section's main paragraph: the chosen edit against its matched random draws,
-    its signed lean, and the one-shot reading beside it (plain text, for glue)."""
+    its signed lean, and the one-shot reading beside it (plain text, for glue).
+
+    With ``controls`` (the per-draw table of :func:`random_controls`), an edit that does not go
+    beyond every draw is told how many it beats, what the draws that do as well do to the mean
+    signed b, and which other edits of the grid go beyond every draw of their own size.
+    """
     t = table.set_index("condition")
     orig = t.loc["original"]
     parts = []
@@ -460,6 +484,8 @@ def held_out_text(table: pd.DataFrame, chosen: str | None, one_shot: str | None,
                       f"{e.random_d_min:+.3f} to {e.random_d_max:+.3f}, "
                       + ("so the edit goes beyond every one of them." if beyond else
                          "so the edit does not go beyond all of them."))
+            if not beyond and controls is not None and len(controls):
+                random += _draws_as_good(t, controls, chosen)
         else:
             random = " No random draws were made for it."
         parts.append(
@@ -475,7 +501,9 @@ def held_out_text(table: pd.DataFrame, chosen: str | None, one_shot: str | None,
                          "than push every word one way.")
         else:
             parts.append(f"A shift that moved every word by the same amount could lower mean |b| by at most "
-                         f"{ceiling:.3f} (the mean distance to the median).")
+                         f"{ceiling:.3f} (the mean distance to the median)"
+                         + ("; the edit stays within that bound, so moving every word's lean the same way could "
+                            "explain all of its effect." if e.d_mean_abs_b < 0 else "."))
     else:
         parts.append("The validation rule chose no edit, so the chosen edit is the unedited model.")
     if one_shot and one_shot != chosen:

@@ -717,7 +717,8 @@ def _edit_reduces(v: ResultsDir) -> Outcome:
            f"{d.text('+.3f')} ({v.get(C5, 'edit_rel')} %)")
     verdict = "reproduced" if reduces and beyond else ("partly" if reduces else "not reproduced")
     why = (f"chapter 5's validation-chosen edit {v.get(C5, 'edit_verdict')} held-out bias; matched random draws "
-           f"{v.get(C5, 'random_d')}" + ("" if beyond else ", one of which does as well") + _one_shot_line(v))
+           f"{v.get(C5, 'random_d')}" + ("" if beyond else f" (it beats {v.values(C5).get('edit_random_beaten', 'not all')})")
+           + _one_shot_line(v))
     return Outcome(our, verdict, why)
 
 

@@ -498,6 +498,8 @@ for prefix, r_ in (("edit", ed), ("ft_lora", row.loc["fine-tuned (LoRA)"])):
 results.add("edit_name", main or "no edit")
 results.add("random_d", f"{ed.random_d_min:+.3f} to {ed.random_d_max:+.3f}" if main else "n/a")
 results.add("edit_beyond_random", bool(main) and bool(ed.d_mean_abs_b < ed.random_d_min))
+own = controls[controls.control_for == main] if main else controls.iloc[:0]
+results.add("edit_random_beaten", f"{int((own.d_mean_abs_b > ed.d_mean_abs_b).sum())} of {len(own)}" if main else "n/a")
 results.add("edit_mean_b", ed.mean_b, fmt="+.3f")
 results.add("edit_flipped", f"{100 * ed.share_flipped:.0f}")
 one_name = f"one_shot K={k_main}" if f"one_shot K={k_main}" in row.index else (
@@ -515,7 +517,7 @@ results.add("logit_d", lo.d_mean_abs_b, fmt="+.3f")
 results.add("logit_dppl", f"{lo.d_ppl_pct:+.2f}")
 results.add("general_d", row.loc["general neurons"].d_mean_abs_b, fmt="+.3f")
 results.add("general_dppl", f"{row.loc['general neurons'].d_ppl_pct:+.1f}")
-glue("held_out_text", ne.held_out_text(table, main, one_name, ceiling), display=False)
+glue("held_out_text", ne.held_out_text(table, main, one_name, ceiling, controls), display=False)
 ft_name = "chosen edit, fine-tuned"
 if ft_name in row.index:
     fn = row.loc[ft_name]

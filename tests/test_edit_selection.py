@@ -245,6 +245,17 @@ def test_scorer_base_is_applied_and_restored(model, scorer):
     scorer.commit([])
     assert np.abs(got[0] - reference.masked_bias(model, PROMPTS, base + ["ffnL3N5"])).max() < B_TOL
     assert np.abs(got[1] - reference.masked_bias(model, PROMPTS, base)).max() < B_TOL
+    # two commits with no read between: the streams are recomputed once, when read, from the
+    # shallower of the two changed layers (L20 first, then L2: reading from L20 would be wrong)
+    scorer.bias([[]]), scorer.ppl_ratio([])  # both streams read: none stale
+    assert scorer._bias.stale is None and scorer._guard.stale is None
+    scorer.commit(["ffnL20N100"])
+    scorer.commit(["ffnL20N100", "ffnL2N5"])
+    assert scorer._bias.stale == 2 and scorer._guard.stale == 2
+    got = scorer.bias([["ffnL3N5"]])[0]
+    assert scorer._bias.stale is None and scorer._guard.stale == 2  # only the stream read is recomputed
+    assert np.abs(got - reference.masked_bias(model, PROMPTS, ["ffnL20N100", "ffnL2N5", "ffnL3N5"])).max() < B_TOL
+    scorer.commit([])
     # back on an empty base: the unedited numbers, and the model itself is unedited
     assert np.array_equal(scorer.bias([[]])[0], scorer.b0)
     assert np.abs(scorer.b0 - reference.masked_bias(model, PROMPTS, [])).max() < B_TOL

@@ -276,6 +276,17 @@ def test_add_controls_and_texts_hand_computed():
     assert "reduces mean |b|: 1.000 → 0.600" in text and "beyond every one of them" in text
     assert "mean signed b moves from +0.800 to +0.100" in text and "25 % of the words" in text
     assert "does more than push every word one way" in text
+    # -0.05 is beaten by draw 1 (-0.1 <= -0.05): 2 of 3 beaten, the draw named with its mean b; the
+    # other edit "f" (-0.4 < its only draw's -0.2, interval below 0) goes beyond every draw of its size
+    weak = table.assign(d_mean_abs_b=[0.0, -0.05], mean_abs_b=[1.0, 0.95])
+    weak = pd.concat([weak, weak.iloc[[1]].assign(condition="f", d_mean_abs_b=-0.4)], ignore_index=True)
+    ctl = pd.concat([controls.assign(mean_b=[0.8, 0.3, 0.7]),
+                     pd.DataFrame({"control_for": ["f"], "draw": [0], "d_mean_abs_b": [-0.2], "d_ppl_pct": [0.0],
+                                   "mean_b": [0.5]})], ignore_index=True)
+    out = ne.add_controls(weak, ctl)
+    text = ne.held_out_text(out, "e", None, 0.3, ctl)
+    assert "It beats 2 of the 3; the draw that does as well moves the mean signed b to +0.300 (unedited +0.800)" in text
+    assert "go beyond every draw of their own size: f (-0.400, draws -0.200 to -0.200)." in text
 
 
 def test_choice_text_names_the_edge():
@@ -311,7 +322,7 @@ def test_kv_text_and_runner_up_by_hand():
     kv = pd.DataFrame({"neurons": ["attnL0H6D51, attnL0H7D51, attnL0H8D51"], "n": [3], "n_kept_one_shot": [2],
                        "single_ppl_ratio_max": [1.004], "joint_ppl_ratio": [1.42]})
     text = ne.kv_text(kv, 0.01)
-    assert "none changes the guard perplexity by more than +0.4 %" in text and "together they change it by +42.0 %" in text
+    assert "the largest change of the guard perplexity by any one of them is +0.4 %" in text and "together they change it by +42.0 %" in text
     assert "a one-neuron guard of 1 % would pass each of them, the joint guard kept 2 of the 3" in text
     cheap = ne.kv_text(kv.assign(single_ppl_ratio_max=0.92, joint_ppl_ratio=0.95), 0.01)
     assert "would pass each" not in cheap and "kept 2 of the 3" in cheap
