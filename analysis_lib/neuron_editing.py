@@ -528,8 +528,12 @@ def paper_comparison_text(values: Mapping[str, Any]) -> str:
         one_text = (f" Read one neuron at a time ({one}), the edit changes mean |b| by "
                     f"{float(values['one_shot_d']):+.3f} and moves the mean signed b from {m0:+.3f} to {m1:+.3f}"
                     + (": its neurons each push every word towards 'woman', and together they overshoot into a "
-                       "female lean. That failure belongs to the one-neuron reading, not to the idea of editing "
-                       "bias neurons." if overshoot else "."))
+                       "female lean. " + (
+                           "The one-neuron reading works only while K is small enough that the summed pushes stop "
+                           "short of the average lean; at the paper's size it fails." if
+                           str(values.get("chosen_strategy", "")).replace("_", " ") == "one shot" else
+                           "That failure belongs to the one-neuron reading, not to the idea of editing bias "
+                           "neurons.") if overshoot else "."))
     else:
         one_text = ""
     if name == "no edit":
@@ -538,7 +542,11 @@ def paper_comparison_text(values: Mapping[str, Any]) -> str:
     strategy = str(values.get("chosen_strategy", ""))
     return (f"Paper 1 reports that the edit reduces bias and keeps common tasks. The validation rule chose {name} "
             f"(strategy {strategy}); it {values.get('edit_verdict')} held-out CommonWords bias "
-            f"({float(values.get('edit_d')):+.3f} in mean |b|; matched random draws {values.get('random_d')}) for "
+            f"({float(values.get('edit_d')):+.3f} in mean |b|; matched random draws {values.get('random_d')}"
+            + ("" if "edit_random_beaten" not in values else
+               f", {'beyond every one' if values.get('edit_beyond_random') is True else 'it beats '}"
+               f"{'' if values.get('edit_beyond_random') is True else values['edit_random_beaten']}")
+            + ") for "
             f"{values.get('edit_dppl')} % perplexity." + ("" if name == one else one_text))
 
 

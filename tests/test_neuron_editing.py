@@ -316,6 +316,13 @@ def test_paper_comparison_text_follows_the_numbers():
     same = ne.paper_comparison_text({**values, "edit_name": "one_shot K=50"})
     assert "Read one neuron at a time" not in same
     assert "not reproduced" in ne.paper_comparison_text({**values, "edit_name": "no edit"})
+    # a small one-shot edit chosen, the K = 50 one overshooting: the reading fails only at size
+    small = ne.paper_comparison_text({**values, "edit_name": "one_shot K=5", "chosen_strategy": "one shot",
+                                      "edit_beyond_random": True, "edit_random_beaten": "10 of 10"})
+    assert "draws -0.08 to +0.10, beyond every one) for" in small
+    assert "works only while K is small enough" in small and "not to the idea" not in small
+    assert "draws -0.08 to +0.10, it beats 9 of 10) for" in ne.paper_comparison_text(
+        {**values, "edit_beyond_random": False, "edit_random_beaten": "9 of 10"})
 
 
 def test_kv_text_and_runner_up_by_hand():
