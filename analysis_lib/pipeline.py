@@ -92,19 +92,68 @@ def resolve_chapter(name: str) -> str:
     raise StudyError(f"Unknown chapter {name!r}. The chapters are: {', '.join(known)} (a number like 0 also works).")
 
 
+#: the keys a profile may have (``extends``: the profile it starts from)
+PROFILE_KEYS = ("description", "extends", "defaults", "chapters")
+
+
 def load_profiles() -> dict[str, Any]:
     return yaml.safe_load(PROFILES_FILE.read_text())
 
 
+def _profile_chain(profile: str, profiles: dict[str, Any]) -> list[str]:
+    """``[profile, the profile it extends, ...]``, checked: known names, no cycle, known keys."""
+    chain: list[str] = []
+    name = profile
+    while name is not None:
+        if name not in profiles:
+            where = f" (extended by profile {chain[-1]!r})" if chain else ""
+            raise ParameterError(
+                f"Unknown profile {name!r}{where}; the profiles in {PROFILES_FILE.name} are: {', '.join(profiles)}."
+            )
+        if name in chain:
+            raise ParameterError(
+                f"Profile {profile!r} in {PROFILES_FILE.name} extends itself ({' -> '.join([*chain, name])}); "
+                "remove one of the `extends` keys."
+            )
+        p = profiles[name] or {}
+        unknown = [k for k in p if k not in PROFILE_KEYS]
+        if unknown:
+            raise ParameterError(
+                f"Profile {name!r} in {PROFILES_FILE.name} has unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"a profile has {', '.join(PROFILE_KEYS)}."
+            )
+        chain.append(name)
+        name = p.get("extends")
+    return chain
+
+
 def profile_parameters(profile: str, chapter: str) -> dict[str, Any]:
-    """The parameters a profile gives a chapter (defaults, then the chapter's own)."""
+    """The parameters a profile gives a chapter.
+
+    A profile's defaults, then the chapter's own entry. A profile that ``extends`` another
+    (``gpu`` extends ``full``) starts from the parameters that profile gives the chapter, and
+    its own defaults and chapter entry override them (a list or mapping is replaced whole), so
+    each size lives in one place.
+
+    Raises:
+        ParameterError: the profile (or one it extends) is unknown, or the profiles extend each
+            other in a cycle.
+    """
     profiles = load_profiles()
-    if profile not in profiles:
-        raise ParameterError(f"Unknown profile {profile!r}; the profiles in {PROFILES_FILE.name} are: {', '.join(profiles)}.")
-    p = profiles[profile]
-    params = dict(p.get("defaults", {}))
-    params.update((p.get("chapters") or {}).get(chapter, {}) or {})
+    params: dict[str, Any] = {}
+    for name in reversed(_profile_chain(profile, profiles)):
+        p = profiles[name] or {}
+        params.update(p.get("defaults") or {})
+        params.update((p.get("chapters") or {}).get(chapter) or {})
     return params
+
+
+def size_profile(profile: str) -> str:
+    """The profile whose sizes ``profile`` runs: the last of its ``extends`` chain (``gpu`` ->
+    ``full``; ``quick`` and ``full`` are their own). The bias-suite presets
+    (:data:`analysis_lib.benchmarks.SUITE_PROFILES`) and the book's quick-profile banner are
+    keyed by it."""
+    return _profile_chain(profile, load_profiles())[-1]
 
 
 def resolve_profile(chapter: str, namespace: dict[str, Any]) -> dict[str, Any]:
@@ -263,6 +312,60 @@ def check_device(device: Any) -> None:
         raise ParameterError(f"device={name!r} was asked for, but Apple's MPS backend is not available here; use cpu.")
 
 
+#: chapter parameters that name further models a chapter loads (besides ``model``)
+MODEL_LIST_PARAMETERS = ("compare_models", "replicate_models", "profile_models")
+
+
+def check_requirements(profile: str, params_by_chapter: dict[str, dict[str, Any]],
+                       given: dict[str, Any] | None = None) -> None:
+    """Refuse, before any chapter runs, what this machine cannot run: a device it lacks
+    (:func:`check_device`) or a built-in model whose weight packages are not installed.
+
+    Args:
+        profile: the profile the parameters come from (named in the messages).
+        params_by_chapter: ``{chapter: its resolved parameters}``.
+        given: the parameters given on the command line (a device given there is not the
+            profile's, so the message does not suggest another profile).
+
+    Raises:
+        ParameterError: a device is not available here.
+        ModelPackageMissingError: a model some chapter loads is not installed and has no float
+            cache (names the chapters and the install command).
+    """
+    from .errors import ModelPackageMissingError
+    from .models import BUILTIN_MODELS, cache_problems, gguf_parts
+
+    given = given or {}
+    for device in dict.fromkeys(str(p.get("device") or "cpu") for p in params_by_chapter.values()):
+        try:
+            check_device(device)
+        except ParameterError as exc:
+            if "device" in given:  # the user's own choice: check_device's message says it all
+                raise
+            raise ParameterError(
+                f"{exc} The {profile} profile runs every chapter on device={device!r}; without a GPU run the same "
+                "sizes with `--profile full` (`make book`), or this profile on the CPU with `-p device=cpu` (slow)."
+            ) from None
+    users: dict[str, list[str]] = {}
+    for chapter, params in params_by_chapter.items():
+        names = [params.get("model")]
+        for key in MODEL_LIST_PARAMETERS:
+            value = params.get(key)
+            names += list(value) if isinstance(value, (list, tuple)) else []
+        for name in dict.fromkeys(n for n in names if isinstance(n, str) and n in BUILTIN_MODELS):
+            users.setdefault(name, []).append(chapter.split("_", 1)[0])
+    for name, chapters_ in users.items():
+        try:
+            gguf_parts(name)
+        except ModelPackageMissingError as exc:
+            if not cache_problems(name, full=False):  # its float cache is there (checked in full on load)
+                continue
+            raise ModelPackageMissingError(
+                f"Chapter(s) {', '.join(chapters_)} of the {profile} profile load model {name!r}, which is not "
+                f"installed. {exc}"
+            ) from None
+
+
 def _failing_cell(path: Path, cell_index: int) -> str:
     """'code cell N (`first line`)' of the cell holding the error, counted in the chapter source.
 
@@ -359,7 +462,7 @@ def tidy_executed(nb, profile: str) -> None:
         if "injected-parameters" in tags and "remove-cell" not in tags:
             tags.append("remove-cell")
     strip_progress_outputs(nb)
-    if profile != "full":
+    if size_profile(profile) != "full":
         for cell in nb.cells:
             if cell.cell_type == "markdown" and re.search(r"(?m)^# ", cell.source):
                 cell.source = re.sub(r"(?m)^(# .*)$", lambda m: f"{m.group(1)}\n\n{profile_banner(profile)}",
@@ -481,7 +584,7 @@ def _execute(chapter: str, *, profile: str, parameters: dict[str, Any] | None, o
     t0 = time.perf_counter()
     nb = nb if nb is not None else source_notebook(chapter)
     profile, params = chapter_parameters(chapter, profile, parameters, nb=nb)
-    check_device(params.get("device"))
+    check_requirements(profile, {chapter: params}, parameters)
     final = out_dir / f"{chapter}.ipynb"
     with _chapter_lock(results, chapter), tempfile.TemporaryDirectory(prefix="chapter-") as tmp:
         before = _results_names(results)
@@ -987,12 +1090,17 @@ def update_book_chapters(
     out_dir = _writable_dir(Path(out_dir or book_dir()), BOOK_ENV if out_dir is None else None)
     results = _writable_dir(results_dir(), RESULTS_ENV)
     todo = [resolve_chapter(c) for c in (only or chapters())]
+    sources = {c: source_notebook(c) for c in todo}
+    resolved = {c: chapter_parameters(c, profile, parameters, nb=sources[c]) for c in todo}
+    # the device and the models of every chapter, before the first one runs or is reused
+    check_requirements(resolved[todo[0]][0] if todo else profile, {c: p for c, (_, p) in resolved.items()},
+                       parameters)
     environment = execution_cache.environment_inputs()
     done = []
     for i, c in enumerate(todo, 1):
         t0 = time.perf_counter()
-        nb = source_notebook(c)
-        prof, params = chapter_parameters(c, profile, parameters, nb=nb)
+        nb = sources[c]
+        prof, params = resolved[c]
         log = read_execution_log(out_dir)
         upstream = execution_cache.upstream_files(c, chapters(), log, results)
         inputs = execution_cache.chapter_inputs(nb, params, environment, upstream)

@@ -28,7 +28,7 @@
 model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
 device = "cpu"  # cpu, cuda (or cuda:N) or mps
 dtype = "float32"  # weight dtype: float32, bfloat16 or float16
-profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+profile = "quick"  # size profile: quick, full or gpu (analysis_lib/profiles.yaml); fills every size left None
 seed = 0  # random seed of every sample and draw
 compare_models = None  # models whose tokenizers and start tokens are compared (None: the profile's)
 professions = ["nurse", "engineer", "secretary", "mechanic", "teacher", "doctor"]  # professions of the he/she probe
@@ -85,8 +85,9 @@ results.add("n_tokens_nurse", len(tokens))
 # %% [markdown]
 # ## The models side by side
 #
-# The study's three offline models (the full profile compares all three; the quick profile
-# only the default). Parameter counts include the embeddings.
+# The study's offline models: the full profile compares the three that `make install` brings,
+# the gpu profile adds Qwen2.5-Coder 1.5B (the optional `large` extra) and the quick profile
+# shows only the default. Parameter counts include the embeddings.
 
 # %%
 arch_rows, probe_frames = [], []

@@ -24,7 +24,8 @@
 #
 # ```{admonition} Re-run this chapter
 # :class: tip
-# `python -m analysis_lib run 02 --profile full` scores all three offline models;
+# `python -m analysis_lib run 02 --profile full` scores the three offline models of `make
+# install` (`--profile gpu` adds Qwen2.5-Coder 1.5B, on a GPU);
 # `-p model=gemma3-270m -p "compare_models=[gemma3-270m]"` scores one other model, and
 # `-p "suite_overrides={bbq_n: 1000}"` draws a larger BBQ sample. On a GPU add
 # `-p device=cuda`.
@@ -34,7 +35,7 @@
 model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
 device = "cpu"  # cpu, cuda (or cuda:N) or mps
 dtype = "float32"  # weight dtype: float32, bfloat16 or float16
-profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+profile = "quick"  # size profile: quick, full or gpu (analysis_lib/profiles.yaml); fills every size left None
 seed = 0  # random seed of every sample and draw
 compare_models = None  # models scored on CommonWords and the bias suite (None: the profile's)
 suite_overrides = None  # bias-suite sizes on top of the profile's preset, e.g. {bbq_n: 1000} (None: the profile's)
@@ -42,8 +43,9 @@ top_k = 10  # most biased words listed per direction
 n_boot = 1000  # bootstrap resamples of every interval
 
 # %% tags=["remove-cell"]
-from analysis_lib.pipeline import resolve_profile
+from analysis_lib.pipeline import resolve_profile, size_profile
 globals().update(resolve_profile("02_measuring_bias", globals()))  # the sizes left None, from the profile
+suite_preset = size_profile(profile)  # the bias-suite preset: the profile's sizes (gpu runs full's)
 
 import os
 import platform
@@ -93,7 +95,7 @@ results = Results("02_measuring_bias", dict(model=model, device=device, dtype=dt
 lm = models.load_model(model, device=device, dtype=dtype)
 names = list(dict.fromkeys([model, *compare_models]))
 suite, items, seconds = benchmarks.evaluate_models(
-    names, profile, device=device, dtype=dtype, seed=seed, loaded={model: lm}, progress=True,
+    names, suite_preset, device=device, dtype=dtype, seed=seed, loaded={model: lm}, progress=True,
     commonwords_split=None, n_boot=n_boot, **suite_overrides)
 cw_items = pd.concat([items["commonwords_noun"], items["commonwords_pronoun"]],
                      ignore_index=True)
@@ -514,7 +516,7 @@ plots.glue_figure("fig_benchmarks", g.figure)
 pd.Series(seconds, name="seconds").round(1).rename_axis("model / step").to_frame()
 
 # %%
-settings = {**benchmarks.SUITE_PROFILES[profile], **suite_overrides,
+settings = {**benchmarks.SUITE_PROFILES[suite_preset], **suite_overrides,
             "commonwords_split": "all (500 words)"}
 pd.Series(settings, dtype=object).map(str).rename("value").rename_axis("suite setting").to_frame()
 

@@ -39,7 +39,7 @@
 model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
 device = "cpu"  # cpu, cuda (or cuda:N) or mps
 dtype = "float32"  # weight dtype: float32, bfloat16 or float16
-profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+profile = "quick"  # size profile: quick, full or gpu (analysis_lib/profiles.yaml); fills every size left None
 seed = 0  # random seed of every sample and draw
 n_commonwords = None  # CommonWords probe prompts per set (None: the profile's)
 n_arithmetic = None  # arithmetic probe prompts (None: the profile's)
@@ -754,7 +754,8 @@ sens.style.format({"overlap_topk": "{:.0%}", "top_start_score": "{:.3g}"}).hide(
 # Gemma 3 differs from SmolLM2 in ways that matter here: sandwich norms around every block
 # output, a 262k-token vocabulary and a `<bos>` start token of its own. We repeat the scan
 # (fewer probe prompts) and the masking experiment with the control-size task subsets and
-# fewer random draws. This section runs in the full profile.
+# fewer random draws. This section runs in the full profile (the gpu profile repeats it on
+# Qwen2.5-Coder 1.5B too).
 
 # %% tags=["remove-cell"]
 t = time.perf_counter()
@@ -783,7 +784,7 @@ if reps:
         results.add(f"replicate_{r.task}_random", f"{scale * r.random_min:.{dp}f}–{scale * r.random_max:.{dp}f}")
     results.add("replicate_arith_drop", r0["verdict"]["arith_drop"], fmt=".0%")
     results.add("verdict_replicate", r0["verdict"]["verdict"])
-    glue("rep_text", general.replicate_text(s0), display=False)
+    glue("rep_text", " ".join(general.replicate_text(r["summary"]) for r in reps.values()), display=False)
 else:
     replicate = None
     results.add("verdict_replicate", "not tested")

