@@ -352,3 +352,17 @@ def test_edit_command_honours_the_edits_start_token(model, tmp_path):
     b_own = {r["metric"]: r["value_before"] for r in own["rows"]}["mean_abs_b"]
     b_default = {r["metric"]: r["value_before"] for r in default["rows"]}["mean_abs_b"]
     assert b_own != pytest.approx(b_default, abs=1e-6)  # the start token changes the unedited model's numbers
+
+
+def test_replicate_text_flags_general_neurons_that_lower_perplexity():
+    # Qwen2.5 under <|endoftext|> (the full run): perplexity 82.5 unedited, 19.1 with its two
+    # "general neurons" masked; 19.1 < 82.5 / 2, so the text says they harm rather than carry
+    table = pd.DataFrame({"model": "q", "condition": ["original", "general neurons"],
+                          "group": ["original", "general neurons"], "n_neurons": [0, 2],
+                          "mean_abs_b": [1.166, 1.654], "d_mean_abs_b": [0.0, 0.488], "ppl": [82.5, 19.1],
+                          "d_ppl_pct": [0.0, 100 * (19.1 / 82.5 - 1)]})
+    text = ne.replicate_text(table)
+    assert "its own general neurons by +0.488 (-76.8 % perplexity). Masking those neurons lowers" in text
+    assert "from 82.5 to 19.1" in text and text.endswith("not the general neurons of paper 1.")
+    # a general-neuron mask that raises perplexity gets no such sentence
+    assert "Masking those neurons" not in ne.replicate_text(table.assign(ppl=[13.1, 13.5], d_ppl_pct=[0.0, 2.8]))
