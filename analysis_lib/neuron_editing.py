@@ -445,12 +445,17 @@ def kv_text(kv: pd.DataFrame, guard_tol: float) -> str:
     return text
 
 
+def draws_beaten(controls: pd.DataFrame, edit: str, d_mean_abs_b: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split the random draws of ``edit`` (the per-draw table of :func:`random_controls`) into
+    ``(beaten, as_good)``: the draws whose change of mean |b| is above the edit's, and the rest."""
+    own = controls[controls.control_for == edit]
+    return own[own.d_mean_abs_b > d_mean_abs_b], own[own.d_mean_abs_b <= d_mean_abs_b]
+
+
 def _draws_as_good(t: pd.DataFrame, controls: pd.DataFrame, chosen: str) -> str:
     """The sentences of :func:`held_out_text` for an edit that some of its random draws match."""
-    e = t.loc[chosen]
-    own = controls[controls.control_for == chosen]
-    good = own[own.d_mean_abs_b <= e.d_mean_abs_b]
-    text = (f" It beats {len(own) - len(good)} of the {len(own)}; the "
+    beaten, good = draws_beaten(controls, chosen, t.loc[chosen].d_mean_abs_b)
+    text = (f" It beats {len(beaten)} of the {len(beaten) + len(good)}; the "
             + ("draw that does as well moves" if len(good) == 1 else f"{len(good)} draws that do as well move")
             + f" the mean signed b to {', '.join(f'{m:+.3f}' for m in good.mean_b)} "
             f"(unedited {t.loc['original'].mean_b:+.3f})")

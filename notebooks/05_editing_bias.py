@@ -498,8 +498,9 @@ for prefix, r_ in (("edit", ed), ("ft_lora", row.loc["fine-tuned (LoRA)"])):
 results.add("edit_name", main or "no edit")
 results.add("random_d", f"{ed.random_d_min:+.3f} to {ed.random_d_max:+.3f}" if main else "n/a")
 results.add("edit_beyond_random", bool(main) and bool(ed.d_mean_abs_b < ed.random_d_min))
-own = controls[controls.control_for == main] if main else controls.iloc[:0]
-results.add("edit_random_beaten", f"{int((own.d_mean_abs_b > ed.d_mean_abs_b).sum())} of {len(own)}" if main else "n/a")
+if main:
+    beaten, as_good = ne.draws_beaten(controls, main, ed.d_mean_abs_b)
+results.add("edit_random_beaten", f"{len(beaten)} of {len(beaten) + len(as_good)}" if main else "n/a")
 results.add("edit_mean_b", ed.mean_b, fmt="+.3f")
 results.add("edit_flipped", f"{100 * ed.share_flipped:.0f}")
 one_name = f"one_shot K={k_main}" if f"one_shot K={k_main}" in row.index else (
