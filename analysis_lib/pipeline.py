@@ -1142,7 +1142,34 @@ def update_book_chapters(
     reused = sum(d.action == "reused" for d in done)
     print(f"execution cache: {reused} chapter(s) reused, {len(done) - reused} executed "
           f"({execution_cache.cache_dir(out_dir)})", flush=True)
+    if only:
+        for c, reason in stale_chapters(profile, todo, out_dir=out_dir, results=results, parameters=parameters,
+                                        environment=environment).items():
+            print(f"note: chapter {c} in the book is out of date ({reason}); it was left as it is because "
+                  f"--only named other chapters. Bring it up to date with `python -m analysis_lib book --only "
+                  f"{c}` or `make book`.", file=sys.stderr, flush=True)
     return done
+
+
+def stale_chapters(profile: str, updated: list[str], *, out_dir: Path, results: Path,
+                   parameters: dict[str, Any] | None = None, environment: dict[str, str] | None = None) -> dict[str, str]:
+    """``{chapter: reason}`` for the book's executed chapters outside ``updated`` whose inputs
+    (code, parameters of ``profile``, package, data, models, the results of the chapters before
+    them) no longer match the key they were executed or reused under; chapters the book has
+    not executed are left out."""
+    environment = environment if environment is not None else execution_cache.environment_inputs()
+    log = read_execution_log(out_dir)
+    stale: dict[str, str] = {}
+    for c in chapters():
+        if c in updated or not (log.get(c) or {}).get("key") or not (out_dir / f"{c}.ipynb").is_file():
+            continue
+        nb = source_notebook(c)
+        _, params = chapter_parameters(c, profile, parameters, nb=nb)
+        inputs = execution_cache.chapter_inputs(nb, params, environment,
+                                                execution_cache.upstream_files(c, chapters(), log, results))
+        if execution_cache.key_of(inputs) != log[c]["key"]:
+            stale[c] = execution_cache.change_reason(execution_cache.latest_inputs(out_dir, c, log[c]["key"]), inputs)
+    return stale
 
 
 def run_book(

@@ -166,6 +166,21 @@ def test_code_parameter_and_upstream_changes_re_execute_and_say_why(tiny_book, c
 
 
 @pytest.mark.book
+def test_book_only_names_later_chapters_it_left_out_of_date(tiny_book, capsys):
+    _update(capsys)
+    _edit(tiny_book / "notebooks" / "08_tiny.py", 'r.add("value", seed * 10)', 'r.add("value", seed * 10 + 7)')
+    done, out, err = _update(capsys, only=["08_tiny"])
+    assert list(done) == ["08_tiny"] and done["08_tiny"].action == "executed", out
+    assert "note: chapter 09_tiny in the book is out of date (upstream results changed)" in err, err
+    assert "book --only 09_tiny" in err
+    done, out, err = _update(capsys, only=["09_tiny"])
+    assert done["09_tiny"].action == "executed" and done["09_tiny"].reason == "upstream results changed", out
+    assert "out of date" not in err, err  # 08_tiny is current: nothing to say
+    done, out, err = _update(capsys, only=["08_tiny"])
+    assert done["08_tiny"].action == "reused" and "out of date" not in err, err
+
+
+@pytest.mark.book
 def test_a_damaged_entry_is_re_executed_with_a_notice(tiny_book, capsys):
     _update(capsys)
     entry = next((tiny_book / "book" / ec.CACHE_DIRNAME / "08_tiny").iterdir())
