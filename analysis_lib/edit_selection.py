@@ -611,7 +611,8 @@ def choose_edit(table: pd.DataFrame, ks: Sequence[int]) -> dict[str, Any]:
     Returns:
         ``{"edit", "strategy", "k", "val_mean_abs_b", "at_edge"}``; ``edit`` is None when no
         edit lowers validation mean |b|. ``at_edge`` is ``"largest"`` or ``"smallest"`` when the
-        chosen K is that end of the grid (a larger or smaller K was not tried), else False.
+        chosen K is that end of the grid (a larger or smaller K was not tried; K = 1 has no
+        smaller edit), else False.
     """
     base = table.attrs.get("val_mean_abs_b_original", np.inf)
     ok = table[table["val_mean_abs_b"] < base]
@@ -619,8 +620,10 @@ def choose_edit(table: pd.DataFrame, ks: Sequence[int]) -> dict[str, Any]:
         return {"edit": None, "strategy": None, "k": 0, "val_mean_abs_b": base, "at_edge": False}
     best = ok.sort_values(["val_mean_abs_b", "k"], kind="stable").iloc[0]
     k = int(best["k"])
-    # a walk's own stopping point (a K off the grid) is not a choice at the grid's edge
-    edge = False if k not in set(ks) else "largest" if k >= max(ks) else "smallest" if k <= min(ks) else False
+    # a walk's own stopping point (a K off the grid) is not a choice at the grid's edge, nor is
+    # K = 1 (no smaller edit exists)
+    edge = (False if k not in set(ks) else "largest" if k >= max(ks) else "smallest" if 1 < k <= min(ks)
+            else False)
     return {"edit": str(best["edit"]), "strategy": str(best["strategy"]), "k": k,
             "val_mean_abs_b": float(best["val_mean_abs_b"]), "at_edge": edge}
 

@@ -186,7 +186,8 @@ def test_candidate_edits_validation_and_choice_by_hand():
     vt2.attrs = vt.attrs
     assert es.choose_edit(vt2, [1, 3])["edit"] == "one_shot K=1"
     assert es.choose_edit(vt2.iloc[[1]], [1, 3])["at_edge"] == "largest"
-    assert es.choose_edit(vt2.iloc[[0]], [1, 3])["at_edge"] == "smallest"
+    assert es.choose_edit(vt2.iloc[[0]], [1, 3])["at_edge"] is False  # one neuron: no smaller edit exists
+    assert es.choose_edit(vt2.iloc[[1]], [3, 10])["at_edge"] == "smallest"
     assert es.choose_edit(vt2.iloc[[0]], [0, 1, 3])["at_edge"] is False
     vt2["val_mean_abs_b"] = 1.0
     assert es.choose_edit(vt2, [1, 3])["edit"] is None
