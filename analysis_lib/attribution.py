@@ -204,8 +204,9 @@ def forward_data(
     Args:
         model: a loaded bridge (float32).
         prompts: one text or several (the model's start token is prepended when ``start``).
-        targets: one target per prompt (a single-token string such as ``" woman"``, a token id,
-            or ``None`` for the model's top-1 prediction), or one target for all.
+        targets: one target per prompt (a single-token string such as a token of
+            :data:`analysis_lib.commonwords.GENDER_TARGETS`, a token id, or ``None`` for the
+            model's top-1 prediction), or one target for all.
         start: prepend the model's start token.
     """
     single = isinstance(prompts, str)
@@ -955,8 +956,8 @@ def attribute(
     Args:
         model: a loaded bridge (float32).
         prompt: the text; the model's start token is prepended (``start=False`` to skip it).
-        target: a single-token string (``" woman"``), a token id, or ``None`` for the model's
-            top-1 prediction (the authors' notebook default).
+        target: a single-token string (e.g. a token of :data:`analysis_lib.commonwords.GENDER_TARGETS`),
+            a token id, or ``None`` for the model's top-1 prediction (the authors' notebook default).
         top_k: neurons with the largest scores, per kind.
         bottom_k: neurons with the most negative scores, per kind (needs the vocabulary
             extrema, computed once per model and cached).

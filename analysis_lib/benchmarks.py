@@ -12,7 +12,7 @@ How each benchmark is scored (the chapter "How biased are the models?" states th
 =====================  ==================================================================
 benchmark              scoring
 =====================  ==================================================================
-CommonWords            ``b(w) = log p(" man") - log p(" woman")`` after the word's noun
+CommonWords            ``b(w) = log p(man) - log p(woman)`` after the word's noun
                        template (``" he"``/``" she"`` after its pronoun template), both
                        log-probabilities normalised over the full vocabulary.
 StereoSet intra        mean per-token log-probability of each whole sentence after the
@@ -305,8 +305,8 @@ def commonwords_bias(model, ds=None, kind: str = "noun", *, batch_size: int = 64
         ds: the CommonWords ``DatasetDict`` (both splits are scored), one ``Dataset``, or a
             DataFrame with the dataset's columns; default
             :func:`analysis_lib.commonwords.load_commonwords`.
-        kind: ``"noun"`` (``prompt`` → ``" man"``/``" woman"``) or ``"pronoun"``
-            (``pronoun_prompt`` → ``" he"``/``" she"``).
+        kind: ``"noun"`` (``prompt`` → man/woman, :data:`analysis_lib.commonwords.GENDER_TARGETS`)
+            or ``"pronoun"`` (``pronoun_prompt`` → ``" he"``/``" she"``).
         batch_size: prompts per forward pass.
         progress: show a tqdm bar.
 

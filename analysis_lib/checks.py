@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .commonwords import GENDER_TARGETS, TARGETS
+
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -135,7 +137,7 @@ def check_start_position(fn: Callable[[str], int]) -> CheckResult:
 
 
 def check_log_prob_increase(
-    fn: Callable[..., float], model, *, prompt: str = "The nurse is a", target: str = " woman",
+    fn: Callable[..., float], model, *, prompt: str = "The nurse is a", target: str = GENDER_TARGETS[1],
     neuron: str = "ffnL20N100", tol: float = 1e-4,
 ) -> CheckResult:
     """``fn(model, prompt, target, layer, index)`` must return the FFN neuron's log-probability increase.
@@ -168,13 +170,13 @@ def check_log_prob_increase(
 def check_single_token(fn: Callable[[Any, str], bool], model) -> CheckResult:
     """``fn(model, text)`` must say whether ``text`` is exactly one token for the model.
 
-    The start token is not part of the text: ``" woman"`` is one token for SmolLM2 even though
-    the encoded prompt ``<start> woman`` has two.
+    The start token is not part of the text: the female target (`` woman``) is one token for
+    SmolLM2 even though the encoded prompt ``<start> woman`` has two.
     """
     from .errors import TokenizationError
     from .models import single_token_id
 
-    texts = [" man", " woman", " he", " she", " nurse", " engineer", " saxophone", " turquoise",
+    texts = [*GENDER_TARGETS, *TARGETS["pronoun"], " nurse", " engineer", " saxophone", " turquoise",
              " daydreaming", "woman", " Man"]
 
     def reference(text: str) -> bool:

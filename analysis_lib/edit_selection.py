@@ -4,7 +4,7 @@ Paper 1's third step masks the candidates and keeps "the final 50 neurons" whose
 reduces bias without harming other tasks. Read one way, each candidate is judged **alone**
 and the best 50 are then masked **together**; read the other way, the 50 are judged **as a
 set**. The two differ whenever the neurons' effects add up: most CommonWords words lean male,
-so any neuron that shifts every ``b(w)`` towards " woman" lowers mean ``|b|`` on its own, and
+so any neuron that shifts every ``b(w)`` towards the female target lowers mean ``|b|`` on its own, and
 fifty such shifts push the words past zero into a female lean. The strategies, one interface
 (``strategy(scorer, ranking, k_max=..., guard_tol=...) -> Selection``):
 
@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .commonwords import TARGETS as COMMONWORDS_TARGETS
+from .commonwords import GENDER_TARGETS
 from .editing import edit_column, edit_module, has_position_hooks, mask_neurons
 from .errors import ParameterError
 from .models import encode, single_token_id, token_ids
@@ -74,8 +74,8 @@ __all__ = [
 #: The strategies in the order the chapter presents them (the paper's one-shot reading first).
 STRATEGIES = ("one_shot", "joint_greedy", "sign_aware")
 
-#: b(w) = log p(" man") - log p(" woman"), as everywhere in the study.
-TARGETS = tuple(COMMONWORDS_TARGETS["noun"])
+#: b(w) = log p(male) - log p(female) of :data:`analysis_lib.commonwords.GENDER_TARGETS`, as everywhere in the study.
+TARGETS = GENDER_TARGETS
 
 #: Rows (set x prompt, or set x paragraph) per batched forward pass: big enough to amortise the
 #: per-call overhead on a CPU, small enough that the activations of one pass stay < ~0.5 GB.
@@ -437,7 +437,7 @@ def single_effects(scorer: Scorer, neurons: Sequence[str]) -> tuple[pd.DataFrame
         ``(table, B)``: ``B[i]`` is ``b`` per prompt with neuron ``i`` masked; ``table`` has per
         neuron ``effect`` (drop of mean |b|; > 0 = less bias), ``effect_male`` and
         ``effect_female`` (the same drop over the words leaning male, ``b0 > 0``, and female,
-        ``b0 < 0``, only), ``shift`` (change of the mean signed b; < 0 = towards " woman") and
+        ``b0 < 0``, only), ``shift`` (change of the mean signed b; < 0 = towards the female target) and
         ``mean_abs_b`` (masked).
     """
     scorer.commit([])

@@ -21,7 +21,7 @@ does; the caller's model is only read, never written):
 
 **The objective** (both functions), for training prompts ``w`` and neutral texts ``x``::
 
-    loss = mean_w (log p(" man" | w) - log p(" woman" | w))^2
+    loss = mean_w (log p(man | w) - log p(woman | w))^2
            + beta * mean_{tokens t of x} KL(p_orig(. | x_<t) || p_tuned(. | x_<t))
 
 The first term is method_spec §4 (2)'s balanced objective on the *training* words only; the
@@ -54,6 +54,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .commonwords import GENDER_TARGETS
 from .editing import has_position_hooks, resolve_neurons
 from .errors import EditError, ParameterError
 from .models import encode, single_token_id
@@ -68,7 +69,8 @@ __all__ = [
     "neuron_masks",
 ]
 
-TARGETS = (" man", " woman")
+#: The targets of b (:data:`analysis_lib.commonwords.GENDER_TARGETS`).
+TARGETS = GENDER_TARGETS
 
 #: The projections LoRA adapts, per layer (attention, then MLP), as in most LoRA recipes for Llama.
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -109,7 +111,7 @@ def _unembed(model: Any, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _bias_values(model: Any, enc, ids: Sequence[int]) -> torch.Tensor:
-    """``b = log p(" man") - log p(" woman")`` at the last real position (differentiable)."""
+    """``b = log p(man) - log p(woman)`` (:data:`TARGETS`) at the last real position (differentiable)."""
     hidden = hf_model(model).model(input_ids=enc.tokens, use_cache=False).last_hidden_state
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), enc.last_index]
     lp = _unembed(model, last).float().log_softmax(-1)[:, list(ids)]

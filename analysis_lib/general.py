@@ -116,8 +116,8 @@ def probe_prompts(
     """The prompts the general-neuron scan runs on, with their targets.
 
     * ``commonwords``: a seeded sample of the training words, spread over the five categories;
-      noun prompt ("The nurse is a"); target = the stereotyped token (the more probable of
-      " man" / " woman" for this model, method_spec §6 A1).
+      noun prompt ("The nurse is a"); target = the stereotyped token (the more probable of the
+      two :data:`analysis_lib.commonwords.GENDER_TARGETS` for this model, method_spec §6 A1).
     * ``arithmetic``: ``shots``-shot one-digit sums as in :func:`analysis_lib.capability.arithmetic_task`;
       target = the first token of the correct answer.
     * ``race``: RACE-middle questions from distinct passages, the article cut to its first
@@ -133,7 +133,7 @@ def probe_prompts(
         only, else ``None``).
     """
     from .benchmarks import commonwords_bias as _cw_bias
-    from .commonwords import load_commonwords, to_frame
+    from .commonwords import GENDER_TARGETS, load_commonwords, to_frame
 
     rows: list[dict[str, Any]] = []
     rng = np.random.default_rng([int(seed), 4])
@@ -159,7 +159,7 @@ def probe_prompts(
         if bias is None:
             bias = _cw_bias(model, sample)["b"].to_numpy()
         for (_, r), bb in zip(sample.iterrows(), np.asarray(bias, dtype=float)):
-            tgt = " man" if bb > 0 else " woman"
+            tgt = GENDER_TARGETS[0] if bb > 0 else GENDER_TARGETS[1]
             rows.append({"set": "commonwords", "prompt": r["prompt"], "target": tgt,
                          "target_id": _first_token(model, tgt), "word": r["word"]})
     if n_arithmetic:

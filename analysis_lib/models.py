@@ -793,7 +793,7 @@ def single_token_id(model, text: str) -> int:
 
     Args:
         model: a loaded bridge.
-        text: e.g. ``" woman"`` (mind the leading space).
+        text: e.g. a token of :data:`analysis_lib.commonwords.GENDER_TARGETS` (mind the leading space).
     """
     ids = token_ids(model, text)
     if len(ids) != 1:

@@ -4,7 +4,7 @@ The pipeline, with every choice the paper leaves open stated:
 
 1. **Candidates** (:func:`candidates`). Dataset-level logit-based importance
    (:func:`analysis_lib.attribution.dataset_attribution`) summed over CommonWords *training*
-   words, target per word = the more probable of ``" man"`` / ``" woman"`` under the original
+   words, target per word = the more probable of the two :data:`TARGETS` under the original
    model (method_spec §6 A1). The top ``top_n`` FFN value, attention value and FFN query
    neurons (paper: 50 of each, 150). An FFN unit can rank both as a value and as a query
    neuron; it is then one candidate (kinds joined with ``+``). Attention value neurons are the
@@ -120,14 +120,14 @@ def guard_and_eval_texts(n_guard: int, n_eval: int) -> tuple[list[str], list[str
 
 
 def mean_abs_bias(model, prompts: Sequence[str], *, batch_size: int = 64) -> tuple[float, np.ndarray]:
-    """``(mean |b|, b)`` over prompts, ``b = log p(" man") - log p(" woman")``."""
+    """``(mean |b|, b)`` over prompts, ``b = log p(man) - log p(woman)`` (:data:`TARGETS`)."""
     lp = target_logprobs(model, list(prompts), list(TARGETS), batch_size=batch_size).double().numpy()
     b = lp[:, 0] - lp[:, 1]
     return float(np.abs(b).mean()), b
 
 
 def biased_targets(model, prompts: Sequence[str]) -> list[str]:
-    """Per prompt, the more probable of ``" man"`` / ``" woman"`` (the biased token, §6 A1)."""
+    """Per prompt, the more probable of the two :data:`TARGETS` (the biased token, §6 A1)."""
     _, b = mean_abs_bias(model, prompts)
     return [TARGETS[0] if x > 0 else TARGETS[1] for x in b]
 

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .commonwords import GENDER_TARGETS
 from .models import encode, single_token_id
 from .neurons import final_norm_gain, hf_layer, lm_head
 
@@ -173,12 +174,12 @@ def _softcapped(model, logits: torch.Tensor) -> torch.Tensor:
 
 
 def masked_bias(model, prompts: Sequence[str], neurons: Sequence[str]) -> np.ndarray:
-    """``b = log p(" man") - log p(" woman")`` per prompt with ``neurons`` zero-masked, one full
-    forward pass per prompt (no batching, no cached layers): the reference for
-    :class:`analysis_lib.edit_selection.SetScorer`."""
+    """``b = log p(man) - log p(woman)`` (:data:`analysis_lib.commonwords.GENDER_TARGETS`) per
+    prompt with ``neurons`` zero-masked, one full forward pass per prompt (no batching, no cached
+    layers): the reference for :class:`analysis_lib.edit_selection.SetScorer`."""
     from .editing import mask_neurons
 
-    ids = [single_token_id(model, t) for t in (" man", " woman")]
+    ids = [single_token_id(model, t) for t in GENDER_TARGETS]
     out = np.empty(len(prompts))
     with mask_neurons(model, list(neurons)), torch.inference_mode():
         for i, p in enumerate(prompts):

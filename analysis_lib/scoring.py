@@ -84,7 +84,8 @@ def next_token_logprobs(
 
 
 def target_logprobs(model, prompts: Sequence[str], targets: Sequence[str], **kwargs) -> Float[Tensor, "n k"]:
-    """Log-probabilities of single-token ``targets`` (e.g. ``[" man", " woman"]``) after each prompt.
+    """Log-probabilities of single-token ``targets`` (e.g. :data:`analysis_lib.commonwords.GENDER_TARGETS`)
+    after each prompt.
 
     Raises:
         TokenizationError: a target is not a single token for this model.
