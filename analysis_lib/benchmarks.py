@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 from . import metrics
 from .errors import ParameterError, StudyError
 from .models import token_ids
-from .scoring import _final_hidden, _unembed, target_logprobs
+from .scoring import final_hidden, target_logprobs, unembed
 
 __all__ = [
     "SUITE_PROFILES",
@@ -245,7 +245,7 @@ def option_logprobs(
                 input_ids=toks.to(device), attention_mask=mask.to(device), position_ids=pos.to(device)
             ).last_hidden_state
             h = hidden[torch.as_tensor(sb, device=device), torch.as_tensor(sp, device=device)]
-            lp = _unembed(model, h).float().log_softmax(-1)
+            lp = unembed(model, h).float().log_softmax(-1)
             got = lp.gather(-1, torch.as_tensor(st, device=device)[:, None])[:, 0].double().cpu().numpy()
             for k in range(len(got)):
                 if so[k] < 0:
@@ -1052,7 +1052,7 @@ def plain_forward_seconds(model, prompts: Sequence[str], *, batch_size: int = 64
         for _ in range(repeats):
             t0 = time.perf_counter()
             for toks in batches:
-                _final_hidden(model, toks)
+                final_hidden(model, toks)
             times.append(time.perf_counter() - t0)
     return float(np.median(times))
 

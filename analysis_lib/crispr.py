@@ -312,7 +312,7 @@ def _option_logprobs(model, packed: _Packed, *, with_end: bool = False):
     the option's last position; no extra token enters the sequence, so the option scores and
     the attribution are unchanged).
     """
-    from .scoring import _unembed
+    from .scoring import unembed
 
     hf = model.original_model
     hidden = hf.model(
@@ -327,7 +327,7 @@ def _option_logprobs(model, packed: _Packed, *, with_end: bool = False):
         if with_end:
             # the position of each option's last token predicts what follows the option
             at += [_first_option_position(packed, b, j) + len(toks) - 1 for j, (_, toks) in enumerate(rd)]
-        logits = _unembed(model, hidden[b, at])
+        logits = unembed(model, hidden[b, at])
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         lp = logits.log_softmax(-1)

@@ -51,7 +51,7 @@ from .editing import edit_column, edit_module, has_position_hooks, mask_neurons
 from .errors import ParameterError
 from .models import encode, single_token_id, token_ids
 from .neurons import NeuronId, arch
-from .scoring import _unembed
+from .scoring import unembed
 
 __all__ = [
     "STRATEGIES",
@@ -335,7 +335,7 @@ class SetScorer:
                             hid = self._bias.forward(g, start, len(chunk))
                             last = torch.as_tensor(self._bias.batches[g][1], device=hid.device).repeat(len(chunk)) - 1
                             hid = hid[torch.arange(hid.shape[0], device=hid.device), last]
-                            lp = _unembed(self.model, hid).float().log_softmax(-1)[:, self.ids]
+                            lp = unembed(self.model, hid).float().log_softmax(-1)[:, self.ids]
                         b = (lp[:, 0] - lp[:, 1]).double().cpu().numpy().reshape(len(chunk), len(idx))
                         out[np.ix_(rows, idx)] = b
         return out
@@ -357,7 +357,7 @@ class SetScorer:
                 with _row_masks(self.model, [list(extra)], len(lengths)), torch.inference_mode():
                     hid = stream.forward(b, self._start([list(extra)]), 1)
                     for r, (n, s) in enumerate(zip(lengths, stream.starts[b])):
-                        lp = _unembed(self.model, hid[r, s - 1 : n - 1]).float().log_softmax(-1)
+                        lp = unembed(self.model, hid[r, s - 1 : n - 1]).float().log_softmax(-1)
                         total += -lp.gather(-1, toks[r, s:n, None]).sum().item()
         return total
 

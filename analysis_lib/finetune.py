@@ -59,6 +59,7 @@ from .editing import has_position_hooks, resolve_neurons
 from .errors import EditError, ParameterError
 from .models import encode, single_token_id
 from .neurons import arch, clear_model_cache, hf_layer, hf_model, unwrap
+from .scoring import unembed
 
 __all__ = [
     "LORA_MODULES",
@@ -104,24 +105,18 @@ class FinetuneResult:
 # ----------------------------------------------------------------------------- forward passes
 
 
-def _unembed(model: Any, hidden: torch.Tensor) -> torch.Tensor:
-    from .scoring import _unembed as unembed
-
-    return unembed(model, hidden)
-
-
 def _bias_values(model: Any, enc, ids: Sequence[int]) -> torch.Tensor:
     """``b = log p(man) - log p(woman)`` (:data:`TARGETS`) at the last real position (differentiable)."""
     hidden = hf_model(model).model(input_ids=enc.tokens, use_cache=False).last_hidden_state
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), enc.last_index]
-    lp = _unembed(model, last).float().log_softmax(-1)[:, list(ids)]
+    lp = unembed(model, last).float().log_softmax(-1)[:, list(ids)]
     return lp[:, 0] - lp[:, 1]
 
 
 def _text_logprobs(model: Any, enc) -> torch.Tensor:
     """Log-probabilities ``[batch, pos - 1, vocab]`` of the next token at every position but the last."""
     hidden = hf_model(model).model(input_ids=enc.tokens, use_cache=False).last_hidden_state
-    return _unembed(model, hidden[:, :-1]).float().log_softmax(-1)
+    return unembed(model, hidden[:, :-1]).float().log_softmax(-1)
 
 
 def _kl_mask(enc) -> torch.Tensor:

@@ -46,6 +46,7 @@ import pandas as pd
 import torch
 
 from . import attribution as A
+from . import benchmarks
 from .capability import DEFAULT_SHOTS, capability_delta, capability_suite
 from .data import arithmetic_problems, load_race
 from .editing import mask_neurons
@@ -132,7 +133,6 @@ def probe_prompts(
         DataFrame ``set, prompt, target`` (token string), ``target_id``, ``word`` (CommonWords
         only, else ``None``).
     """
-    from .benchmarks import commonwords_bias as _cw_bias
     from .commonwords import GENDER_TARGETS, load_commonwords, to_frame
 
     rows: list[dict[str, Any]] = []
@@ -157,7 +157,7 @@ def probe_prompts(
         else:
             bias = None
         if bias is None:
-            bias = _cw_bias(model, sample)["b"].to_numpy()
+            bias = benchmarks.commonwords_bias(model, sample)["b"].to_numpy()
         for (_, r), bb in zip(sample.iterrows(), np.asarray(bias, dtype=float)):
             tgt = GENDER_TARGETS[0] if bb > 0 else GENDER_TARGETS[1]
             rows.append({"set": "commonwords", "prompt": r["prompt"], "target": tgt,
@@ -771,8 +771,6 @@ def run_conditions(
     """
     from tqdm.auto import tqdm
 
-    from .benchmarks import commonwords_bias
-
     kinds = dict(kinds or {})
     tasks = [t for t, n in sizes.items() if n != 0]
     run_sizes = {t: sizes[t] for t in tasks}
@@ -782,7 +780,7 @@ def run_conditions(
         with mask_neurons(model, list(neurons)):
             table, recs = capability_suite(model, run_sizes, seed, tasks=tasks, return_records=True)
             if commonwords is not None:
-                cw = commonwords_bias(model, commonwords)
+                cw = benchmarks.commonwords_bias(model, commonwords)
                 recs["commonwords"] = cw
                 table = pd.concat([table, pd.DataFrame(_cw_rows(cw, seed))], ignore_index=True)
         table.insert(0, "condition", name)

@@ -85,6 +85,7 @@ __all__ = [
     "replicate",
     "replicate_text",
     "edit_command",
+    "parse_tasks",
 ]
 
 KINDS = ("ffn_value", "attn_value", "ffn_query")
@@ -893,7 +894,8 @@ def replicate_text(table: pd.DataFrame) -> str:
 EVAL_TASKS = ("commonwords", "stereoset", "winogender", "bbq", "winobias", "arithmetic", "race", "piqa", "perplexity")
 
 
-def _parse_tasks(text: str) -> list[str]:
+def parse_tasks(text: str) -> list[str]:
+    """The ``edit`` subcommand's comma list of :data:`EVAL_TASKS` (checked before a model loads)."""
     tasks = [t.strip().lower() for t in text.split(",") if t.strip()]
     bad = [t for t in tasks if t not in EVAL_TASKS]
     if not tasks or bad:
@@ -956,7 +958,7 @@ def edit_command(model_name: str | None, edit_file: str, tasks_text: str, *, pro
     """
     from .models import load_model
 
-    tasks = _parse_tasks(tasks_text)
+    tasks = parse_tasks(tasks_text)
     if profile not in ("quick", "full"):
         raise ParameterError(f"Unknown profile {profile!r}; use quick or full.")
     spec = load_edit(edit_file)
