@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 from . import metrics
 from .errors import ParameterError, StudyError
 from .models import token_ids
+from .pipeline import suite_presets
 from .scoring import final_hidden, target_logprobs, unembed
 
 __all__ = [
@@ -89,36 +90,9 @@ __all__ = [
 ]
 
 #: Subset sizes of :func:`bias_suite` per profile (``None`` = every item). ``quick`` is what
-#: the tests run; ``full`` is what the book reports. ``stereoset_n`` sizes the intrasentence
-#: items (the papers' StereoSet measure), ``stereoset_inter_n`` the intersentence ones (our
-#: extra check). Even ``full`` subsamples intersentence StereoSet, BBQ and WinoBias: chapter 2
-#: runs the suite on three models and must fit in 10 minutes on two CPU cores, and scoring is
-#: compute-bound (every StereoSet item, 300 BBQ items and 150 WinoBias pairs took 156 s on the
-#: default model alone, about 13 minutes for the chapter; with these sizes it takes about 8;
-#: ``bench/README.md``, "Chapter 2"). Subsets of one seed are nested, so the full items
-#: include the quick ones.
-SUITE_PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {
-        "commonwords_split": "test",
-        "stereoset_kinds": ("intrasentence",),
-        "stereoset_n": 50,
-        "stereoset_inter_n": 50,
-        "winogender_n": None,
-        "bbq_n": 150,
-        "winobias_n": 50,
-        "n_boot": 1000,
-    },
-    "full": {
-        "commonwords_split": "test",
-        "stereoset_kinds": ("intrasentence", "intersentence"),
-        "stereoset_n": None,
-        "stereoset_inter_n": 50,
-        "winogender_n": None,
-        "bbq_n": 100,
-        "winobias_n": 60,
-        "n_boot": 1000,
-    },
-}
+#: the tests run; ``full`` is what the book reports. The sizes and their reasons live in
+#: ``profiles.yaml`` (``suites: bias:``), the only source of sizes.
+SUITE_PROFILES: dict[str, dict[str, Any]] = suite_presets("bias")
 
 #: BBQ prompt layout (method_spec §1.4 item 9, without an instruction sentence).
 BBQ_TEMPLATE = "Context: {context} Question: {question} Answer options: {ans0}, {ans1}, {ans2} Your answer:"

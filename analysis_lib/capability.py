@@ -64,6 +64,7 @@ from .data import arithmetic_problems, load_piqa, load_race
 from .errors import ParameterError, StudyError
 from .metrics import bootstrap_ci, chance_level, paired_bootstrap_diff
 from .models import kv_cache_kwargs, kv_cache_of, token_ids
+from .pipeline import suite_presets
 from .scoring import final_hidden, greedy_generate, multiple_choice_predictions, unembed
 
 __all__ = [
@@ -90,11 +91,9 @@ CHANCE = {"arithmetic": 0.0, "race": chance_level(4), "piqa": chance_level(2)}
 DEFAULT_SHOTS = 3
 
 #: Items per task and profile. ``None`` = the whole set. RACE counts are questions, drawn as
-#: whole passages until at least that many questions are in.
-PROFILES: dict[str, dict[str, int | None]] = {
-    "quick": {"arithmetic_1digit": 50, "arithmetic_2digit": 50, "race": 30, "piqa": 80, "neutral": None},
-    "full": {"arithmetic_1digit": 100, "arithmetic_2digit": 300, "race": 500, "piqa": None, "neutral": None},
-}
+#: whole passages until at least that many questions are in. The sizes live in
+#: ``profiles.yaml`` (``suites: capability:``), the only source of sizes.
+PROFILES: dict[str, dict[str, int | None]] = suite_presets("capability")
 
 TASKS = ("arithmetic_1digit", "arithmetic_2digit", "race", "piqa", "neutral")
 

@@ -57,6 +57,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import benchmarks as bm
 from . import edit_selection as es
 from . import metrics
 from .attribution import DatasetAttribution, dataset_attribution
@@ -904,7 +905,6 @@ def parse_tasks(text: str) -> list[str]:
 
 
 def _eval_tasks(model, tasks: Sequence[str], profile: str, seed: int) -> list[dict[str, Any]]:
-    from . import benchmarks as bm
     from . import capability as cap
     from .commonwords import load_commonwords, to_frame
 
@@ -959,8 +959,8 @@ def edit_command(model_name: str | None, edit_file: str, tasks_text: str, *, pro
     from .models import load_model
 
     tasks = parse_tasks(tasks_text)
-    if profile not in ("quick", "full"):
-        raise ParameterError(f"Unknown profile {profile!r}; use quick or full.")
+    if profile not in bm.SUITE_PROFILES:  # the suites' presets (profiles.yaml): quick, full
+        raise ParameterError(f"Unknown profile {profile!r}; use {' or '.join(bm.SUITE_PROFILES)}.")
     spec = load_edit(edit_file)
     own = start_token == "edit"
     model = load_model(model_name or spec.model, start_token=spec.start_token if own else start_token)

@@ -92,12 +92,34 @@ def resolve_chapter(name: str) -> str:
     raise StudyError(f"Unknown chapter {name!r}. The chapters are: {', '.join(known)} (a number like 0 also works).")
 
 
-#: the keys a profile may have (``extends``: the profile it starts from)
-PROFILE_KEYS = ("description", "extends", "defaults", "chapters")
+#: the keys a profile may have (``extends``: the profile it starts from; ``suites``: the
+#: evaluation suites' presets, see :func:`suite_presets`)
+PROFILE_KEYS = ("description", "extends", "defaults", "suites", "chapters")
 
 
 def load_profiles() -> dict[str, Any]:
     return yaml.safe_load(PROFILES_FILE.read_text())
+
+
+def suite_presets(suite: str) -> dict[str, dict[str, Any]]:
+    """The size presets of one evaluation suite, by profile name, from ``profiles.yaml``.
+
+    ``suite`` is ``"bias"`` (:data:`analysis_lib.benchmarks.SUITE_PROFILES`) or
+    ``"capability"`` (:data:`analysis_lib.capability.PROFILES`); every profile with its own
+    ``suites`` entry (``quick`` and ``full``) gives one preset, in file order. Lists become
+    tuples (``stereoset_kinds``), so a preset is what the suites take as a setting.
+
+    Raises:
+        StudyError: no profile defines the suite.
+    """
+    presets = {}
+    for name, p in load_profiles().items():
+        sizes = ((p or {}).get("suites") or {}).get(suite)
+        if sizes is not None:
+            presets[name] = {k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}
+    if not presets:
+        raise StudyError(f"No profile in {PROFILES_FILE.name} has `suites: {suite}:` sizes.")
+    return presets
 
 
 def _profile_chain(profile: str, profiles: dict[str, Any]) -> list[str]:
