@@ -56,6 +56,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
+from .commonwords import PROMPT_FIELDS, TARGETS
 from .errors import ParameterError, StudyError
 from .models import token_ids
 from .pipeline import suite_presets
@@ -66,6 +67,7 @@ __all__ = [
     "BBQ_TEMPLATE",
     "WINOBIAS_TEMPLATE",
     "option_logprobs",
+    "prompt_bias",
     "commonwords_bias",
     "commonwords_summary",
     "stereoset_eval",
@@ -271,6 +273,27 @@ def _as_frame(ds) -> pd.DataFrame:
     return pd.concat([d.to_pandas() for d in ds.values()], ignore_index=True)
 
 
+def prompt_bias(model, prompts: Sequence[str], kind: str = "noun", *, batch_size: int = 64,
+                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``b = log p(male) - log p(female)`` at the last position of each prompt: the one place the
+    study computes ``b(w)`` from a model (:func:`commonwords_bias`, the circuits' and the
+    edits' biased targets, the edit selection's reference path all call it).
+
+    The targets are the pair of :data:`analysis_lib.commonwords.TARGETS` for ``kind``
+    (``"noun"``: :data:`~analysis_lib.commonwords.GENDER_TARGETS`), scored by
+    :func:`analysis_lib.scoring.target_logprobs` (log-probabilities over the full vocabulary),
+    and ``b`` is :func:`analysis_lib.metrics.gender_bias` of them: in (-inf, inf), 0 when both
+    are equally likely, > 0 male-leaning; smaller ``|b|`` is better.
+
+    Returns:
+        ``(lp, b)``: ``lp`` is ``[len(prompts), 2]`` float64 (male, female), ``b`` float64 per prompt.
+    """
+    if kind not in TARGETS:
+        raise ParameterError(f"Unknown CommonWords prompt kind {kind!r}; choose one of {', '.join(TARGETS)}.")
+    lp = target_logprobs(model, prompts, list(TARGETS[kind]), batch_size=batch_size, progress=progress).double().numpy()
+    return lp, metrics.gender_bias(lp[:, 0], lp[:, 1])
+
+
 def commonwords_bias(model, ds=None, kind: str = "noun", *, batch_size: int = 64, progress: bool = False) -> pd.DataFrame:
     """Per-word gender bias ``b(w)`` on CommonWords.
 
@@ -290,14 +313,11 @@ def commonwords_bias(model, ds=None, kind: str = "noun", *, batch_size: int = 64
         vocabulary), ``b`` (``lp_male - lp_female``; > 0 = male-leaning) and ``p_female``
         (``p(female) / (p(male) + p(female))``).
     """
-    from .commonwords import PROMPT_FIELDS, TARGETS
-
     if kind not in TARGETS:
         raise ParameterError(f"Unknown CommonWords prompt kind {kind!r}; choose one of {', '.join(TARGETS)}.")
     df = _as_frame(ds)
     prompts = df[PROMPT_FIELDS[kind]].tolist()
-    lp = target_logprobs(model, prompts, list(TARGETS[kind]), batch_size=batch_size, progress=progress).double().numpy()
-    b = metrics.gender_bias(lp[:, 0], lp[:, 1])
+    lp, b = prompt_bias(model, prompts, kind, batch_size=batch_size, progress=progress)
     return pd.DataFrame(
         {
             "model": model.study_name,

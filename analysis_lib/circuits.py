@@ -53,6 +53,7 @@ from .attribution import (
     torch_threads,
     word_positions,
 )
+from .benchmarks import prompt_bias
 from .commonwords import FEMALE_WORDS, GENDER_TARGETS, MALE_WORDS
 from .errors import StudyError
 from .metrics import bootstrap_ci
@@ -83,11 +84,9 @@ def biased_targets(model, prompts: Sequence[str], *, batch_size: int = 64) -> pd
         A frame with ``lp_man``, ``lp_woman``, ``bias`` (= lp_man - lp_woman, > 0 male-leaning)
         and ``target`` (``MALE`` or ``FEMALE``), one row per prompt in order.
     """
-    from .scoring import target_logprobs
-
-    lp = target_logprobs(model, list(prompts), [MALE, FEMALE], batch_size=batch_size).double().numpy()
+    lp, b = prompt_bias(model, list(prompts), batch_size=batch_size)  # the targets (MALE, FEMALE)
     df = pd.DataFrame({"lp_man": lp[:, 0], "lp_woman": lp[:, 1]})
-    df["bias"] = df.lp_man - df.lp_woman
+    df["bias"] = b
     df["target"] = np.where(df.bias > 0, MALE, FEMALE)
     return df
 

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .benchmarks import prompt_bias
 from .commonwords import GENDER_TARGETS
 from .editing import edit_column, edit_module, has_position_hooks, mask_neurons
 from .errors import ParameterError
@@ -336,17 +337,16 @@ class SetScorer:
                             last = torch.as_tensor(self._bias.batches[g][1], device=hid.device).repeat(len(chunk)) - 1
                             hid = hid[torch.arange(hid.shape[0], device=hid.device), last]
                             lp = unembed(self.model, hid).float().log_softmax(-1)[:, self.ids]
+                        # b of the row-masked batch (not benchmarks.prompt_bias: checked against it, CHECK_TOL)
                         b = (lp[:, 0] - lp[:, 1]).double().cpu().numpy().reshape(len(chunk), len(idx))
                         out[np.ix_(rows, idx)] = b
         return out
 
     def _slow_bias(self, extra: Sequence[NeuronId]) -> np.ndarray:
         """Full batched passes with the weights edited (the path of analysis_lib.scoring)."""
-        from .scoring import target_logprobs
-
         with mask_neurons(self.model, self.base + [str(n) for n in extra]):
-            lp = target_logprobs(self.model, self.prompts, list(TARGETS)).double().numpy()
-        return lp[:, 0] - lp[:, 1]
+            _, b = prompt_bias(self.model, self.prompts)  # b of TARGETS
+        return b
 
     def _nll(self, stream: "_SequenceStream", extra: Sequence[NeuronId]) -> float:
         """Summed NLL of the stream's scored tokens with base + ``extra`` masked (batched path)."""

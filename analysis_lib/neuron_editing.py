@@ -64,7 +64,6 @@ from .attribution import DatasetAttribution, dataset_attribution
 from .editing import apply_edit, load_edit, mask_neurons, save_edit
 from .errors import ParameterError, StudyError
 from .neurons import NeuronId, sample_matched
-from .scoring import target_logprobs
 
 __all__ = [
     "KINDS",
@@ -123,8 +122,7 @@ def guard_and_eval_texts(n_guard: int, n_eval: int) -> tuple[list[str], list[str
 
 def mean_abs_bias(model, prompts: Sequence[str], *, batch_size: int = 64) -> tuple[float, np.ndarray]:
     """``(mean |b|, b)`` over prompts, ``b = log p(man) - log p(woman)`` (:data:`TARGETS`)."""
-    lp = target_logprobs(model, list(prompts), list(TARGETS), batch_size=batch_size).double().numpy()
-    b = lp[:, 0] - lp[:, 1]
+    _, b = bm.prompt_bias(model, list(prompts), batch_size=batch_size)
     return float(np.abs(b).mean()), b
 
 
