@@ -79,7 +79,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import NeuronIdError, StudyError, TokenizationError
-from .models import cache_root, check_finite, encode, single_token_id, token_ids
+from .models import DEFAULT_MODEL, cache_root, check_finite, encode, load_model, single_token_id, token_ids
 from .neurons import (
     Arch,
     NeuronId,
@@ -1589,8 +1589,6 @@ def attribute_command(
     model=None,
 ) -> dict[str, Any]:
     """``python -m analysis_lib attribute ...`` without argparse: the JSON payload."""
-    from .models import DEFAULT_MODEL, load_model
-
     if model is None:
         model = load_model(model_name or DEFAULT_MODEL, start_token=start_token)
     return attribution_json(attribute(model, prompt, target, top_k=top_k, bottom_k=bottom_k))
@@ -1598,8 +1596,6 @@ def attribute_command(
 
 def neuron_command(neuron_id: str, model_name: str | None = None, *, model=None) -> dict[str, Any]:
     """``python -m analysis_lib neuron ID --model NAME`` without argparse: the neuron card."""
-    from .models import DEFAULT_MODEL, load_model
-
     n = NeuronId.parse(neuron_id)  # a format error before loading the model
     if model is None:
         model = load_model(model_name or DEFAULT_MODEL)

@@ -56,9 +56,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
-from .commonwords import PROMPT_FIELDS, TARGETS
+from .commonwords import CATEGORIES, PROMPT_FIELDS, TARGETS, load_commonwords
+from .data import load_bbq, load_occupation_stats, load_stereoset, load_winobias, load_winogender
 from .errors import ParameterError, StudyError
-from .models import token_ids
+from .models import encode, load_model, token_ids
 from .pipeline import suite_presets
 from .scoring import final_hidden, target_logprobs, unembed
 
@@ -263,8 +264,6 @@ def _ci(fn, *arrays, n_boot: int = 1000, seed: int = 0, **kw) -> metrics.Bootstr
 
 def _as_frame(ds) -> pd.DataFrame:
     if ds is None:
-        from .commonwords import load_commonwords
-
         ds = load_commonwords()
     if isinstance(ds, pd.DataFrame):
         return ds.reset_index(drop=True)
@@ -388,8 +387,6 @@ def stereoset_eval(
         ``s_stereotype``, ``s_anti_stereotype``, ``s_unrelated`` (mean per-token log-probs)
         plus ``n_tok_*`` token counts. ``scores``: ``lms``, ``ss``, ``icat``.
     """
-    from .data import load_stereoset
-
     if kind not in ("intrasentence", "intersentence"):
         raise ParameterError(f"Unknown StereoSet kind {kind!r}; choose 'intrasentence' or 'intersentence'.")
     df = load_stereoset(kind, domain="gender").to_pandas()
@@ -451,8 +448,6 @@ def winogender_eval(
         ``group_entropy_gap`` (|mean H of female-majority - male-majority occupations|)
         and ``mean_q_male`` (0.5 = balanced).
     """
-    from .data import load_occupation_stats, load_winogender
-
     wg = load_winogender().to_pandas()
     wg["item"] = wg["sentid"].str.replace(r"\.(male|female|neutral)\.txt$", "", regex=True)
     items = wg.drop_duplicates("item").reset_index(drop=True)
@@ -529,8 +524,6 @@ def bbq_eval(
         log-probabilities), ``pred`` and ``correct``. ``scores``: ``accuracy``,
         ``accuracy_ambig``, ``accuracy_disambig``, ``s_dis``, ``s_amb``.
     """
-    from .data import load_bbq
-
     df = load_bbq(category).to_pandas()
     df = df[(df["target_label"] >= 0) & (df["unknown_label"] >= 0)].reset_index(drop=True)
     df = df.iloc[_subsample(len(df), n, seed)].reset_index(drop=True)
@@ -599,8 +592,6 @@ def winobias_eval(
         ``acc_anti``, ``gap``, ``acc_mean`` (percent) and ``pro_pronoun_share`` (percent
         of pairs).
     """
-    from .data import load_winobias
-
     frames = [load_winobias(split, t).to_pandas() for t in types]
     wb = pd.concat(frames, ignore_index=True)
     pairs = wb["pair_id"].drop_duplicates().to_numpy()
@@ -703,8 +694,6 @@ def match_occupations(words: Sequence[str], stats: pd.DataFrame | None = None) -
         (``exact`` or ``head``), ``matched`` (the source names, ``; ``-joined).
     """
     if stats is None:
-        from .data import load_occupation_stats
-
         stats = load_occupation_stats().to_pandas()
     sources = ["winogender_bls", "winobias_bls", "fivethirtyeight_ipums"]
     comps = [(r.source, r.occupation, r.share_women, _components(r.occupation)) for r in stats.itertuples()]
@@ -826,8 +815,6 @@ def bias_suite(
         benchmark's wall time, for the appendix). With ``return_items=True``:
         ``(table, {name: item DataFrame})``.
     """
-    from .commonwords import load_commonwords
-
     s = _suite_settings(profile, overrides)
     nb = int(s["n_boot"])
     name = model.study_name
@@ -897,8 +884,6 @@ def evaluate_models(
     """
     import gc
 
-    from .models import load_model
-
     loaded = dict(loaded or {})
     tables, items, seconds = [], {}, {}
     for name in names:
@@ -931,8 +916,6 @@ def category_summary(cw_items: pd.DataFrame, *, n_boot: int = 1000, seed: int = 
         ``mean_b``, ``mean_abs_b``, ``share_strong``, ``share_male``, ``mean_p_female``,
         ``share_strong_low/high`` and ``mean_abs_b_low/high``.
     """
-    from .commonwords import CATEGORIES
-
     rows = []
     for (model, kind), sub in cw_items.groupby(["model", "kind"], sort=False):
         order = [c for c in CATEGORIES if c in set(sub["category"])]
@@ -1035,8 +1018,6 @@ def plain_forward_seconds(model, prompts: Sequence[str], *, batch_size: int = 64
     the decoder runs inside it (no unembedding, no bookkeeping). This is the yardstick for
     the cost of :func:`commonwords_bias`.
     """
-    from .models import encode
-
     lengths = np.array([len(token_ids(model, p)) for p in prompts])
     order = np.argsort(-lengths, kind="stable")
     batches = [encode(model, [prompts[i] for i in order[k : k + batch_size]]).tokens

@@ -61,6 +61,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import arithmetic_problems, load_piqa, load_race
+from .editing import has_position_hooks
 from .errors import ParameterError, StudyError
 from .metrics import bootstrap_ci, chance_level, paired_bootstrap_diff
 from .models import kv_cache_kwargs, kv_cache_of, token_ids
@@ -185,8 +186,6 @@ def _greedy_cached(model, prompts: Sequence[str], max_new_tokens: int, batch_siz
 
 def _use_cache(model, cache: bool | str) -> bool:
     if cache == "auto":
-        from .editing import has_position_hooks
-
         return not has_position_hooks(model)
     return bool(cache)
 

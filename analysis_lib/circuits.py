@@ -56,8 +56,10 @@ from .attribution import (
 from .benchmarks import prompt_bias
 from .commonwords import FEMALE_WORDS, GENDER_TARGETS, MALE_WORDS
 from .errors import StudyError
-from .metrics import bootstrap_ci
-from .neurons import NeuronId, arch, final_norm_gain, output_vector, unembed
+from .metrics import BootstrapResult, bootstrap_ci
+from .models import single_token_id
+from .neurons import NeuronId, arch, final_norm_gain, layer_weights, output_vector, unembed
+from .plots import MIN_FONT_PT
 
 #: The noun pair of b(w) (:data:`analysis_lib.commonwords.GENDER_TARGETS`); the gendered word
 #: lists FEMALE_WORDS / MALE_WORDS are imported from there too.
@@ -269,8 +271,6 @@ def _prompt_scores(model, data: PromptData, cats: np.ndarray, units: dict[str, _
 
 def _logodds_rows(model, a, diff: Tensor) -> tuple[Tensor, Tensor]:
     """``<w * g_final, diff>`` for every FFN unit ``[L, d_mlp]`` and attention unit ``[L, H, dh]``."""
-    from .neurons import layer_weights
-
     v = diff * final_norm_gain(model)
     rf, ra = [], []
     for l in range(a.n_layers):
@@ -403,8 +403,6 @@ def neuron_scores(
 def _resolve_token(model, token: Any) -> int:
     if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
         return int(token)
-    from .models import single_token_id
-
     return single_token_id(model, str(token))
 
 
@@ -689,8 +687,6 @@ def plot_path(ax, path: CircuitPath, n_labels: int = 2, min_edge: float = 0.05, 
     figure's layout is fixed (``tight_layout``) before the labels are placed, and the x axis
     spans ``n_layers`` layers when given.
     """
-    from .plots import MIN_FONT_PT
-
     import seaborn as sns
 
     pal = sns.color_palette("colorblind")
@@ -807,8 +803,6 @@ def shared_frequency_summary(lists: Sequence[Sequence["str | NeuronId"]], K: int
     w = np.zeros((n_boot, n), dtype=np.float32)
     np.add.at(w, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
     reps = stats(w)
-    from .metrics import BootstrapResult
-
     def res(j):
         lo, hi = np.quantile(reps[:, j], [0.025, 0.975])
         return BootstrapResult(estimate=float(est[j]), low=float(lo), high=float(hi), n=n, n_boot=n_boot, samples=reps[:, j])
@@ -966,9 +960,6 @@ def static_gender_neurons(model, n: int = 12, *, female: str = FEMALE, male: str
         The ``n`` neurons with the largest ``|gender_z|``: ``id``, ``layer``, ``gender_z`` and
         the :func:`projection_table` columns (``k`` tokens per side).
     """
-    from .models import single_token_id
-    from .neurons import layer_weights
-
     a = arch(model)
     W, _ = unembed(model)
     g = final_norm_gain(model)

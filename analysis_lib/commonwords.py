@@ -42,6 +42,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .data import data_dir as project_data_dir
 from .errors import DataDirError, StudyError
 from .models import single_token_id, token_ids
 
@@ -425,8 +426,6 @@ def _data_root(data_dir: str | os.PathLike | None) -> Path:
     if data_dir is not None:
         root: Path | None = Path(data_dir)
     else:
-        from .data import data_dir as project_data_dir
-
         root = project_data_dir()
     if root is None:
         raise DataDirError(

@@ -47,12 +47,13 @@ import pandas as pd
 import torch
 
 from .benchmarks import prompt_bias
+from .capability import perplexity_task
 from .commonwords import GENDER_TARGETS
 from .editing import edit_column, edit_module, has_position_hooks, mask_neurons
 from .errors import ParameterError
 from .models import encode, single_token_id, token_ids
 from .neurons import NeuronId, arch
-from .scoring import unembed
+from .scoring import continuation_logprobs, unembed
 
 __all__ = [
     "STRATEGIES",
@@ -365,8 +366,6 @@ class SetScorer:
         if self._guard is None:
             raise ParameterError("This scorer has no guard paragraphs to measure perplexity on.")
         if not self.fast:
-            from .capability import perplexity_task
-
             with mask_neurons(self.model, self.base + [str(n) for n in extra]):
                 rec = perplexity_task(self.model, self.guard_texts).records
             return float(np.exp(rec["nll"].sum() / rec["n_tokens"].sum()))
@@ -376,8 +375,6 @@ class SetScorer:
         if self._task is None:
             raise ParameterError("This scorer has no task items to measure answer perplexity on.")
         if not self.fast:
-            from .scoring import continuation_logprobs
-
             with mask_neurons(self.model, self.base + [str(n) for n in extra]):
                 lp, n = continuation_logprobs(self.model, *zip(*self.task_items))
             return float(np.exp(-lp.sum() / n.sum()))

@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 from .commonwords import GENDER_TARGETS
 from .editing import has_position_hooks, resolve_neurons
 from .errors import EditError, ParameterError
-from .models import encode, single_token_id
+from .models import Encoded, encode, single_token_id
 from .neurons import arch, clear_model_cache, hf_layer, hf_model, unwrap
 from .scoring import unembed
 
@@ -136,8 +136,6 @@ def _encode_texts(model: Any, texts: Sequence[str], max_tokens: int):
 
 def _rows(enc, idx: torch.Tensor):
     """The rows ``idx`` of an encoded batch, trimmed to their longest row."""
-    from .models import Encoded
-
     lengths = enc.lengths[idx]
     width = int(lengths.max())
     return Encoded(enc.tokens[idx, :width], lengths, enc.pad_id)

@@ -47,13 +47,14 @@ import torch
 
 from . import attribution as A
 from . import benchmarks
-from .capability import DEFAULT_SHOTS, capability_delta, capability_suite
+from .capability import CHANCE, DEFAULT_SHOTS, capability_delta, capability_suite
+from .commonwords import GENDER_TARGETS, load_commonwords, to_frame
 from .data import arithmetic_problems, load_race
 from .editing import mask_neurons
 from .errors import StudyError
-from .metrics import bootstrap_ci
-from .models import token_ids
-from .neurons import NeuronId, arch, as_neuron
+from .metrics import bootstrap_ci, paired_bootstrap_diff
+from .models import load_model, token_ids
+from .neurons import NeuronId, arch, as_neuron, hf_layer, hf_model, unwrap
 
 __all__ = [
     "PROBE_SETS",
@@ -133,8 +134,6 @@ def probe_prompts(
         DataFrame ``set, prompt, target`` (token string), ``target_id``, ``word`` (CommonWords
         only, else ``None``).
     """
-    from .commonwords import GENDER_TARGETS, load_commonwords, to_frame
-
     rows: list[dict[str, Any]] = []
     rng = np.random.default_rng([int(seed), 4])
     if n_commonwords:
@@ -481,8 +480,6 @@ def start_residual(model, prompts: Sequence[str]) -> dict[str, np.ndarray]:
         positions of each prompt), ``resid_start`` ``[L + 1, d_model]`` and ``m_start``
         ``[L, d_mlp]`` (FFN coefficients at position 0), from the first prompt.
     """
-    from .neurons import hf_layer, hf_model, unwrap
-
     hf = hf_model(model)
     L = arch(model).n_layers
     prefix = [model.start_token_id] if model.start_token_id is not None else []
@@ -589,8 +586,6 @@ def sink_writers(model, res: Mapping[str, np.ndarray], sink: Mapping[str, Any], 
         Columns ``id``, ``layer``, ``m_start``, ``write``, ``share`` (of the summed positive write),
         ``writer`` (True for the chosen ones), the top ``max_writers`` rows.
     """
-    from .neurons import hf_layer, unwrap
-
     u = np.asarray(res["resid_start"][int(sink["last_block"]) + 1], dtype=np.float64)
     u = u / np.linalg.norm(u)
     rows = []
@@ -828,8 +823,6 @@ def bias_wide(table: pd.DataFrame, conditions: Sequence[str]) -> pd.DataFrame:
 
 def paired_deltas(records: Mapping[str, Mapping[str, pd.DataFrame]], base: str, others: Sequence[str], seed: int = 0) -> pd.DataFrame:
     """Paired bootstrap differences ``other - base`` per task (capability and CommonWords |b|)."""
-    from .metrics import paired_bootstrap_diff
-
     out = []
     for o in others:
         cap_b = {k: v for k, v in records[base].items() if k != "commonwords"}
@@ -1056,8 +1049,6 @@ def replicate(
         token, whether they are the largest start activations, each task before → after and
         the random range) for a comparison table.
     """
-    from .models import load_model
-
     m = load_model(name, device=device, dtype=dtype)
     try:
         pr = probe_prompts(m, *probes, seed=seed)
@@ -1153,8 +1144,6 @@ def collapse_verdict(vs_random: pd.DataFrame, main: pd.DataFrame | None = None, 
         tasks lose at least ``full`` of their headroom, "partly reproduced" when one loses at
         least ``partial``, else "not reproduced".
     """
-    from .capability import CHANCE
-
     out: dict[str, Any] = {}
     for task, key, chance in (("arithmetic_1digit", "arith", CHANCE["arithmetic"]), ("race", "race", CHANCE["race"])):
         r = vs_random[vs_random.task == task]

@@ -64,6 +64,7 @@ from .errors import (
     TokenizationError,
     UnknownModelError,
 )
+from .results import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -453,8 +454,6 @@ def _install_cache(name: str, out: Path, target: Path, files: dict[str, Any], ma
     rewritten, atomically), so a process reading them is not disturbed; otherwise the old
     folder is moved aside and the new one renamed into place.
     """
-    from .results import write_atomic
-
     if target.is_dir():
         same = True
         for rel, rec in files.items():

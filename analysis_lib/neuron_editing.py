@@ -61,9 +61,14 @@ from . import benchmarks as bm
 from . import edit_selection as es
 from . import metrics
 from .attribution import DatasetAttribution, dataset_attribution
+from .benchmarks import bias_suite, commonwords_bias
+from .capability import capability_suite, neutral_texts, perplexity_task
+from .commonwords import load_commonwords, to_frame
 from .editing import apply_edit, load_edit, mask_neurons, save_edit
 from .errors import ParameterError, StudyError
+from .models import load_model
 from .neurons import NeuronId, sample_matched
+from .results import results_dir
 
 __all__ = [
     "KINDS",
@@ -112,8 +117,6 @@ def subset_words(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
 
 def guard_and_eval_texts(n_guard: int, n_eval: int) -> tuple[list[str], list[str]]:
     """Disjoint neutral paragraphs: the guard uses the last ``n_guard``, evaluation the first ``n_eval``."""
-    from .capability import neutral_texts
-
     texts = neutral_texts()
     if n_guard + n_eval > len(texts):
         raise ParameterError(f"guard_texts + eval_texts = {n_guard + n_eval} > the {len(texts)} neutral paragraphs.")
@@ -202,8 +205,6 @@ def general_neurons(da: DatasetAttribution | None = None, n: int = 2, *, model_n
     """
     import json
 
-    from .results import results_dir
-
     want = model_name if model_name is not None else getattr(da, "model_name", None)
     for path in sorted(results_dir().glob("04_general_neurons*.json")):
         try:
@@ -263,9 +264,6 @@ def _n_neurons(condition: Any) -> Any:
 
 
 def _condition_items(model, condition: Any, test: pd.DataFrame, eval_texts: Sequence[str]):
-    from .benchmarks import commonwords_bias
-    from .capability import perplexity_task
-
     with condition_model(model, condition) as m:
         it = commonwords_bias(m, test, "noun")
         pp = perplexity_task(m, list(eval_texts)).records if len(eval_texts) else None
@@ -618,9 +616,6 @@ def suite_rows(model, conditions: Mapping[str, Any], *, bias_profile: Any = "qui
     """``bias_suite`` and ``capability_suite`` headline metrics for each condition (long table:
     ``condition, benchmark, metric, estimate, low, high, n, better``). A condition is a neuron
     list or an edited model, as in :func:`evaluate_conditions`."""
-    from .benchmarks import bias_suite
-    from .capability import capability_suite
-
     keep = {("commonwords", "mean_abs_b"), ("stereoset", "lms"), ("stereoset", "ss"), ("stereoset", "icat"),
             ("winogender", "entropy_difference"), ("bbq", "s_amb"), ("bbq", "s_dis"), ("bbq", "accuracy"),
             ("winobias", "gap")}
@@ -820,8 +815,6 @@ def replicate(name: str, train: pd.DataFrame, test: pd.DataFrame, guard_texts: S
         ``{"table", "edit", "choice", "general", "general_source", "counts", "seconds"}``;
         ``table`` has a ``model`` column; ``counts`` holds the selection's numbers.
     """
-    from .models import load_model
-
     t0 = time.perf_counter()
     m = load_model(name, device=device, dtype=dtype)
     try:
@@ -903,9 +896,6 @@ def parse_tasks(text: str) -> list[str]:
 
 
 def _eval_tasks(model, tasks: Sequence[str], profile: str, seed: int) -> list[dict[str, Any]]:
-    from . import capability as cap
-    from .commonwords import load_commonwords, to_frame
-
     s = dict(bm.SUITE_PROFILES[profile])
     rows = []
 
@@ -937,7 +927,7 @@ def _eval_tasks(model, tasks: Sequence[str], profile: str, seed: int) -> list[di
         else:
             names = {"arithmetic": ["arithmetic_1digit", "arithmetic_2digit"], "race": ["race"], "piqa": ["piqa"],
                      "perplexity": ["neutral"]}[t]
-            ct = cap.capability_suite(model, profile, seed, tasks=names)
+            ct = capability_suite(model, profile, seed, tasks=names)
             for r in ct.itertuples():
                 rows.append({"task": r.task, "metric": r.metric, "value": float(r.value), "low": float(r.ci_low),
                              "high": float(r.ci_high), "better": "lower" if r.metric == "perplexity" else "higher"})
@@ -954,8 +944,6 @@ def edit_command(model_name: str | None, edit_file: str, tasks_text: str, *, pro
     then applied under it without the start-token check. Raises a :class:`StudyError` subclass
     for every user error.
     """
-    from .models import load_model
-
     tasks = parse_tasks(tasks_text)
     if profile not in bm.SUITE_PROFILES:  # the suites' presets (profiles.yaml): quick, full
         raise ParameterError(f"Unknown profile {profile!r}; use {' or '.join(bm.SUITE_PROFILES)}.")

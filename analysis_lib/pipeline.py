@@ -27,8 +27,8 @@ from typing import Any, Iterable
 import yaml
 
 from . import errors, execution_cache
-from .errors import ChapterError, ParameterError, StudyError
-from .results import RESULTS_ENV, STAGE_ENV, repo_root, results_dir
+from .errors import ChapterError, ModelPackageMissingError, ParameterError, StudyError
+from .results import RESULTS_ENV, STAGE_ENV, repo_root, results_dir, write_atomic
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 REQUIRED_PARAMETERS = ("model", "device", "dtype", "profile", "seed")
@@ -354,8 +354,7 @@ def check_requirements(profile: str, params_by_chapter: dict[str, dict[str, Any]
         ModelPackageMissingError: a model some chapter loads is not installed and has no float
             cache (names the chapters and the install command).
     """
-    from .errors import ModelPackageMissingError
-    from .models import BUILTIN_MODELS, cache_problems, gguf_parts
+    from .models import BUILTIN_MODELS, cache_problems, gguf_parts  # local: keeps torch out of the CLI's start-up
 
     given = given or {}
     for device in dict.fromkeys(str(p.get("device") or "cpu") for p in params_by_chapter.values()):
@@ -826,8 +825,6 @@ def _record_execution(out_dir: Path, chapter: str, record: dict[str, Any], *, ou
     (``record``, from :func:`_execution_record`; for a reuse, the stored execution's), the
     results files it published (``outputs``: later chapters' cache keys hash them) and its
     execution-cache ``key``."""
-    from .results import write_atomic
-
     log = read_execution_log(out_dir)
     entry = {**record, "status": "executed"}
     if reused:
@@ -840,8 +837,6 @@ def _record_execution(out_dir: Path, chapter: str, record: dict[str, Any], *, ou
 def _write_if_changed(path: Path, text: str) -> None:
     """Write ``text`` atomically unless the file already holds it (Sphinx's incremental build
     re-renders a page whose source file is newer than its last build)."""
-    from .results import write_atomic
-
     if not (path.is_file() and path.read_text() == text):
         write_atomic(path, text)
 
