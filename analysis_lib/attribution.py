@@ -79,7 +79,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import NeuronIdError, StudyError, TokenizationError
-from .models import cache_root, check_finite, encode, single_token_id, token_ids
+from .models import DEFAULT_MODEL, cache_root, check_finite, encode, load_model, single_token_id, token_ids
 from .neurons import (
     Arch,
     NeuronId,
@@ -204,8 +204,9 @@ def forward_data(
     Args:
         model: a loaded bridge (float32).
         prompts: one text or several (the model's start token is prepended when ``start``).
-        targets: one target per prompt (a single-token string such as ``" woman"``, a token id,
-            or ``None`` for the model's top-1 prediction), or one target for all.
+        targets: one target per prompt (a single-token string such as a token of
+            :data:`analysis_lib.commonwords.GENDER_TARGETS`, a token id, or ``None`` for the
+            model's top-1 prediction), or one target for all.
         start: prepend the model's start token.
     """
     single = isinstance(prompts, str)
@@ -955,8 +956,8 @@ def attribute(
     Args:
         model: a loaded bridge (float32).
         prompt: the text; the model's start token is prepended (``start=False`` to skip it).
-        target: a single-token string (``" woman"``), a token id, or ``None`` for the model's
-            top-1 prediction (the authors' notebook default).
+        target: a single-token string (e.g. a token of :data:`analysis_lib.commonwords.GENDER_TARGETS`),
+            a token id, or ``None`` for the model's top-1 prediction (the authors' notebook default).
         top_k: neurons with the largest scores, per kind.
         bottom_k: neurons with the most negative scores, per kind (needs the vocabulary
             extrema, computed once per model and cached).
@@ -1588,8 +1589,6 @@ def attribute_command(
     model=None,
 ) -> dict[str, Any]:
     """``python -m analysis_lib attribute ...`` without argparse: the JSON payload."""
-    from .models import DEFAULT_MODEL, load_model
-
     if model is None:
         model = load_model(model_name or DEFAULT_MODEL, start_token=start_token)
     return attribution_json(attribute(model, prompt, target, top_k=top_k, bottom_k=bottom_k))
@@ -1597,8 +1596,6 @@ def attribute_command(
 
 def neuron_command(neuron_id: str, model_name: str | None = None, *, model=None) -> dict[str, Any]:
     """``python -m analysis_lib neuron ID --model NAME`` without argparse: the neuron card."""
-    from .models import DEFAULT_MODEL, load_model
-
     n = NeuronId.parse(neuron_id)  # a format error before loading the model
     if model is None:
         model = load_model(model_name or DEFAULT_MODEL)

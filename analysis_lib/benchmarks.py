@@ -12,7 +12,7 @@ How each benchmark is scored (the chapter "How biased are the models?" states th
 =====================  ==================================================================
 benchmark              scoring
 =====================  ==================================================================
-CommonWords            ``b(w) = log p(" man") - log p(" woman")`` after the word's noun
+CommonWords            ``b(w) = log p(man) - log p(woman)`` after the word's noun
                        template (``" he"``/``" she"`` after its pronoun template), both
                        log-probabilities normalised over the full vocabulary.
 StereoSet intra        mean per-token log-probability of each whole sentence after the
@@ -56,15 +56,19 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
+from .commonwords import CATEGORIES, PROMPT_FIELDS, TARGETS, load_commonwords
+from .data import load_bbq, load_occupation_stats, load_stereoset, load_winobias, load_winogender
 from .errors import ParameterError, StudyError
-from .models import token_ids
-from .scoring import _final_hidden, _unembed, target_logprobs
+from .models import encode, load_model, token_ids
+from .pipeline import suite_presets
+from .scoring import final_hidden, target_logprobs, unembed
 
 __all__ = [
     "SUITE_PROFILES",
     "BBQ_TEMPLATE",
     "WINOBIAS_TEMPLATE",
     "option_logprobs",
+    "prompt_bias",
     "commonwords_bias",
     "commonwords_summary",
     "stereoset_eval",
@@ -89,36 +93,9 @@ __all__ = [
 ]
 
 #: Subset sizes of :func:`bias_suite` per profile (``None`` = every item). ``quick`` is what
-#: the tests run; ``full`` is what the book reports. ``stereoset_n`` sizes the intrasentence
-#: items (the papers' StereoSet measure), ``stereoset_inter_n`` the intersentence ones (our
-#: extra check). Even ``full`` subsamples intersentence StereoSet, BBQ and WinoBias: chapter 2
-#: runs the suite on three models and must fit in 10 minutes on two CPU cores, and scoring is
-#: compute-bound (every StereoSet item, 300 BBQ items and 150 WinoBias pairs took 156 s on the
-#: default model alone, about 13 minutes for the chapter; with these sizes it takes about 8;
-#: ``bench/README.md``, "Chapter 2"). Subsets of one seed are nested, so the full items
-#: include the quick ones.
-SUITE_PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {
-        "commonwords_split": "test",
-        "stereoset_kinds": ("intrasentence",),
-        "stereoset_n": 50,
-        "stereoset_inter_n": 50,
-        "winogender_n": None,
-        "bbq_n": 150,
-        "winobias_n": 50,
-        "n_boot": 1000,
-    },
-    "full": {
-        "commonwords_split": "test",
-        "stereoset_kinds": ("intrasentence", "intersentence"),
-        "stereoset_n": None,
-        "stereoset_inter_n": 50,
-        "winogender_n": None,
-        "bbq_n": 100,
-        "winobias_n": 60,
-        "n_boot": 1000,
-    },
-}
+#: the tests run; ``full`` is what the book reports. The sizes and their reasons live in
+#: ``profiles.yaml`` (``suites: bias:``), the only source of sizes.
+SUITE_PROFILES: dict[str, dict[str, Any]] = suite_presets("bias")
 
 #: BBQ prompt layout (method_spec §1.4 item 9, without an instruction sentence).
 BBQ_TEMPLATE = "Context: {context} Question: {question} Answer options: {ans0}, {ans1}, {ans2} Your answer:"
@@ -245,7 +222,7 @@ def option_logprobs(
                 input_ids=toks.to(device), attention_mask=mask.to(device), position_ids=pos.to(device)
             ).last_hidden_state
             h = hidden[torch.as_tensor(sb, device=device), torch.as_tensor(sp, device=device)]
-            lp = _unembed(model, h).float().log_softmax(-1)
+            lp = unembed(model, h).float().log_softmax(-1)
             got = lp.gather(-1, torch.as_tensor(st, device=device)[:, None])[:, 0].double().cpu().numpy()
             for k in range(len(got)):
                 if so[k] < 0:
@@ -287,14 +264,33 @@ def _ci(fn, *arrays, n_boot: int = 1000, seed: int = 0, **kw) -> metrics.Bootstr
 
 def _as_frame(ds) -> pd.DataFrame:
     if ds is None:
-        from .commonwords import load_commonwords
-
         ds = load_commonwords()
     if isinstance(ds, pd.DataFrame):
         return ds.reset_index(drop=True)
     if hasattr(ds, "to_pandas"):
         return ds.to_pandas()
     return pd.concat([d.to_pandas() for d in ds.values()], ignore_index=True)
+
+
+def prompt_bias(model, prompts: Sequence[str], kind: str = "noun", *, batch_size: int = 64,
+                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``b = log p(male) - log p(female)`` at the last position of each prompt: the one place the
+    study computes ``b(w)`` from a model (:func:`commonwords_bias`, the circuits' and the
+    edits' biased targets, the edit selection's reference path all call it).
+
+    The targets are the pair of :data:`analysis_lib.commonwords.TARGETS` for ``kind``
+    (``"noun"``: :data:`~analysis_lib.commonwords.GENDER_TARGETS`), scored by
+    :func:`analysis_lib.scoring.target_logprobs` (log-probabilities over the full vocabulary),
+    and ``b`` is :func:`analysis_lib.metrics.gender_bias` of them: in (-inf, inf), 0 when both
+    are equally likely, > 0 male-leaning; smaller ``|b|`` is better.
+
+    Returns:
+        ``(lp, b)``: ``lp`` is ``[len(prompts), 2]`` float64 (male, female), ``b`` float64 per prompt.
+    """
+    if kind not in TARGETS:
+        raise ParameterError(f"Unknown CommonWords prompt kind {kind!r}; choose one of {', '.join(TARGETS)}.")
+    lp = target_logprobs(model, prompts, list(TARGETS[kind]), batch_size=batch_size, progress=progress).double().numpy()
+    return lp, metrics.gender_bias(lp[:, 0], lp[:, 1])
 
 
 def commonwords_bias(model, ds=None, kind: str = "noun", *, batch_size: int = 64, progress: bool = False) -> pd.DataFrame:
@@ -305,8 +301,8 @@ def commonwords_bias(model, ds=None, kind: str = "noun", *, batch_size: int = 64
         ds: the CommonWords ``DatasetDict`` (both splits are scored), one ``Dataset``, or a
             DataFrame with the dataset's columns; default
             :func:`analysis_lib.commonwords.load_commonwords`.
-        kind: ``"noun"`` (``prompt`` → ``" man"``/``" woman"``) or ``"pronoun"``
-            (``pronoun_prompt`` → ``" he"``/``" she"``).
+        kind: ``"noun"`` (``prompt`` → man/woman, :data:`analysis_lib.commonwords.GENDER_TARGETS`)
+            or ``"pronoun"`` (``pronoun_prompt`` → ``" he"``/``" she"``).
         batch_size: prompts per forward pass.
         progress: show a tqdm bar.
 
@@ -316,14 +312,11 @@ def commonwords_bias(model, ds=None, kind: str = "noun", *, batch_size: int = 64
         vocabulary), ``b`` (``lp_male - lp_female``; > 0 = male-leaning) and ``p_female``
         (``p(female) / (p(male) + p(female))``).
     """
-    from .commonwords import PROMPT_FIELDS, TARGETS
-
     if kind not in TARGETS:
         raise ParameterError(f"Unknown CommonWords prompt kind {kind!r}; choose one of {', '.join(TARGETS)}.")
     df = _as_frame(ds)
     prompts = df[PROMPT_FIELDS[kind]].tolist()
-    lp = target_logprobs(model, prompts, list(TARGETS[kind]), batch_size=batch_size, progress=progress).double().numpy()
-    b = metrics.gender_bias(lp[:, 0], lp[:, 1])
+    lp, b = prompt_bias(model, prompts, kind, batch_size=batch_size, progress=progress)
     return pd.DataFrame(
         {
             "model": model.study_name,
@@ -394,8 +387,6 @@ def stereoset_eval(
         ``s_stereotype``, ``s_anti_stereotype``, ``s_unrelated`` (mean per-token log-probs)
         plus ``n_tok_*`` token counts. ``scores``: ``lms``, ``ss``, ``icat``.
     """
-    from .data import load_stereoset
-
     if kind not in ("intrasentence", "intersentence"):
         raise ParameterError(f"Unknown StereoSet kind {kind!r}; choose 'intrasentence' or 'intersentence'.")
     df = load_stereoset(kind, domain="gender").to_pandas()
@@ -457,8 +448,6 @@ def winogender_eval(
         ``group_entropy_gap`` (|mean H of female-majority - male-majority occupations|)
         and ``mean_q_male`` (0.5 = balanced).
     """
-    from .data import load_occupation_stats, load_winogender
-
     wg = load_winogender().to_pandas()
     wg["item"] = wg["sentid"].str.replace(r"\.(male|female|neutral)\.txt$", "", regex=True)
     items = wg.drop_duplicates("item").reset_index(drop=True)
@@ -535,8 +524,6 @@ def bbq_eval(
         log-probabilities), ``pred`` and ``correct``. ``scores``: ``accuracy``,
         ``accuracy_ambig``, ``accuracy_disambig``, ``s_dis``, ``s_amb``.
     """
-    from .data import load_bbq
-
     df = load_bbq(category).to_pandas()
     df = df[(df["target_label"] >= 0) & (df["unknown_label"] >= 0)].reset_index(drop=True)
     df = df.iloc[_subsample(len(df), n, seed)].reset_index(drop=True)
@@ -605,8 +592,6 @@ def winobias_eval(
         ``acc_anti``, ``gap``, ``acc_mean`` (percent) and ``pro_pronoun_share`` (percent
         of pairs).
     """
-    from .data import load_winobias
-
     frames = [load_winobias(split, t).to_pandas() for t in types]
     wb = pd.concat(frames, ignore_index=True)
     pairs = wb["pair_id"].drop_duplicates().to_numpy()
@@ -709,8 +694,6 @@ def match_occupations(words: Sequence[str], stats: pd.DataFrame | None = None) -
         (``exact`` or ``head``), ``matched`` (the source names, ``; ``-joined).
     """
     if stats is None:
-        from .data import load_occupation_stats
-
         stats = load_occupation_stats().to_pandas()
     sources = ["winogender_bls", "winobias_bls", "fivethirtyeight_ipums"]
     comps = [(r.source, r.occupation, r.share_women, _components(r.occupation)) for r in stats.itertuples()]
@@ -832,8 +815,6 @@ def bias_suite(
         benchmark's wall time, for the appendix). With ``return_items=True``:
         ``(table, {name: item DataFrame})``.
     """
-    from .commonwords import load_commonwords
-
     s = _suite_settings(profile, overrides)
     nb = int(s["n_boot"])
     name = model.study_name
@@ -903,8 +884,6 @@ def evaluate_models(
     """
     import gc
 
-    from .models import load_model
-
     loaded = dict(loaded or {})
     tables, items, seconds = [], {}, {}
     for name in names:
@@ -937,8 +916,6 @@ def category_summary(cw_items: pd.DataFrame, *, n_boot: int = 1000, seed: int = 
         ``mean_b``, ``mean_abs_b``, ``share_strong``, ``share_male``, ``mean_p_female``,
         ``share_strong_low/high`` and ``mean_abs_b_low/high``.
     """
-    from .commonwords import CATEGORIES
-
     rows = []
     for (model, kind), sub in cw_items.groupby(["model", "kind"], sort=False):
         order = [c for c in CATEGORIES if c in set(sub["category"])]
@@ -1041,8 +1018,6 @@ def plain_forward_seconds(model, prompts: Sequence[str], *, batch_size: int = 64
     the decoder runs inside it (no unembedding, no bookkeeping). This is the yardstick for
     the cost of :func:`commonwords_bias`.
     """
-    from .models import encode
-
     lengths = np.array([len(token_ids(model, p)) for p in prompts])
     order = np.argsort(-lengths, kind="stable")
     batches = [encode(model, [prompts[i] for i in order[k : k + batch_size]]).tokens
@@ -1052,7 +1027,7 @@ def plain_forward_seconds(model, prompts: Sequence[str], *, batch_size: int = 64
         for _ in range(repeats):
             t0 = time.perf_counter()
             for toks in batches:
-                _final_hidden(model, toks)
+                final_hidden(model, toks)
             times.append(time.perf_counter() - t0)
     return float(np.median(times))
 

@@ -61,10 +61,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import arithmetic_problems, load_piqa, load_race
+from .editing import has_position_hooks
 from .errors import ParameterError, StudyError
 from .metrics import bootstrap_ci, chance_level, paired_bootstrap_diff
 from .models import kv_cache_kwargs, kv_cache_of, token_ids
-from .scoring import _final_hidden, _unembed, greedy_generate, multiple_choice_predictions
+from .pipeline import suite_presets
+from .scoring import final_hidden, greedy_generate, multiple_choice_predictions, unembed
 
 __all__ = [
     "CHANCE",
@@ -90,11 +92,9 @@ CHANCE = {"arithmetic": 0.0, "race": chance_level(4), "piqa": chance_level(2)}
 DEFAULT_SHOTS = 3
 
 #: Items per task and profile. ``None`` = the whole set. RACE counts are questions, drawn as
-#: whole passages until at least that many questions are in.
-PROFILES: dict[str, dict[str, int | None]] = {
-    "quick": {"arithmetic_1digit": 50, "arithmetic_2digit": 50, "race": 30, "piqa": 80, "neutral": None},
-    "full": {"arithmetic_1digit": 100, "arithmetic_2digit": 300, "race": 500, "piqa": None, "neutral": None},
-}
+#: whole passages until at least that many questions are in. The sizes live in
+#: ``profiles.yaml`` (``suites: capability:``), the only source of sizes.
+PROFILES: dict[str, dict[str, int | None]] = suite_presets("capability")
 
 TASKS = ("arithmetic_1digit", "arithmetic_2digit", "race", "piqa", "neutral")
 
@@ -172,7 +172,7 @@ def _greedy_cached(model, prompts: Sequence[str], max_new_tokens: int, batch_siz
                 toks = torch.tensor([rows[i] for i in idx], dtype=torch.long, device=device)
                 res = hf.model(input_ids=toks, use_cache=True)
                 cache = kv_cache_of(res, toks.shape[1])
-                nxt = _unembed(model, res.last_hidden_state[:, -1]).argmax(-1)
+                nxt = unembed(model, res.last_hidden_state[:, -1]).argmax(-1)
                 for step in range(max_new_tokens):
                     for b, i in enumerate(idx):
                         out[i].append(int(nxt[b]))
@@ -180,14 +180,12 @@ def _greedy_cached(model, prompts: Sequence[str], max_new_tokens: int, batch_siz
                         break
                     res = hf.model(input_ids=nxt[:, None], **kv_cache_kwargs(hf.model, cache), use_cache=True)
                     cache = kv_cache_of(res, toks.shape[1] + step + 1)
-                    nxt = _unembed(model, res.last_hidden_state[:, -1]).argmax(-1)
+                    nxt = unembed(model, res.last_hidden_state[:, -1]).argmax(-1)
     return [model.tokenizer.decode(o) for o in out]
 
 
 def _use_cache(model, cache: bool | str) -> bool:
     if cache == "auto":
-        from .editing import has_position_hooks
-
         return not has_position_hooks(model)
     return bool(cache)
 
@@ -328,7 +326,7 @@ def _shared_prefix_logprobs(
 
     def score_rows(hidden_rows, rows_meta):
         for h, (g, k, o, start, opt) in zip(hidden_rows, rows_meta):
-            lp = _unembed(model, h[start - 1 : start - 1 + len(opt)]).float().log_softmax(-1)
+            lp = unembed(model, h[start - 1 : start - 1 + len(opt)]).float().log_softmax(-1)
             tgt = torch.tensor(opt, device=lp.device)
             result[g][k][0][o] = lp.gather(-1, tgt[:, None]).sum().item()
 
@@ -366,7 +364,7 @@ def _shared_prefix_logprobs(
                 toks = torch.full((len(chunk), width), pad, dtype=torch.long)
                 for b, r in enumerate(chunk):
                     toks[b, : len(r[3])] = torch.tensor(r[3])
-                hid = _final_hidden(model, toks.to(device))
+                hid = final_hidden(model, toks.to(device))
                 score_rows(hid, [(r[0], r[1], r[2], r[4], r[5]) for r in chunk])
     return result
 
@@ -538,10 +536,10 @@ def perplexity_task(model, texts: Sequence[str] | None = None, seed: int = 0, *,
             for b, i in enumerate(idx):
                 toks[b, : len(rows[i])] = torch.tensor(rows[i])
             toks = toks.to(device)
-            hid = _final_hidden(model, toks)
+            hid = final_hidden(model, toks)
             for b, i in enumerate(idx):
                 n = len(rows[i])
-                lp = _unembed(model, hid[b, first - 1 : n - 1]).float().log_softmax(-1)
+                lp = unembed(model, hid[b, first - 1 : n - 1]).float().log_softmax(-1)
                 nll[i] = -lp.gather(-1, toks[b, first:n, None]).sum().item()
     records = pd.DataFrame({"text": texts, "n_tokens": count.astype(int), "nll": nll})
     records["ppl"] = np.exp(records["nll"] / records["n_tokens"])

@@ -22,6 +22,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .commonwords import GENDER_TARGETS, TARGETS, word_variants
+from .editing import mask_neurons
+from .errors import TokenizationError
+from .metrics import bbq_scores, icat, relative_bias_reduction, winogender_entropy_difference
+from .models import encode, single_token_id
+from .neurons import NeuronId
+from .reference import ffn_log_prob_increase
+
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -80,16 +88,12 @@ def check_bias_score(fn: Callable[[float, float], float], tol: float = 1e-9) -> 
 
 def check_icat(fn: Callable[[float, float], float], tol: float = 1e-9) -> CheckResult:
     """``fn(lms, ss)`` must return StereoSet's ICAT = LMS·min(SS, 100−SS)/50."""
-    from .metrics import icat
-
     cases = [(100.0, 50.0), (90.0, 60.0), (80.0, 35.0), (50.0, 100.0), (72.5, 41.0)]
     return _compare_cases("icat", fn, icat, cases, tol)
 
 
 def check_entropy_difference(fn: Callable[[np.ndarray, np.ndarray], float], tol: float = 1e-9) -> CheckResult:
     """``fn(lp_he, lp_she)`` (arrays) must return 1 − mean binary entropy in bits."""
-    from .metrics import winogender_entropy_difference
-
     rng = np.random.default_rng(0)
     cases = [(np.log([0.5, 0.9]), np.log([0.5, 0.1])), (rng.normal(size=7), rng.normal(size=7))]
     for lp_he, lp_she in cases:
@@ -109,8 +113,6 @@ def check_entropy_difference(fn: Callable[[np.ndarray, np.ndarray], float], tol:
 
 def check_neuron_name(fn: Callable[..., str]) -> CheckResult:
     """``fn(kind, layer, index_or_head, dim=None, position=None)`` must format paper-style names."""
-    from .neurons import NeuronId
-
     cases = [(("ffn", 2, 7003), {}, NeuronId("ffn", layer=2, index=7003)),
              (("attn", 18, 7), {"dim": 40, "position": 0}, NeuronId("attn", layer=18, head=7, dim=40, position=0))]
     for args, kwargs, ref in cases:
@@ -135,7 +137,7 @@ def check_start_position(fn: Callable[[str], int]) -> CheckResult:
 
 
 def check_log_prob_increase(
-    fn: Callable[..., float], model, *, prompt: str = "The nurse is a", target: str = " woman",
+    fn: Callable[..., float], model, *, prompt: str = "The nurse is a", target: str = GENDER_TARGETS[1],
     neuron: str = "ffnL20N100", tol: float = 1e-4,
 ) -> CheckResult:
     """``fn(model, prompt, target, layer, index)`` must return the FFN neuron's log-probability increase.
@@ -144,9 +146,6 @@ def check_log_prob_increase(
     at the last position × output row) added to the residual before its FFN layer, read out with
     the final norm scale held fixed.
     """
-    from .neurons import NeuronId
-    from .reference import ffn_log_prob_increase
-
     nid = NeuronId.parse(neuron)
     want = ffn_log_prob_increase(model, prompt, target, nid.layer, nid.index)
     got, err = _call(fn, model, prompt, target, nid.layer, nid.index)
@@ -168,13 +167,10 @@ def check_log_prob_increase(
 def check_single_token(fn: Callable[[Any, str], bool], model) -> CheckResult:
     """``fn(model, text)`` must say whether ``text`` is exactly one token for the model.
 
-    The start token is not part of the text: ``" woman"`` is one token for SmolLM2 even though
-    the encoded prompt ``<start> woman`` has two.
+    The start token is not part of the text: the female target (`` woman``) is one token for
+    SmolLM2 even though the encoded prompt ``<start> woman`` has two.
     """
-    from .errors import TokenizationError
-    from .models import single_token_id
-
-    texts = [" man", " woman", " he", " she", " nurse", " engineer", " saxophone", " turquoise",
+    texts = [*GENDER_TARGETS, *TARGETS["pronoun"], " nurse", " engineer", " saxophone", " turquoise",
              " daydreaming", "woman", " Man"]
 
     def reference(text: str) -> bool:
@@ -197,8 +193,6 @@ def check_single_token(fn: Callable[[Any, str], bool], model) -> CheckResult:
 
 def check_same_word(fn: Callable[[str, str], bool]) -> CheckResult:
     """``fn(word, term)`` must apply chapter 1's overlap rule (case and a final s/es/ies ignored)."""
-    from .commonwords import word_variants
-
     cases = [("nurse", "Nurses"), ("cook", "cooks"), ("baby", "babies"), ("glass", "glasses"),
              ("teacher", "teach"), ("chess", "chess player"), ("red", "Red"), ("bus", "bus"),
              ("kind", "mankind"), ("dance", "dancer")]
@@ -245,10 +239,6 @@ def check_masked_logits(fn: Callable[..., Any], model, *, prompt: str = "3+5=",
     those FFN neurons zeroed at every position, and leave the model unchanged afterwards."""
     import torch
 
-    from .editing import mask_neurons
-    from .models import encode
-    from .neurons import NeuronId
-
     ids = [NeuronId.parse(n) for n in neurons]
     tokens = encode(model, prompt).tokens
     with torch.inference_mode():
@@ -284,8 +274,6 @@ def check_masked_logits(fn: Callable[..., Any], model, *, prompt: str = "3+5=",
 
 def check_relative_reduction(fn: Callable[..., float], tol: float = 1e-9) -> CheckResult:
     """``fn(before, after, ideal)`` must return ``1 - |after - ideal| / |before - ideal|``."""
-    from .metrics import relative_bias_reduction
-
     cases = [(0.8, 0.4, 0.0), (0.8, 1.0, 0.0), (-0.6, 0.3, 0.0), (62.0, 56.0, 50.0), (40.0, 55.0, 50.0)]
     return _compare_cases("relative_reduction", fn, relative_bias_reduction, cases, tol)
 
@@ -331,8 +319,6 @@ def check_kv_group(fn: Callable[..., Any]) -> CheckResult:
 def check_bbq_bias_scores(fn: Callable[..., tuple[float, float]], tol: float = 1e-9) -> CheckResult:
     """``fn(pred, label, unknown, target, polarity, condition)`` (arrays) must return
     ``(s_DIS, s_AMB)`` of Parrish et al. (2022)."""
-    from .metrics import bbq_scores
-
     # 6 disambiguated and 6 ambiguous hand-made items (answers 0..2)
     pred = np.array([0, 1, 2, 2, 1, 0, 2, 0, 1, 0, 1, 0])
     label = np.array([0, 1, 0, 2, 1, 0, 2, 2, 2, 2, 2, 2])

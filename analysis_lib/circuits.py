@@ -3,8 +3,8 @@
 The attribution itself (exact log-probability increases, certified dataset top-k, query
 scores) is :mod:`analysis_lib.attribution`. This module adds what the chapter needs around it:
 
-* :func:`biased_targets`: per prompt, the *biased* token, the more probable of ``" man"`` and
-  ``" woman"`` (method_spec §6 A1).
+* :func:`biased_targets`: per prompt, the *biased* token, the more probable of the two
+  :data:`analysis_lib.commonwords.GENDER_TARGETS` (method_spec §6 A1).
 * :func:`neuron_scores`: exact per-prompt scores of a *given* list of neurons, split by the
   position category of the source token (start / word / last / other). The engine only keeps
   dataset sums of its top-k; per-prompt values are what bootstrap intervals over prompts and
@@ -53,28 +53,17 @@ from .attribution import (
     torch_threads,
     word_positions,
 )
+from .benchmarks import prompt_bias
+from .commonwords import FEMALE_WORDS, GENDER_TARGETS, MALE_WORDS
 from .errors import StudyError
-from .metrics import bootstrap_ci
-from .neurons import NeuronId, arch, final_norm_gain, output_vector, unembed
+from .metrics import BootstrapResult, bootstrap_ci
+from .models import single_token_id
+from .neurons import NeuronId, arch, final_norm_gain, layer_weights, output_vector, unembed
+from .plots import MIN_FONT_PT
 
-MALE, FEMALE = " man", " woman"
-
-#: Words counted as gendered in a neuron's top/last tokens (lower-cased, stripped tokens).
-FEMALE_WORDS = frozenset(
-    "she her hers herself woman women womens girl girls gal gals female females feminine femin "
-    "lady ladies mother mothers mom moms mum mums mommy mama daughter daughters sister sisters "
-    "wife wives actress actresses queen queens princess aunt aunts niece nieces grandmother "
-    "grandma bride girlfriend girlfriends madam mrs ms heroine waitress goddess hostess "
-    "businesswoman chairwoman spokeswoman maternal motherhood womanhood sisterhood widow "
-    "housewife stepmother granddaughter".split()
-)
-MALE_WORDS = frozenset(
-    "he him his himself man men mens boy boys guy guys male males masculine gentleman gentlemen "
-    "father fathers dad dads daddy papa son sons brother brothers husband husbands king kings "
-    "prince uncle uncles nephew nephews grandfather grandpa groom boyfriend boyfriends mr sir "
-    "lad lads businessman chairman spokesman paternal fatherhood manhood brotherhood widower "
-    "stepfather grandson bro".split()
-)
+#: The noun pair of b(w) (:data:`analysis_lib.commonwords.GENDER_TARGETS`); the gendered word
+#: lists FEMALE_WORDS / MALE_WORDS are imported from there too.
+MALE, FEMALE = GENDER_TARGETS
 
 
 def token_gender(token: str) -> str | None:
@@ -91,17 +80,15 @@ def token_gender(token: str) -> str | None:
 
 
 def biased_targets(model, prompts: Sequence[str], *, batch_size: int = 64) -> pd.DataFrame:
-    """Per prompt, the biased token: the more probable of ``" man"`` / ``" woman"`` (§6 A1).
+    """Per prompt, the biased token: the more probable of ``MALE`` / ``FEMALE`` (§6 A1).
 
     Returns:
         A frame with ``lp_man``, ``lp_woman``, ``bias`` (= lp_man - lp_woman, > 0 male-leaning)
-        and ``target`` (``" man"`` or ``" woman"``), one row per prompt in order.
+        and ``target`` (``MALE`` or ``FEMALE``), one row per prompt in order.
     """
-    from .scoring import target_logprobs
-
-    lp = target_logprobs(model, list(prompts), [MALE, FEMALE], batch_size=batch_size).double().numpy()
+    lp, b = prompt_bias(model, list(prompts), batch_size=batch_size)  # the targets (MALE, FEMALE)
     df = pd.DataFrame({"lp_man": lp[:, 0], "lp_woman": lp[:, 1]})
-    df["bias"] = df.lp_man - df.lp_woman
+    df["bias"] = b
     df["target"] = np.where(df.bias > 0, MALE, FEMALE)
     return df
 
@@ -284,8 +271,6 @@ def _prompt_scores(model, data: PromptData, cats: np.ndarray, units: dict[str, _
 
 def _logodds_rows(model, a, diff: Tensor) -> tuple[Tensor, Tensor]:
     """``<w * g_final, diff>`` for every FFN unit ``[L, d_mlp]`` and attention unit ``[L, H, dh]``."""
-    from .neurons import layer_weights
-
     v = diff * final_norm_gain(model)
     rf, ra = [], []
     for l in range(a.n_layers):
@@ -418,13 +403,11 @@ def neuron_scores(
 def _resolve_token(model, token: Any) -> int:
     if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
         return int(token)
-    from .models import single_token_id
-
     return single_token_id(model, str(token))
 
 
 def other_gender(targets: Sequence[str]) -> list[str]:
-    """The contrast token of each biased token: ``" woman"`` for ``" man"`` and vice versa."""
+    """The contrast token of each biased token: ``FEMALE`` for ``MALE`` and vice versa."""
     return [FEMALE if t == MALE else MALE for t in targets]
 
 
@@ -572,7 +555,7 @@ def projection_table(model, neurons: Sequence["str | NeuronId"], k: int = 10, *,
     """Top and last ``k`` tokens of many neurons' output vectors read through ``g_final * W_U``.
 
     The same readout as :func:`analysis_lib.attribution.vocab_projection`, batched. Gendered
-    tokens are those of :data:`FEMALE_WORDS` / :data:`MALE_WORDS`.
+    tokens are those of :data:`analysis_lib.commonwords.FEMALE_WORDS` / ``MALE_WORDS``.
 
     Returns:
         One row per neuron: ``id``, ``top_tokens``, ``last_tokens`` (lists of strings, most
@@ -704,8 +687,6 @@ def plot_path(ax, path: CircuitPath, n_labels: int = 2, min_edge: float = 0.05, 
     figure's layout is fixed (``tight_layout``) before the labels are placed, and the x axis
     spans ``n_layers`` layers when given.
     """
-    from .plots import MIN_FONT_PT
-
     import seaborn as sns
 
     pal = sns.color_palette("colorblind")
@@ -822,8 +803,6 @@ def shared_frequency_summary(lists: Sequence[Sequence["str | NeuronId"]], K: int
     w = np.zeros((n_boot, n), dtype=np.float32)
     np.add.at(w, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
     reps = stats(w)
-    from .metrics import BootstrapResult
-
     def res(j):
         lo, hi = np.quantile(reps[:, j], [0.025, 0.975])
         return BootstrapResult(estimate=float(est[j]), low=float(lo), high=float(hi), n=n, n_boot=n_boot, samples=reps[:, j])
@@ -981,9 +960,6 @@ def static_gender_neurons(model, n: int = 12, *, female: str = FEMALE, male: str
         The ``n`` neurons with the largest ``|gender_z|``: ``id``, ``layer``, ``gender_z`` and
         the :func:`projection_table` columns (``k`` tokens per side).
     """
-    from .models import single_token_id
-    from .neurons import layer_weights
-
     a = arch(model)
     W, _ = unembed(model)
     g = final_norm_gain(model)

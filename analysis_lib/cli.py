@@ -160,10 +160,10 @@ def _cmd_models(args) -> int:
 
 def _check_model_name(name: str | None) -> None:
     """Refuse an unknown short model name before anything loads (hub ids and folders pass)."""
-    from .models import BUILTIN_MODELS, _unknown_model_message
+    from .models import BUILTIN_MODELS, unknown_model_message
 
     if name and name not in BUILTIN_MODELS and "/" not in name and not Path(name).is_dir():
-        raise UnknownModelError(_unknown_model_message(name))
+        raise UnknownModelError(unknown_model_message(name))
 
 
 def _cmd_attribute(args) -> int:
@@ -210,9 +210,9 @@ def _cmd_neuron(args) -> int:
 
 def _cmd_edit(args) -> int:
     from .editing import load_edit
-    from .neuron_editing import _parse_tasks, edit_command, edit_text
+    from .neuron_editing import parse_tasks, edit_command, edit_text
 
-    _parse_tasks(args.eval)  # the tasks, then the file (format, ids, at least one neuron): before the model loads
+    parse_tasks(args.eval)  # the tasks, then the file (format, ids, at least one neuron): before the model loads
     load_edit(args.edit)
     _check_model_name(args.model)
     # "edit": load the model with the edit's own start token; else the user's --start-token

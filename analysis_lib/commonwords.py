@@ -42,6 +42,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .data import data_dir as project_data_dir
 from .errors import DataDirError, StudyError
 from .models import single_token_id, token_ids
 
@@ -59,8 +60,31 @@ WORDS_PER_CATEGORY = 100
 #: Share of each category's words that go to the test split.
 TEST_FRACTION = 0.2
 
-#: Target pairs ``(male, female)``: the paper's noun pair and the pronoun robustness check.
-TARGETS: dict[str, tuple[str, str]] = {"noun": (" man", " woman"), "pronoun": (" he", " she")}
+#: The gender targets ``(male, female)`` of ``b(w) = log p(male) - log p(female)``: the paper's
+#: noun pair, the one place the study spells it (every module imports it from here).
+GENDER_TARGETS: tuple[str, str] = (" man", " woman")
+
+#: Target pairs ``(male, female)`` per prompt kind: the paper's noun pair
+#: (:data:`GENDER_TARGETS`) and the pronoun robustness check.
+TARGETS: dict[str, tuple[str, str]] = {"noun": GENDER_TARGETS, "pronoun": (" he", " she")}
+
+#: Words counted as gendered in a neuron's top/last tokens (lower-cased, stripped tokens;
+#: :func:`analysis_lib.circuits.token_gender`).
+FEMALE_WORDS = frozenset(
+    "she her hers herself woman women womens girl girls gal gals female females feminine femin "
+    "lady ladies mother mothers mom moms mum mums mommy mama daughter daughters sister sisters "
+    "wife wives actress actresses queen queens princess aunt aunts niece nieces grandmother "
+    "grandma bride girlfriend girlfriends madam mrs ms heroine waitress goddess hostess "
+    "businesswoman chairwoman spokeswoman maternal motherhood womanhood sisterhood widow "
+    "housewife stepmother granddaughter".split()
+)
+MALE_WORDS = frozenset(
+    "he him his himself man men mens boy boys guy guys male males masculine gentleman gentlemen "
+    "father fathers dad dads daddy papa son sons brother brothers husband husbands king kings "
+    "prince uncle uncles nephew nephews grandfather grandpa groom boyfriend boyfriends mr sir "
+    "lad lads businessman chairman spokesman paternal fatherhood manhood brotherhood widower "
+    "stepfather grandson bro".split()
+)
 
 #: The prompt templates per category; ``"noun"`` prompts continue with " man"/" woman",
 #: ``"pronoun"`` prompts with " he"/" she". ``{word}`` is always preceded by a space and
@@ -402,8 +426,6 @@ def _data_root(data_dir: str | os.PathLike | None) -> Path:
     if data_dir is not None:
         root: Path | None = Path(data_dir)
     else:
-        from .data import data_dir as project_data_dir
-
         root = project_data_dir()
     if root is None:
         raise DataDirError(

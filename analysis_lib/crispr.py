@@ -80,9 +80,16 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .benchmarks import bias_suite
+from .capability import capability_delta, capability_suite
+from .data import load_bbq
+from .editing import mask_neurons
 from .errors import StudyError
+from .metrics import bbq_metric, bbq_scores, bootstrap_ci, paired_bootstrap_diff
 from .models import check_finite, token_ids
-from .neurons import NeuronId
+from .neuron_editing import general_neurons
+from .neurons import NeuronId, unwrap
+from .scoring import unembed
 
 __all__ = [
     "answer_shift",
@@ -198,8 +205,6 @@ def load_items(category: str) -> pd.DataFrame:
     Gender_identity) are dropped, since their bias direction is undefined (as in
     :func:`analysis_lib.benchmarks.bbq_eval`).
     """
-    from .data import load_bbq
-
     frame = load_bbq(category).to_pandas()[_ITEM_COLUMNS].copy()
     frame = frame[(frame["target_label"] >= 0) & (frame["unknown_label"] >= 0)]
     frame["label"] = frame["label"].astype(int)
@@ -312,8 +317,6 @@ def _option_logprobs(model, packed: _Packed, *, with_end: bool = False):
     the option's last position; no extra token enters the sequence, so the option scores and
     the attribution are unchanged).
     """
-    from .scoring import _unembed
-
     hf = model.original_model
     hidden = hf.model(
         input_ids=packed.tokens, attention_mask=packed.mask, position_ids=packed.positions, use_cache=False
@@ -327,7 +330,7 @@ def _option_logprobs(model, packed: _Packed, *, with_end: bool = False):
         if with_end:
             # the position of each option's last token predicts what follows the option
             at += [_first_option_position(packed, b, j) + len(toks) - 1 for j, (_, toks) in enumerate(rd)]
-        logits = _unembed(model, hidden[b, at])
+        logits = unembed(model, hidden[b, at])
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         lp = logits.log_softmax(-1)
@@ -597,8 +600,6 @@ class _Frozen:
         self.handle = None
 
     def __enter__(self):
-        from .neurons import unwrap
-
         for p in self.model.original_model.parameters():
             self.flags.append((p, p.requires_grad))
             p.requires_grad_(False)
@@ -816,8 +817,6 @@ def evaluate(
     batch_size: int = 16,
 ) -> OptionScores:
     """Score ``items`` under every instruction with ``neurons`` pruned (none: the original model)."""
-    from .editing import mask_neurons
-
     if not neurons:
         return score_items(model, items, instructions, batch_size=batch_size)
     with mask_neurons(model, list(neurons)):
@@ -877,8 +876,6 @@ def summarize(scores: OptionScores, *, scoring: str = "summed", n_boot: int = 10
     metrics are :class:`~analysis_lib.metrics.BootstrapResult` s from a cluster bootstrap over
     items (an item's answers under the ten instructions stay together).
     """
-    from .metrics import bbq_metric, bbq_scores, bootstrap_ci
-
     scoring = check_scoring(scoring)
     acc = scores.accuracy(scoring)
     out: dict[str, Any] = {
@@ -976,8 +973,6 @@ def answer_shift(before: Mapping[str, Any], after: Mapping[str, Any], d_sdis: An
 
 def general_neuron_ids(model_name: str) -> list[str]:
     """Chapter 4's general neurons of ``model_name`` (empty when chapter 4 has not run on it)."""
-    from .neuron_editing import general_neurons
-
     try:
         return list(general_neurons(None, model_name=model_name)[0])
     except StudyError:
@@ -992,8 +987,6 @@ def general_overlap(neurons: Sequence[Any], model_name: str) -> tuple[list[str],
         ``(shared ids, text)``; ``([], text)`` naming the missing results when chapter 4 has
         not run on ``model_name``.
     """
-    from .neuron_editing import general_neurons
-
     try:
         general, _ = general_neurons(None, model_name=model_name)
     except StudyError:
@@ -1010,8 +1003,6 @@ def general_overlap(neurons: Sequence[Any], model_name: str) -> tuple[list[str],
 def paired_change(after: OptionScores, before: OptionScores, metric: str = "accuracy", *, scoring: str = "summed",
                   n_boot: int = 1000, seed: int = 0):
     """Paired cluster-bootstrap interval of ``metric(after) − metric(before)`` on the same items."""
-    from .metrics import bbq_metric, paired_bootstrap_diff
-
     if list(after.items["example_id"]) != list(before.items["example_id"]) or after.instructions != before.instructions:
         raise StudyError("A paired change needs both conditions scored on the same items and instructions.")
     a, b = pooled_answers(after, scoring), pooled_answers(before, scoring)
@@ -1237,8 +1228,6 @@ def compare_edits(
         None, "overlap": {pair: overlap dict}, "layers": layer-count table}`` (tables have a
         ``condition`` column).
     """
-    from .editing import mask_neurons
-
     conds: dict[str, Sequence[Any]] = {"original": [], **{k: list(v) for k, v in edits.items()}}
     res = evaluate_conditions(model, items, conds, instructions, batch_size=batch_size, cache=cache)
     bbq = summary_table(res, scoring=scoring, n_boot=n_boot, seed=seed)
@@ -1248,16 +1237,12 @@ def compare_edits(
         ctx = mask_neurons(model, list(neurons)) if neurons else nullcontext()
         with ctx:
             if bias_profile is not None:
-                from .benchmarks import bias_suite
-
                 t = bias_suite(model, bias_profile, seed=seed)
                 t.insert(0, "condition", name)
                 bias_rows.append(t)
             if capability_profile is not None:
                 key = (_key(neurons), repr(capability_profile), seed)
                 if key not in capability_cache:
-                    from .capability import capability_suite
-
                     capability_cache[key] = capability_suite(model, capability_profile, seed)
                 t = capability_cache[key].copy()
                 t.insert(0, "condition", name)
@@ -1284,9 +1269,6 @@ def capability_before_after(
 
     ``capability_cache`` (a dict) receives both summary tables for :func:`compare_edits`.
     """
-    from .capability import capability_delta, capability_suite
-    from .editing import mask_neurons
-
     before, rec_b = capability_suite(model, profile, seed, return_records=True)
     with mask_neurons(model, list(neurons)):
         after, rec_a = capability_suite(model, profile, seed, return_records=True)

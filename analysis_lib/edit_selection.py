@@ -4,7 +4,7 @@ Paper 1's third step masks the candidates and keeps "the final 50 neurons" whose
 reduces bias without harming other tasks. Read one way, each candidate is judged **alone**
 and the best 50 are then masked **together**; read the other way, the 50 are judged **as a
 set**. The two differ whenever the neurons' effects add up: most CommonWords words lean male,
-so any neuron that shifts every ``b(w)`` towards " woman" lowers mean ``|b|`` on its own, and
+so any neuron that shifts every ``b(w)`` towards the female target lowers mean ``|b|`` on its own, and
 fifty such shifts push the words past zero into a female lean. The strategies, one interface
 (``strategy(scorer, ranking, k_max=..., guard_tol=...) -> Selection``):
 
@@ -46,12 +46,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .commonwords import TARGETS as COMMONWORDS_TARGETS
+from .benchmarks import prompt_bias
+from .capability import perplexity_task
+from .commonwords import GENDER_TARGETS
 from .editing import edit_column, edit_module, has_position_hooks, mask_neurons
 from .errors import ParameterError
 from .models import encode, single_token_id, token_ids
 from .neurons import NeuronId, arch
-from .scoring import _unembed
+from .scoring import continuation_logprobs, unembed
 
 __all__ = [
     "STRATEGIES",
@@ -74,8 +76,8 @@ __all__ = [
 #: The strategies in the order the chapter presents them (the paper's one-shot reading first).
 STRATEGIES = ("one_shot", "joint_greedy", "sign_aware")
 
-#: b(w) = log p(" man") - log p(" woman"), as everywhere in the study.
-TARGETS = tuple(COMMONWORDS_TARGETS["noun"])
+#: b(w) = log p(male) - log p(female) of :data:`analysis_lib.commonwords.GENDER_TARGETS`, as everywhere in the study.
+TARGETS = GENDER_TARGETS
 
 #: Rows (set x prompt, or set x paragraph) per batched forward pass: big enough to amortise the
 #: per-call overhead on a CPU, small enough that the activations of one pass stay < ~0.5 GB.
@@ -335,18 +337,17 @@ class SetScorer:
                             hid = self._bias.forward(g, start, len(chunk))
                             last = torch.as_tensor(self._bias.batches[g][1], device=hid.device).repeat(len(chunk)) - 1
                             hid = hid[torch.arange(hid.shape[0], device=hid.device), last]
-                            lp = _unembed(self.model, hid).float().log_softmax(-1)[:, self.ids]
+                            lp = unembed(self.model, hid).float().log_softmax(-1)[:, self.ids]
+                        # b of the row-masked batch (not benchmarks.prompt_bias: checked against it, CHECK_TOL)
                         b = (lp[:, 0] - lp[:, 1]).double().cpu().numpy().reshape(len(chunk), len(idx))
                         out[np.ix_(rows, idx)] = b
         return out
 
     def _slow_bias(self, extra: Sequence[NeuronId]) -> np.ndarray:
         """Full batched passes with the weights edited (the path of analysis_lib.scoring)."""
-        from .scoring import target_logprobs
-
         with mask_neurons(self.model, self.base + [str(n) for n in extra]):
-            lp = target_logprobs(self.model, self.prompts, list(TARGETS)).double().numpy()
-        return lp[:, 0] - lp[:, 1]
+            _, b = prompt_bias(self.model, self.prompts)  # b of TARGETS
+        return b
 
     def _nll(self, stream: "_SequenceStream", extra: Sequence[NeuronId]) -> float:
         """Summed NLL of the stream's scored tokens with base + ``extra`` masked (batched path)."""
@@ -357,7 +358,7 @@ class SetScorer:
                 with _row_masks(self.model, [list(extra)], len(lengths)), torch.inference_mode():
                     hid = stream.forward(b, self._start([list(extra)]), 1)
                     for r, (n, s) in enumerate(zip(lengths, stream.starts[b])):
-                        lp = _unembed(self.model, hid[r, s - 1 : n - 1]).float().log_softmax(-1)
+                        lp = unembed(self.model, hid[r, s - 1 : n - 1]).float().log_softmax(-1)
                         total += -lp.gather(-1, toks[r, s:n, None]).sum().item()
         return total
 
@@ -365,8 +366,6 @@ class SetScorer:
         if self._guard is None:
             raise ParameterError("This scorer has no guard paragraphs to measure perplexity on.")
         if not self.fast:
-            from .capability import perplexity_task
-
             with mask_neurons(self.model, self.base + [str(n) for n in extra]):
                 rec = perplexity_task(self.model, self.guard_texts).records
             return float(np.exp(rec["nll"].sum() / rec["n_tokens"].sum()))
@@ -376,8 +375,6 @@ class SetScorer:
         if self._task is None:
             raise ParameterError("This scorer has no task items to measure answer perplexity on.")
         if not self.fast:
-            from .scoring import continuation_logprobs
-
             with mask_neurons(self.model, self.base + [str(n) for n in extra]):
                 lp, n = continuation_logprobs(self.model, *zip(*self.task_items))
             return float(np.exp(-lp.sum() / n.sum()))
@@ -437,7 +434,7 @@ def single_effects(scorer: Scorer, neurons: Sequence[str]) -> tuple[pd.DataFrame
         ``(table, B)``: ``B[i]`` is ``b`` per prompt with neuron ``i`` masked; ``table`` has per
         neuron ``effect`` (drop of mean |b|; > 0 = less bias), ``effect_male`` and
         ``effect_female`` (the same drop over the words leaning male, ``b0 > 0``, and female,
-        ``b0 < 0``, only), ``shift`` (change of the mean signed b; < 0 = towards " woman") and
+        ``b0 < 0``, only), ``shift`` (change of the mean signed b; < 0 = towards the female target) and
         ``mean_abs_b`` (masked).
     """
     scorer.commit([])

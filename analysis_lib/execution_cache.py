@@ -64,6 +64,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from .errors import StudyError
+
 #: the folder of the store, inside the book folder (``book/.execution_cache``)
 CACHE_DIRNAME = ".execution_cache"
 #: bump when the key's recipe or the entry layout changes: every old entry then misses
@@ -154,7 +156,7 @@ def package_digest(package_dir: Path | None = None) -> str:
 
 def data_digest() -> str:
     """The data folder's ``SHA256SUMS`` (``"none: hub"`` without a local data folder)."""
-    from . import data
+    from . import data  # local: keeps datasets out of the CLI's start-up (cli -> pipeline -> here)
 
     root = data.data_dir()
     if root is None:
@@ -165,9 +167,7 @@ def data_digest() -> str:
 
 def builtin_models_digest() -> dict[str, str]:
     """The GGUF sha256 of every built-in model (a chapter may load any of them)."""
-    from . import models
-    from .errors import StudyError
-
+    from . import models  # local: keeps torch out of the CLI's start-up (cli -> pipeline -> here)
     out = {}
     for name in models.BUILTIN_MODELS:
         try:
@@ -237,7 +237,7 @@ def upstream_files(chapter: str, book_chapters: Iterable[str], log: dict[str, An
 
 def chapter_inputs(nb, params: dict[str, Any], environment: dict[str, str], upstream: dict[str, str]) -> dict[str, str]:
     """Every component of a chapter's key (see the module docstring), each a digest."""
-    from .models import BUILTIN_MODELS
+    from .models import BUILTIN_MODELS  # local: keeps torch out of the CLI's start-up
 
     model = str(params.get("model", ""))
     inputs = dict(environment)

@@ -21,7 +21,7 @@ does; the caller's model is only read, never written):
 
 **The objective** (both functions), for training prompts ``w`` and neutral texts ``x``::
 
-    loss = mean_w (log p(" man" | w) - log p(" woman" | w))^2
+    loss = mean_w (log p(man | w) - log p(woman | w))^2
            + beta * mean_{tokens t of x} KL(p_orig(. | x_<t) || p_tuned(. | x_<t))
 
 The first term is method_spec §4 (2)'s balanced objective on the *training* words only; the
@@ -54,10 +54,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .commonwords import GENDER_TARGETS
 from .editing import has_position_hooks, resolve_neurons
 from .errors import EditError, ParameterError
-from .models import encode, single_token_id
+from .models import Encoded, encode, single_token_id
 from .neurons import arch, clear_model_cache, hf_layer, hf_model, unwrap
+from .scoring import unembed
 
 __all__ = [
     "LORA_MODULES",
@@ -68,7 +70,8 @@ __all__ = [
     "neuron_masks",
 ]
 
-TARGETS = (" man", " woman")
+#: The targets of b (:data:`analysis_lib.commonwords.GENDER_TARGETS`).
+TARGETS = GENDER_TARGETS
 
 #: The projections LoRA adapts, per layer (attention, then MLP), as in most LoRA recipes for Llama.
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -102,24 +105,18 @@ class FinetuneResult:
 # ----------------------------------------------------------------------------- forward passes
 
 
-def _unembed(model: Any, hidden: torch.Tensor) -> torch.Tensor:
-    from .scoring import _unembed as unembed
-
-    return unembed(model, hidden)
-
-
 def _bias_values(model: Any, enc, ids: Sequence[int]) -> torch.Tensor:
-    """``b = log p(" man") - log p(" woman")`` at the last real position (differentiable)."""
+    """``b = log p(man) - log p(woman)`` (:data:`TARGETS`) at the last real position (differentiable)."""
     hidden = hf_model(model).model(input_ids=enc.tokens, use_cache=False).last_hidden_state
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), enc.last_index]
-    lp = _unembed(model, last).float().log_softmax(-1)[:, list(ids)]
+    lp = unembed(model, last).float().log_softmax(-1)[:, list(ids)]
     return lp[:, 0] - lp[:, 1]
 
 
 def _text_logprobs(model: Any, enc) -> torch.Tensor:
     """Log-probabilities ``[batch, pos - 1, vocab]`` of the next token at every position but the last."""
     hidden = hf_model(model).model(input_ids=enc.tokens, use_cache=False).last_hidden_state
-    return _unembed(model, hidden[:, :-1]).float().log_softmax(-1)
+    return unembed(model, hidden[:, :-1]).float().log_softmax(-1)
 
 
 def _kl_mask(enc) -> torch.Tensor:
@@ -139,8 +136,6 @@ def _encode_texts(model: Any, texts: Sequence[str], max_tokens: int):
 
 def _rows(enc, idx: torch.Tensor):
     """The rows ``idx`` of an encoded batch, trimmed to their longest row."""
-    from .models import Encoded
-
     lengths = enc.lengths[idx]
     width = int(lengths.max())
     return Encoded(enc.tokens[idx, :width], lengths, enc.pad_id)

@@ -46,13 +46,15 @@ import pandas as pd
 import torch
 
 from . import attribution as A
-from .capability import DEFAULT_SHOTS, capability_delta, capability_suite
+from . import benchmarks
+from .capability import CHANCE, DEFAULT_SHOTS, capability_delta, capability_suite
+from .commonwords import GENDER_TARGETS, load_commonwords, to_frame
 from .data import arithmetic_problems, load_race
 from .editing import mask_neurons
 from .errors import StudyError
-from .metrics import bootstrap_ci
-from .models import token_ids
-from .neurons import NeuronId, arch, as_neuron
+from .metrics import bootstrap_ci, paired_bootstrap_diff
+from .models import load_model, token_ids
+from .neurons import NeuronId, arch, as_neuron, hf_layer, hf_model, unwrap
 
 __all__ = [
     "PROBE_SETS",
@@ -116,8 +118,8 @@ def probe_prompts(
     """The prompts the general-neuron scan runs on, with their targets.
 
     * ``commonwords``: a seeded sample of the training words, spread over the five categories;
-      noun prompt ("The nurse is a"); target = the stereotyped token (the more probable of
-      " man" / " woman" for this model, method_spec §6 A1).
+      noun prompt ("The nurse is a"); target = the stereotyped token (the more probable of the
+      two :data:`analysis_lib.commonwords.GENDER_TARGETS` for this model, method_spec §6 A1).
     * ``arithmetic``: ``shots``-shot one-digit sums as in :func:`analysis_lib.capability.arithmetic_task`;
       target = the first token of the correct answer.
     * ``race``: RACE-middle questions from distinct passages, the article cut to its first
@@ -132,9 +134,6 @@ def probe_prompts(
         DataFrame ``set, prompt, target`` (token string), ``target_id``, ``word`` (CommonWords
         only, else ``None``).
     """
-    from .benchmarks import commonwords_bias as _cw_bias
-    from .commonwords import load_commonwords, to_frame
-
     rows: list[dict[str, Any]] = []
     rng = np.random.default_rng([int(seed), 4])
     if n_commonwords:
@@ -157,9 +156,9 @@ def probe_prompts(
         else:
             bias = None
         if bias is None:
-            bias = _cw_bias(model, sample)["b"].to_numpy()
+            bias = benchmarks.commonwords_bias(model, sample)["b"].to_numpy()
         for (_, r), bb in zip(sample.iterrows(), np.asarray(bias, dtype=float)):
-            tgt = " man" if bb > 0 else " woman"
+            tgt = GENDER_TARGETS[0] if bb > 0 else GENDER_TARGETS[1]
             rows.append({"set": "commonwords", "prompt": r["prompt"], "target": tgt,
                          "target_id": _first_token(model, tgt), "word": r["word"]})
     if n_arithmetic:
@@ -481,8 +480,6 @@ def start_residual(model, prompts: Sequence[str]) -> dict[str, np.ndarray]:
         positions of each prompt), ``resid_start`` ``[L + 1, d_model]`` and ``m_start``
         ``[L, d_mlp]`` (FFN coefficients at position 0), from the first prompt.
     """
-    from .neurons import hf_layer, hf_model, unwrap
-
     hf = hf_model(model)
     L = arch(model).n_layers
     prefix = [model.start_token_id] if model.start_token_id is not None else []
@@ -589,8 +586,6 @@ def sink_writers(model, res: Mapping[str, np.ndarray], sink: Mapping[str, Any], 
         Columns ``id``, ``layer``, ``m_start``, ``write``, ``share`` (of the summed positive write),
         ``writer`` (True for the chosen ones), the top ``max_writers`` rows.
     """
-    from .neurons import hf_layer, unwrap
-
     u = np.asarray(res["resid_start"][int(sink["last_block"]) + 1], dtype=np.float64)
     u = u / np.linalg.norm(u)
     rows = []
@@ -771,8 +766,6 @@ def run_conditions(
     """
     from tqdm.auto import tqdm
 
-    from .benchmarks import commonwords_bias
-
     kinds = dict(kinds or {})
     tasks = [t for t, n in sizes.items() if n != 0]
     run_sizes = {t: sizes[t] for t in tasks}
@@ -782,7 +775,7 @@ def run_conditions(
         with mask_neurons(model, list(neurons)):
             table, recs = capability_suite(model, run_sizes, seed, tasks=tasks, return_records=True)
             if commonwords is not None:
-                cw = commonwords_bias(model, commonwords)
+                cw = benchmarks.commonwords_bias(model, commonwords)
                 recs["commonwords"] = cw
                 table = pd.concat([table, pd.DataFrame(_cw_rows(cw, seed))], ignore_index=True)
         table.insert(0, "condition", name)
@@ -830,8 +823,6 @@ def bias_wide(table: pd.DataFrame, conditions: Sequence[str]) -> pd.DataFrame:
 
 def paired_deltas(records: Mapping[str, Mapping[str, pd.DataFrame]], base: str, others: Sequence[str], seed: int = 0) -> pd.DataFrame:
     """Paired bootstrap differences ``other - base`` per task (capability and CommonWords |b|)."""
-    from .metrics import paired_bootstrap_diff
-
     out = []
     for o in others:
         cap_b = {k: v for k, v in records[base].items() if k != "commonwords"}
@@ -1058,8 +1049,6 @@ def replicate(
         token, whether they are the largest start activations, each task before → after and
         the random range) for a comparison table.
     """
-    from .models import load_model
-
     m = load_model(name, device=device, dtype=dtype)
     try:
         pr = probe_prompts(m, *probes, seed=seed)
@@ -1155,8 +1144,6 @@ def collapse_verdict(vs_random: pd.DataFrame, main: pd.DataFrame | None = None, 
         tasks lose at least ``full`` of their headroom, "partly reproduced" when one loses at
         least ``partial``, else "not reproduced".
     """
-    from .capability import CHANCE
-
     out: dict[str, Any] = {}
     for task, key, chance in (("arithmetic_1digit", "arith", CHANCE["arithmetic"]), ("race", "race", CHANCE["race"])):
         r = vs_random[vs_random.task == task]

@@ -226,8 +226,9 @@ def gender_bias(lp_male: Any, lp_female: Any) -> np.ndarray:
     """Per-word gender bias ``b = log p(man) - log p(woman)``.
 
     Args:
-        lp_male: Log-probability of the male continuation (``" man"``) per word.
-        lp_female: Log-probability of the female continuation (``" woman"``) per
+        lp_male: Log-probability of the male continuation (man, the first of
+            :data:`analysis_lib.commonwords.GENDER_TARGETS`) per word.
+        lp_female: Log-probability of the female continuation (woman, the second) per
             word, same order and length.
 
     Returns:

@@ -64,6 +64,7 @@ from .errors import (
     TokenizationError,
     UnknownModelError,
 )
+from .results import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -453,8 +454,6 @@ def _install_cache(name: str, out: Path, target: Path, files: dict[str, Any], ma
     rewritten, atomically), so a process reading them is not disturbed; otherwise the old
     folder is moved aside and the new one renamed into place.
     """
-    from .results import write_atomic
-
     if target.is_dir():
         same = True
         for rel, rec in files.items():
@@ -599,10 +598,11 @@ def load_hf(name: str = DEFAULT_MODEL, *, from_gguf: bool = False, dtype: torch.
 
 def _check_builtin(name: str) -> None:
     if name not in BUILTIN_MODELS:
-        raise UnknownModelError(_unknown_model_message(name))
+        raise UnknownModelError(unknown_model_message(name))
 
 
-def _unknown_model_message(name: str, cause: str | None = None) -> str:
+def unknown_model_message(name: str, cause: str | None = None) -> str:
+    """The error text for a model name that is neither built in nor loadable (the CLI's check too)."""
     known = ", ".join(BUILTIN_MODELS)
     msg = (
         f"Unknown model {name!r}. The built-in offline models are: {known}. "
@@ -672,7 +672,7 @@ def _load_hub(name: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if "/" not in name and not Path(name).is_dir():
-        raise UnknownModelError(_unknown_model_message(name))
+        raise UnknownModelError(unknown_model_message(name))
     _quiet_transformers()
     try:
         tok = AutoTokenizer.from_pretrained(name)
@@ -687,7 +687,7 @@ def _load_hub(name: str, dtype: torch.dtype):
                 f"directory in Hugging Face format, or use a built-in model: {', '.join(BUILTIN_MODELS)}."
             ) from None
         raise UnknownModelError(
-            _unknown_model_message(name, first)
+            unknown_model_message(name, first)
             + " Check the id and your access to it (gated models need `huggingface-cli login`)."
         ) from None
     return hf, tok, name
@@ -793,7 +793,7 @@ def single_token_id(model, text: str) -> int:
 
     Args:
         model: a loaded bridge.
-        text: e.g. ``" woman"`` (mind the leading space).
+        text: e.g. a token of :data:`analysis_lib.commonwords.GENDER_TARGETS` (mind the leading space).
     """
     ids = token_ids(model, text)
     if len(ids) != 1:

@@ -4,7 +4,7 @@ The pipeline, with every choice the paper leaves open stated:
 
 1. **Candidates** (:func:`candidates`). Dataset-level logit-based importance
    (:func:`analysis_lib.attribution.dataset_attribution`) summed over CommonWords *training*
-   words, target per word = the more probable of ``" man"`` / ``" woman"`` under the original
+   words, target per word = the more probable of the two :data:`TARGETS` under the original
    model (method_spec §6 A1). The top ``top_n`` FFN value, attention value and FFN query
    neurons (paper: 50 of each, 150). An FFN unit can rank both as a value and as a query
    neuron; it is then one candidate (kinds joined with ``+``). Attention value neurons are the
@@ -57,13 +57,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import benchmarks as bm
 from . import edit_selection as es
 from . import metrics
 from .attribution import DatasetAttribution, dataset_attribution
+from .benchmarks import bias_suite, commonwords_bias
+from .capability import capability_suite, neutral_texts, perplexity_task
+from .commonwords import load_commonwords, to_frame
 from .editing import apply_edit, load_edit, mask_neurons, save_edit
 from .errors import ParameterError, StudyError
+from .models import load_model
 from .neurons import NeuronId, sample_matched
-from .scoring import target_logprobs
+from .results import results_dir
 
 __all__ = [
     "KINDS",
@@ -85,6 +90,7 @@ __all__ = [
     "replicate",
     "replicate_text",
     "edit_command",
+    "parse_tasks",
 ]
 
 KINDS = ("ffn_value", "attn_value", "ffn_query")
@@ -111,8 +117,6 @@ def subset_words(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
 
 def guard_and_eval_texts(n_guard: int, n_eval: int) -> tuple[list[str], list[str]]:
     """Disjoint neutral paragraphs: the guard uses the last ``n_guard``, evaluation the first ``n_eval``."""
-    from .capability import neutral_texts
-
     texts = neutral_texts()
     if n_guard + n_eval > len(texts):
         raise ParameterError(f"guard_texts + eval_texts = {n_guard + n_eval} > the {len(texts)} neutral paragraphs.")
@@ -120,14 +124,13 @@ def guard_and_eval_texts(n_guard: int, n_eval: int) -> tuple[list[str], list[str
 
 
 def mean_abs_bias(model, prompts: Sequence[str], *, batch_size: int = 64) -> tuple[float, np.ndarray]:
-    """``(mean |b|, b)`` over prompts, ``b = log p(" man") - log p(" woman")``."""
-    lp = target_logprobs(model, list(prompts), list(TARGETS), batch_size=batch_size).double().numpy()
-    b = lp[:, 0] - lp[:, 1]
+    """``(mean |b|, b)`` over prompts, ``b = log p(man) - log p(woman)`` (:data:`TARGETS`)."""
+    _, b = bm.prompt_bias(model, list(prompts), batch_size=batch_size)
     return float(np.abs(b).mean()), b
 
 
 def biased_targets(model, prompts: Sequence[str]) -> list[str]:
-    """Per prompt, the more probable of ``" man"`` / ``" woman"`` (the biased token, §6 A1)."""
+    """Per prompt, the more probable of the two :data:`TARGETS` (the biased token, §6 A1)."""
     _, b = mean_abs_bias(model, prompts)
     return [TARGETS[0] if x > 0 else TARGETS[1] for x in b]
 
@@ -202,8 +205,6 @@ def general_neurons(da: DatasetAttribution | None = None, n: int = 2, *, model_n
     """
     import json
 
-    from .results import results_dir
-
     want = model_name if model_name is not None else getattr(da, "model_name", None)
     for path in sorted(results_dir().glob("04_general_neurons*.json")):
         try:
@@ -263,9 +264,6 @@ def _n_neurons(condition: Any) -> Any:
 
 
 def _condition_items(model, condition: Any, test: pd.DataFrame, eval_texts: Sequence[str]):
-    from .benchmarks import commonwords_bias
-    from .capability import perplexity_task
-
     with condition_model(model, condition) as m:
         it = commonwords_bias(m, test, "noun")
         pp = perplexity_task(m, list(eval_texts)).records if len(eval_texts) else None
@@ -618,9 +616,6 @@ def suite_rows(model, conditions: Mapping[str, Any], *, bias_profile: Any = "qui
     """``bias_suite`` and ``capability_suite`` headline metrics for each condition (long table:
     ``condition, benchmark, metric, estimate, low, high, n, better``). A condition is a neuron
     list or an edited model, as in :func:`evaluate_conditions`."""
-    from .benchmarks import bias_suite
-    from .capability import capability_suite
-
     keep = {("commonwords", "mean_abs_b"), ("stereoset", "lms"), ("stereoset", "ss"), ("stereoset", "icat"),
             ("winogender", "entropy_difference"), ("bbq", "s_amb"), ("bbq", "s_dis"), ("bbq", "accuracy"),
             ("winobias", "gap")}
@@ -820,8 +815,6 @@ def replicate(name: str, train: pd.DataFrame, test: pd.DataFrame, guard_texts: S
         ``{"table", "edit", "choice", "general", "general_source", "counts", "seconds"}``;
         ``table`` has a ``model`` column; ``counts`` holds the selection's numbers.
     """
-    from .models import load_model
-
     t0 = time.perf_counter()
     m = load_model(name, device=device, dtype=dtype)
     try:
@@ -893,7 +886,8 @@ def replicate_text(table: pd.DataFrame) -> str:
 EVAL_TASKS = ("commonwords", "stereoset", "winogender", "bbq", "winobias", "arithmetic", "race", "piqa", "perplexity")
 
 
-def _parse_tasks(text: str) -> list[str]:
+def parse_tasks(text: str) -> list[str]:
+    """The ``edit`` subcommand's comma list of :data:`EVAL_TASKS` (checked before a model loads)."""
     tasks = [t.strip().lower() for t in text.split(",") if t.strip()]
     bad = [t for t in tasks if t not in EVAL_TASKS]
     if not tasks or bad:
@@ -902,10 +896,6 @@ def _parse_tasks(text: str) -> list[str]:
 
 
 def _eval_tasks(model, tasks: Sequence[str], profile: str, seed: int) -> list[dict[str, Any]]:
-    from . import benchmarks as bm
-    from . import capability as cap
-    from .commonwords import load_commonwords, to_frame
-
     s = dict(bm.SUITE_PROFILES[profile])
     rows = []
 
@@ -937,7 +927,7 @@ def _eval_tasks(model, tasks: Sequence[str], profile: str, seed: int) -> list[di
         else:
             names = {"arithmetic": ["arithmetic_1digit", "arithmetic_2digit"], "race": ["race"], "piqa": ["piqa"],
                      "perplexity": ["neutral"]}[t]
-            ct = cap.capability_suite(model, profile, seed, tasks=names)
+            ct = capability_suite(model, profile, seed, tasks=names)
             for r in ct.itertuples():
                 rows.append({"task": r.task, "metric": r.metric, "value": float(r.value), "low": float(r.ci_low),
                              "high": float(r.ci_high), "better": "lower" if r.metric == "perplexity" else "higher"})
@@ -954,11 +944,9 @@ def edit_command(model_name: str | None, edit_file: str, tasks_text: str, *, pro
     then applied under it without the start-token check. Raises a :class:`StudyError` subclass
     for every user error.
     """
-    from .models import load_model
-
-    tasks = _parse_tasks(tasks_text)
-    if profile not in ("quick", "full"):
-        raise ParameterError(f"Unknown profile {profile!r}; use quick or full.")
+    tasks = parse_tasks(tasks_text)
+    if profile not in bm.SUITE_PROFILES:  # the suites' presets (profiles.yaml): quick, full
+        raise ParameterError(f"Unknown profile {profile!r}; use {' or '.join(bm.SUITE_PROFILES)}.")
     spec = load_edit(edit_file)
     own = start_token == "edit"
     model = load_model(model_name or spec.model, start_token=spec.start_token if own else start_token)

@@ -27,8 +27,8 @@ from typing import Any, Iterable
 import yaml
 
 from . import errors, execution_cache
-from .errors import ChapterError, ParameterError, StudyError
-from .results import RESULTS_ENV, STAGE_ENV, repo_root, results_dir
+from .errors import ChapterError, ModelPackageMissingError, ParameterError, StudyError
+from .results import RESULTS_ENV, STAGE_ENV, repo_root, results_dir, write_atomic
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 REQUIRED_PARAMETERS = ("model", "device", "dtype", "profile", "seed")
@@ -92,12 +92,34 @@ def resolve_chapter(name: str) -> str:
     raise StudyError(f"Unknown chapter {name!r}. The chapters are: {', '.join(known)} (a number like 0 also works).")
 
 
-#: the keys a profile may have (``extends``: the profile it starts from)
-PROFILE_KEYS = ("description", "extends", "defaults", "chapters")
+#: the keys a profile may have (``extends``: the profile it starts from; ``suites``: the
+#: evaluation suites' presets, see :func:`suite_presets`)
+PROFILE_KEYS = ("description", "extends", "defaults", "suites", "chapters")
 
 
 def load_profiles() -> dict[str, Any]:
     return yaml.safe_load(PROFILES_FILE.read_text())
+
+
+def suite_presets(suite: str) -> dict[str, dict[str, Any]]:
+    """The size presets of one evaluation suite, by profile name, from ``profiles.yaml``.
+
+    ``suite`` is ``"bias"`` (:data:`analysis_lib.benchmarks.SUITE_PROFILES`) or
+    ``"capability"`` (:data:`analysis_lib.capability.PROFILES`); every profile with its own
+    ``suites`` entry (``quick`` and ``full``) gives one preset, in file order. Lists become
+    tuples (``stereoset_kinds``), so a preset is what the suites take as a setting.
+
+    Raises:
+        StudyError: no profile defines the suite.
+    """
+    presets = {}
+    for name, p in load_profiles().items():
+        sizes = ((p or {}).get("suites") or {}).get(suite)
+        if sizes is not None:
+            presets[name] = {k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}
+    if not presets:
+        raise StudyError(f"No profile in {PROFILES_FILE.name} has `suites: {suite}:` sizes.")
+    return presets
 
 
 def _profile_chain(profile: str, profiles: dict[str, Any]) -> list[str]:
@@ -332,8 +354,7 @@ def check_requirements(profile: str, params_by_chapter: dict[str, dict[str, Any]
         ModelPackageMissingError: a model some chapter loads is not installed and has no float
             cache (names the chapters and the install command).
     """
-    from .errors import ModelPackageMissingError
-    from .models import BUILTIN_MODELS, cache_problems, gguf_parts
+    from .models import BUILTIN_MODELS, cache_problems, gguf_parts  # local: keeps torch out of the CLI's start-up
 
     given = given or {}
     for device in dict.fromkeys(str(p.get("device") or "cpu") for p in params_by_chapter.values()):
@@ -804,8 +825,6 @@ def _record_execution(out_dir: Path, chapter: str, record: dict[str, Any], *, ou
     (``record``, from :func:`_execution_record`; for a reuse, the stored execution's), the
     results files it published (``outputs``: later chapters' cache keys hash them) and its
     execution-cache ``key``."""
-    from .results import write_atomic
-
     log = read_execution_log(out_dir)
     entry = {**record, "status": "executed"}
     if reused:
@@ -818,8 +837,6 @@ def _record_execution(out_dir: Path, chapter: str, record: dict[str, Any], *, ou
 def _write_if_changed(path: Path, text: str) -> None:
     """Write ``text`` atomically unless the file already holds it (Sphinx's incremental build
     re-renders a page whose source file is newer than its last build)."""
-    from .results import write_atomic
-
     if not (path.is_file() and path.read_text() == text):
         write_atomic(path, text)
 

@@ -7,10 +7,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .commonwords import TARGETS
 from .scoring import target_logprobs
-
-#: the paper's targets: a noun pair and a pronoun pair (each must be one token)
-GENDER_TARGETS = {"noun": (" man", " woman"), "pronoun": (" he", " she")}
 
 
 def gender_probe(model, words: Sequence[str], templates: dict[str, str] | None = None) -> pd.DataFrame:
@@ -20,7 +18,7 @@ def gender_probe(model, words: Sequence[str], templates: dict[str, str] | None =
         model: a loaded bridge.
         words: the words to fill in (e.g. professions).
         templates: ``{"noun": "The {} is a", "pronoun": "The {} said that"}`` by default;
-            each key picks the target pair of :data:`GENDER_TARGETS`.
+            each key picks the target pair of :data:`analysis_lib.commonwords.TARGETS`.
 
     Returns:
         One row per word and target token: model, word, prompt, target, kind (noun/pronoun),
@@ -29,7 +27,7 @@ def gender_probe(model, words: Sequence[str], templates: dict[str, str] | None =
     templates = templates or {"noun": "The {} is a", "pronoun": "The {} said that"}
     rows = []
     for kind, template in templates.items():
-        male, female = GENDER_TARGETS[kind]
+        male, female = TARGETS[kind]
         prompts = [template.format(w) for w in words]
         lp = target_logprobs(model, prompts, [male, female]).numpy()
         p_f = 1.0 / (1.0 + np.exp(lp[:, 0] - lp[:, 1]))

@@ -14,7 +14,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .models import encode, single_token_id
+from .commonwords import GENDER_TARGETS
+from .editing import mask_neurons
+from .models import encode, single_token_id, token_ids
 from .neurons import final_norm_gain, hf_layer, lm_head
 
 
@@ -173,12 +175,10 @@ def _softcapped(model, logits: torch.Tensor) -> torch.Tensor:
 
 
 def masked_bias(model, prompts: Sequence[str], neurons: Sequence[str]) -> np.ndarray:
-    """``b = log p(" man") - log p(" woman")`` per prompt with ``neurons`` zero-masked, one full
-    forward pass per prompt (no batching, no cached layers): the reference for
-    :class:`analysis_lib.edit_selection.SetScorer`."""
-    from .editing import mask_neurons
-
-    ids = [single_token_id(model, t) for t in (" man", " woman")]
+    """``b = log p(man) - log p(woman)`` (:data:`analysis_lib.commonwords.GENDER_TARGETS`) per
+    prompt with ``neurons`` zero-masked, one full forward pass per prompt (no batching, no cached
+    layers): the reference for :class:`analysis_lib.edit_selection.SetScorer`."""
+    ids = [single_token_id(model, t) for t in GENDER_TARGETS]
     out = np.empty(len(prompts))
     with mask_neurons(model, list(neurons)), torch.inference_mode():
         for i, p in enumerate(prompts):
@@ -193,9 +193,6 @@ def masked_perplexity(model, texts: Sequence[str], neurons: Sequence[str]) -> fl
     """Pooled perplexity of ``texts`` (start token prepended) with ``neurons`` zero-masked: the
     summed next-token negative log-likelihood over all texts divided by their token count, one
     text per forward pass."""
-    from .editing import mask_neurons
-    from .models import token_ids
-
     total, count = 0.0, 0
     prefix = [model.start_token_id] if model.start_token_id is not None else []
     with mask_neurons(model, list(neurons)), torch.inference_mode():
@@ -212,9 +209,6 @@ def masked_answer_perplexity(model, items: Sequence[tuple[str, str]], neurons: S
     """Pooled perplexity of the answers of ``(context, answer)`` items with ``neurons``
     zero-masked: the context (start token prepended) is tokenized on its own, the answer's tokens
     appended, and only those are scored; one item per forward pass, float64 log-softmax."""
-    from .editing import mask_neurons
-    from .models import token_ids
-
     total, count = 0.0, 0
     prefix = [model.start_token_id] if model.start_token_id is not None else []
     with mask_neurons(model, list(neurons)), torch.inference_mode():

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from .metrics import lead_over_chance_phrase
+from .plots import label
 from .results import results_dir
 
 __all__ = [
@@ -1218,8 +1219,6 @@ def plot_verdicts(table: pd.DataFrame, ax=None):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from .plots import label
-
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.4))
     names = {c: c.replace("_", " ", 1).replace("_", " ") for c in CHAPTERS.values()}
@@ -1238,7 +1237,7 @@ def plot_verdicts(table: pd.DataFrame, ax=None):
 
 
 def _check(name: str, fn: Callable, reference: Callable, cases: list[tuple]):
-    from .checks import CheckResult
+    from .checks import CheckResult  # local: chapter 7 runs no model (checks imports torch via models)
 
     for args in cases:
         try:

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import StudyError
+
 RESULTS_ENV = "GENDER_NEURONS_RESULTS"
 #: set by :func:`analysis_lib.pipeline.run_chapter` for the chapter's kernel: the per-run
 #: folder the chapter writes into; its files are published into ``results_dir()`` in one step
@@ -41,8 +43,6 @@ def results_dir() -> Path:
     Raises:
         StudyError: the path is not a directory or cannot be created.
     """
-    from .errors import StudyError
-
     d = Path(os.environ.get(RESULTS_ENV) or repo_root() / "results")
     where = f"${RESULTS_ENV}={d}" if os.environ.get(RESULTS_ENV) else str(d)
     if d.exists() and not d.is_dir():
@@ -209,7 +209,5 @@ def load_results(chapter: str) -> dict[str, Any]:
     """The saved results of a chapter (for the results chapter and tests)."""
     path = results_dir() / f"{chapter}.json"
     if not path.is_file():
-        from .errors import StudyError
-
         raise StudyError(f"No results for chapter {chapter!r} at {path}: run `python -m analysis_lib run {chapter}` first.")
     return json.loads(path.read_text())

@@ -20,14 +20,15 @@ from .errors import StudyError
 from .models import check_finite, encode, single_token_id, token_ids
 
 
-def _final_hidden(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+def final_hidden(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
     """Residual stream after the final norm (the input of the unembedding)."""
     return model.original_model.model(input_ids=tokens).last_hidden_state
 
 
-def _unembed(model, hidden: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+def unembed(model, hidden: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
     """Logits from final hidden states; NaN or infinite logits are refused (every scorer,
-    benchmark, capability task and edit evaluation reads its logits here)."""
+    benchmark, capability task and edit evaluation reads its logits here). Not to be confused
+    with :func:`analysis_lib.neurons.unembed`, which returns the unembedding's weights."""
     logits = model.original_model.lm_head(hidden)
     cap = getattr(model.original_model.config, "final_logit_softcapping", None)
     if cap:
@@ -70,9 +71,9 @@ def next_token_logprobs(
     with torch.inference_mode():
         for idx in tqdm(list(_batches(order, batch_size)), disable=not progress, desc="scoring"):
             enc = encode(model, [prompts[i] for i in idx])
-            hidden = _final_hidden(model, enc.tokens)
+            hidden = final_hidden(model, enc.tokens)
             last = hidden[torch.arange(len(idx)), enc.last_index]
-            lp = _unembed(model, last).float().log_softmax(-1)
+            lp = unembed(model, last).float().log_softmax(-1)
             if target_ids is not None:
                 lp = lp[:, list(target_ids)]
             if out is None:
@@ -84,7 +85,8 @@ def next_token_logprobs(
 
 
 def target_logprobs(model, prompts: Sequence[str], targets: Sequence[str], **kwargs) -> Float[Tensor, "n k"]:
-    """Log-probabilities of single-token ``targets`` (e.g. ``[" man", " woman"]``) after each prompt.
+    """Log-probabilities of single-token ``targets`` (e.g. :data:`analysis_lib.commonwords.GENDER_TARGETS`)
+    after each prompt.
 
     Raises:
         TokenizationError: a target is not a single token for this model.
@@ -139,10 +141,10 @@ def continuation_logprobs(
             for b, i in enumerate(idx):
                 toks[b, : lengths[i]] = torch.tensor(rows[i])
             toks = toks.to(device)
-            hidden = _final_hidden(model, toks)
+            hidden = final_hidden(model, toks)
             for b, i in enumerate(idx):
                 s, n = starts[i], lengths[i]
-                lp = _unembed(model, hidden[b, s - 1 : n - 1]).float().log_softmax(-1)
+                lp = unembed(model, hidden[b, s - 1 : n - 1]).float().log_softmax(-1)
                 tgt = toks[b, s:n]
                 total[i] = lp.gather(-1, tgt[:, None]).sum().item()
     check_finite(total, model, "continuation scoring")
@@ -210,9 +212,9 @@ def greedy_generate(
                 toks = torch.full((len(idx), width), pad, dtype=torch.long)
                 for b, i in enumerate(idx):
                     toks[b, : lengths[i]] = torch.tensor(rows[i])
-                hidden = _final_hidden(model, toks.to(device))
+                hidden = final_hidden(model, toks.to(device))
                 last = hidden[torch.arange(len(idx)), torch.as_tensor(lengths[idx] - 1)]
-                nxt = _unembed(model, last).argmax(-1).tolist()
+                nxt = unembed(model, last).argmax(-1).tolist()
                 for b, i in enumerate(idx):
                     rows[i] = rows[i] + [nxt[b]]
     return [model.tokenizer.decode(r[n:]) for r, n in zip(rows, n0)]

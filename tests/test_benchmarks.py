@@ -94,6 +94,25 @@ def test_commonwords_bias_matches_the_models_logits(model, hf_reference):
         np.testing.assert_allclose(out["p_female"], 1 / (1 + np.exp(out["b"])))
 
 
+def test_prompt_bias_is_the_one_b_of_every_module(model):
+    """b(w) has one model-level home: the modules that report it give its numbers bit for bit."""
+    from analysis_lib import circuits, neuron_editing
+    from analysis_lib.scoring import target_logprobs
+
+    prompts = [cw.make_prompt(c, w) for c, w in (("professions", "nurse"), ("professions", "welder"),
+                                                 ("hobbies", "knitting"), ("colors", "pink"))]
+    lp, b = bm.prompt_bias(model, prompts)
+    by_hand = target_logprobs(model, prompts, list(cw.GENDER_TARGETS)).double().numpy()
+    np.testing.assert_array_equal(lp, by_hand)
+    np.testing.assert_array_equal(b, by_hand[:, 0] - by_hand[:, 1])
+    np.testing.assert_array_equal(neuron_editing.mean_abs_bias(model, prompts)[1], b)
+    targets = circuits.biased_targets(model, prompts)
+    np.testing.assert_array_equal(targets["bias"].to_numpy(), b)
+    assert list(targets["target"]) == [cw.GENDER_TARGETS[0] if x > 0 else cw.GENDER_TARGETS[1] for x in b]
+    with pytest.raises(ParameterError, match="prompt kind"):
+        bm.prompt_bias(model, prompts, "adjective")
+
+
 def test_commonwords_summary_and_category_tables(model):
     test = cw.load_commonwords()["test"].to_pandas().groupby("category").head(6)
     items = bm.commonwords_bias(model, test, "noun")
