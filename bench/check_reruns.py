@@ -2,8 +2,9 @@
 
 Executes the chosen chapters in book order into a first temporary root (notebooks and
 ``results/``), then again into a second, and compares every results file of each chapter
-(``<chapter>.json`` and ``<chapter>__*.parquet``; the ``*.timing.json`` files are exempt, wall
-clocks belong there) byte for byte. Prints one Markdown row per chapter: the files compared,
+(``<chapter>.json``, ``<chapter>__*.parquet`` and any other file or folder the run published, as
+its root's execution log names them, e.g. chapter 1's ``commonwords/``; the ``*.timing.json``
+files are exempt, wall clocks belong there) byte for byte. Prints one Markdown row per chapter: the files compared,
 identical or different, and the first differing file with what differs in it (a JSON key, a
 table's columns and the largest difference). Exit status 0 when every file is identical, 1
 otherwise.
