@@ -70,8 +70,15 @@ def _first_json_difference(a, b, path: str = "") -> str | None:
 
 def describe_difference(a: Path, b: Path) -> str:
     """What differs between two versions of a results file, in a few words."""
+    if a.is_dir() and b.is_dir():
+        ka = {p.relative_to(a) for p in a.rglob("*") if p.is_file()}
+        kb = {p.relative_to(b) for p in b.rglob("*") if p.is_file()}
+        if ka != kb:
+            return f"folder: {sorted(ka ^ kb)[0]} in one run only"
+        k = next(k for k in sorted(ka) if (a / k).read_bytes() != (b / k).read_bytes())
+        return f"folder: {k}: " + describe_difference(a / k, b / k)
     if a.is_dir() or b.is_dir():
-        return "a folder (compared file by file)"
+        return "a folder in one run, a file in the other"
     if a.suffix == ".json":
         try:
             d = _first_json_difference(json.loads(a.read_text()), json.loads(b.read_text()))
@@ -96,7 +103,7 @@ def describe_difference(a: Path, b: Path) -> str:
             if pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y):
                 xv, yv = x.to_numpy(dtype=float), y.to_numpy(dtype=float)
                 rows = int((~((xv == yv) | (np.isnan(xv) & np.isnan(yv)))).sum())
-                out.append(f"{c} ({rows} rows, max |diff| {np.nanmax(np.abs(xv - yv)):.3g})")
+                out.append(f"{c} ({rows} rows, max abs diff {np.nanmax(np.abs(xv - yv)):.3g})")
             else:
                 rows = int((x.astype(str) != y.astype(str)).sum())
                 out.append(f"{c} ({rows} rows)")
