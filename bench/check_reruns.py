@@ -166,7 +166,11 @@ def run_root(root: Path, chapters: list[str], profile: str, parameters: dict, up
     if upstream is not None:
         for p in sorted(upstream.iterdir()):
             owner = p.name.split("__", 1)[0].removesuffix(".timing.json").removesuffix(".json")
-            if p.is_file() and not p.name.startswith(".") and owner not in chapters:
+            if p.name.startswith(".") or owner in chapters:
+                continue
+            if p.is_dir():  # a published folder (chapter 1's commonwords/); a chapter that is run replaces it
+                shutil.copytree(p, results / p.name, dirs_exist_ok=True)
+            else:
                 shutil.copy2(p, results / p.name)
     seconds = {}
     for c in chapters:
