@@ -1177,13 +1177,14 @@ def stale_chapters(profile: str, updated: list[str], *, out_dir: Path, results: 
     environment = environment if environment is not None else execution_cache.environment_inputs()
     log = read_execution_log(out_dir)
     stale: dict[str, str] = {}
-    for c in chapters():
+    book = chapters()
+    for c in book:
         if c in updated or not (log.get(c) or {}).get("key") or not (out_dir / f"{c}.ipynb").is_file():
             continue
         nb = source_notebook(c)
         _, params = chapter_parameters(c, profile, parameters, nb=nb)
         inputs = execution_cache.chapter_inputs(nb, params, environment,
-                                                execution_cache.upstream_files(c, chapters(), log, results))
+                                                execution_cache.upstream_files(c, book, log, results))
         if execution_cache.key_of(inputs) != log[c]["key"]:
             stale[c] = execution_cache.change_reason(execution_cache.latest_inputs(out_dir, c, log[c]["key"]), inputs)
     return stale
